@@ -1,0 +1,54 @@
+"""nnlab: a TensorFlow/Keras lab for regression networks on simulated particle physics.
+
+The public API is importable from the package root; heavy modules (TensorFlow)
+load only when a name that needs them is first used.
+
+Example:
+    >>> from nnlab import complete_data_pipeline
+    >>> X_train, X_val, X_test, y_train, y_val, y_test = complete_data_pipeline(num_particles=200)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+# TensorFlow's C++ INFO/WARNING chatter; Python warnings and errors stay visible.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved lazily by __getattr__.
+_EXPORTS = {
+    "ConfigError": "nnlab.errors",
+    "DataValidationError": "nnlab.errors",
+    "NnlabError": "nnlab.errors",
+    "Config": "nnlab.config",
+    "ModelConfig": "nnlab.config",
+    "TrainingConfig": "nnlab.config",
+    "GenerationConfig": "nnlab.config",
+    "load_config": "nnlab.config",
+    "generate_particle_data": "nnlab.data",
+    "validate_particle_data": "nnlab.data",
+    "load_particle_data": "nnlab.data",
+    "save_particle_data": "nnlab.data",
+    "add_derived_features": "nnlab.data",
+    "preprocess_for_training": "nnlab.data",
+    "complete_data_pipeline": "nnlab.data",
+    "PreparedData": "nnlab.data",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnlab' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,181 @@
+"""The ``nnlab`` command line.
+
+Subcommands::
+
+    nnlab data generate --num-particles N --out FILE   simulate particles to a CSV
+    nnlab data validate FILE                           check a particle CSV
+    nnlab config show [--preset NAME] [--set K=V ...]  print the resolved configuration
+
+Errors a user can cause (bad configuration, bad CSV, bad arguments) are printed
+as a short message without a traceback, and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnlab.errors import NnlabError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse already exits 2 on bad arguments; keep its message short."""
+
+    def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)",
+    )
+    parser.add_argument("--preset", metavar="NAME", help="a preset from ml_config/model_presets/")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one configuration key (repeatable); VALUE is JSON or a plain string",
+    )
+
+
+def _load_config(args: argparse.Namespace):
+    from nnlab.config import load_config, parse_overrides
+
+    return load_config(args.config_dir, preset=args.preset, overrides=parse_overrides(args.overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nnlab", description="nnlab: regression networks on simulated particle physics")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="generate or validate particle data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+
+    generate = data_commands.add_parser("generate", help="simulate particles and write a CSV")
+    generate.add_argument("--num-particles", type=_positive_int, metavar="N",
+                          help="number of particles (default: num_particles_default of the config)")
+    generate.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
+    generate.add_argument("--seed", type=int, help="random seed (default: random_seed of the config)")
+    generate.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    _add_config_arguments(generate)
+    generate.set_defaults(handler=_cmd_data_generate)
+
+    validate = data_commands.add_parser("validate", help="check a particle CSV (exit 0 valid, 2 invalid)")
+    validate.add_argument("file", metavar="FILE")
+    validate.add_argument("--drop-invalid", metavar="CLEAN_FILE",
+                          help="write the valid rows to CLEAN_FILE instead of failing on bad rows")
+    validate.set_defaults(handler=_cmd_data_validate)
+
+    config = commands.add_parser("config", help="show the resolved configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    show = config_commands.add_parser("show", help="print the validated configuration as JSON")
+    _add_config_arguments(show)
+    show.set_defaults(handler=_cmd_config_show)
+    presets = config_commands.add_parser("presets", help="list the available presets")
+    presets.add_argument("--config-dir", metavar="DIR")
+    presets.set_defaults(handler=_cmd_config_presets)
+    return parser
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    from nnlab.errors import ConfigError
+
+    if path.exists() and not force:
+        raise ConfigError(f"--out: '{path}' already exists; choose another file or pass --force to replace it")
+
+
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from nnlab.data import generate_particle_data, save_particle_data
+
+    cfg = _load_config(args)
+    out = Path(args.out)
+    _refuse_overwrite(out, args.force)
+    n = args.num_particles or cfg.generation.num_particles_default
+    seed = args.seed if args.seed is not None else cfg.generation.random_seed
+    df = generate_particle_data(n, cfg.generation, seed=seed)
+    save_particle_data(
+        df,
+        out,
+        metadata={"generation_config": cfg.generation.model_dump(mode="json"), "num_particles": n, "seed": seed},
+    )
+    print(f"wrote {n} particles to {out}")
+    return EXIT_OK
+
+
+def _cmd_data_validate(args: argparse.Namespace) -> int:
+    from nnlab.data import load_particle_data, save_particle_data, validate_particle_data
+
+    path = Path(args.file)
+    df = load_particle_data(path)
+    if args.drop_invalid:
+        clean = Path(args.drop_invalid)
+        _refuse_overwrite(clean, force=False)
+        report = validate_particle_data(df, drop_invalid=True)
+        print(report.summary())
+        save_particle_data(report.data, clean)
+        print(f"wrote {len(report.data)} valid rows to {clean}")
+        return EXIT_OK
+    report = validate_particle_data(df)
+    print(f"{path}: {report.summary()}")
+    return EXIT_OK
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_load_config(args).to_flat(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_config_presets(args: argparse.Namespace) -> int:
+    from nnlab.config import list_presets
+
+    for name in list_presets(args.config_dir):
+        print(name)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except NnlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Validated configuration: defaults, JSON files, presets and overrides.
+
+A configuration is one flat namespace of keys (``learning_rate``, ``epochs``,
+``mass_range``, ...), stored in three validated sections:
+
+* :class:`ModelConfig` -- network, optimizer, constraints and loss weighting
+  (``ml_config/model_config.json`` and the presets in ``ml_config/model_presets/``);
+* :class:`TrainingConfig` -- epochs, batch size, data split
+  (``ml_config/training_config.json``);
+* :class:`GenerationConfig` -- how particles are simulated
+  (``ml_config/particle_generation_config.json``).
+
+Layers are applied in this order, later ones winning::
+
+    built-in defaults <- model_config.json <- training_config.json
+        <- particle_generation_config.json <- preset <- --set KEY=VALUE
+
+Every problem raises :class:`~nnlab.errors.ConfigError` naming the source
+(file, preset or ``--set``), the key, the bad value and what is allowed.
+
+Example:
+    >>> from nnlab.config import load_config
+    >>> cfg = load_config(preset="fast_debug", overrides={"epochs": 3})
+    >>> cfg.model.hidden_layers, cfg.training.epochs
+    ([64, 32], 3)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from nnlab.errors import ConfigError
+
+__all__ = [
+    "ACTIVATIONS",
+    "OPTIMIZERS",
+    "LOSS_WEIGHTING_STRATEGIES",
+    "ModelConfig",
+    "TrainingConfig",
+    "GenerationConfig",
+    "Config",
+    "find_config_dir",
+    "list_presets",
+    "load_preset",
+    "load_config",
+    "parse_override",
+    "parse_overrides",
+]
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "prelu")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LOSS_WEIGHTING_STRATEGIES = (
+    "r2_based",
+    "loss_based",
+    "combined",
+    "physics_aware",
+    "softadapt",
+    "relobralo",
+    "fixed",
+    "none",
+)
+
+MODEL_CONFIG_FILE = "model_config.json"
+TRAINING_CONFIG_FILE = "training_config.json"
+GENERATION_CONFIG_FILE = "particle_generation_config.json"
+PRESETS_DIR = "model_presets"
+
+Range = tuple[float, float]
+
+
+class _Section(BaseModel):
+    # extra="forbid" is a safety net: unknown keys are normally caught earlier
+    # by Config.from_flat, which can also name the file and suggest a key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1; in a config that is always a typo.
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a number, not true/false")
+        return value
+
+
+class ModelConfig(_Section):
+    """Network architecture, optimizer, weight constraints and loss weighting."""
+
+    hidden_layers: list[int] = Field(
+        default_factory=lambda: [512, 384, 256, 128, 64], min_length=1
+    )
+    activation: Literal["relu", "tanh", "elu", "gelu", "swish", "prelu"] = "prelu"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(0.0005, gt=0.0, le=1.0)
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    use_batch_norm: StrictBool = False
+    batch_norm_momentum: float = Field(0.99, gt=0.0, lt=1.0)
+    l2_regularization: float = Field(0.0, ge=0.0, le=1.0)
+    constraint_interval: int = Field(10, ge=1)
+    enable_weight_oscillation_dampener: StrictBool = True
+    use_adaptive_oscillation_dampener: StrictBool = True
+    enable_binary_change_max: StrictBool = True
+    max_additional_binary_digits: int = Field(16, ge=0, le=24)
+    enable_binary_precision_max: StrictBool = True
+    max_binary_digits: int = Field(24, ge=1, le=24)
+    loss_weighting_strategy: Literal[
+        "r2_based",
+        "loss_based",
+        "combined",
+        "physics_aware",
+        "softadapt",
+        "relobralo",
+        "fixed",
+        "none",
+    ] = "physics_aware"
+    seed: int | None = 42
+
+    @field_validator("hidden_layers")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        bad = [w for w in value if w < 1]
+        if bad:
+            raise ValueError(f"every layer width must be >= 1, got {bad}")
+        return value
+
+
+class TrainingConfig(_Section):
+    """How long and in which batches to train, and how the data is split."""
+
+    epochs: int = Field(150, ge=1)
+    batch_size: int = Field(128, ge=1)
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    val_size: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class GenerationConfig(_Section):
+    """How particles are drawn for the simulation (``particle_generation_config.json``).
+
+    Every ``*_range`` is ``[low, high]`` with ``low <= high``; values are drawn
+    uniformly in it. ``charge_values`` are drawn with equal probability.
+    """
+
+    num_particles_default: int = Field(2000, ge=1)
+    mass_range: Range = (0.1, 10.0)
+    velocity_x_range: Range = (-5.0, 5.0)
+    velocity_y_range: Range = (-5.0, 5.0)
+    position_x_range: Range = (-10.0, 10.0)
+    position_y_range: Range = (-10.0, 10.0)
+    charge_values: list[float] = Field(
+        default_factory=lambda: [-1.0, 0.0, 1.0], min_length=1
+    )
+    magnetic_field_range: Range = (0.1, 2.0)
+    simulation_time_range: Range = (1.0, 10.0)
+    random_seed: int | None = 42
+
+    @field_validator(
+        "mass_range",
+        "velocity_x_range",
+        "velocity_y_range",
+        "position_x_range",
+        "position_y_range",
+        "magnetic_field_range",
+        "simulation_time_range",
+    )
+    @classmethod
+    def _ordered_finite(cls, value: Range) -> Range:
+        low, high = value
+        if not all(map(_is_finite, value)):
+            raise ValueError(f"bounds must be finite numbers, got [{low}, {high}]")
+        if low > high:
+            raise ValueError(f"low must be <= high, got [{low}, {high}]")
+        return value
+
+    @field_validator("mass_range")
+    @classmethod
+    def _positive_mass(cls, value: Range) -> Range:
+        if value[0] <= 0:
+            raise ValueError(f"masses must be > 0, got [{value[0]}, {value[1]}]")
+        return value
+
+    @field_validator("simulation_time_range")
+    @classmethod
+    def _non_negative_time(cls, value: Range) -> Range:
+        if value[0] < 0:
+            raise ValueError(f"times must be >= 0, got [{value[0]}, {value[1]}]")
+        return value
+
+    @field_validator("charge_values")
+    @classmethod
+    def _finite_charges(cls, value: list[float]) -> list[float]:
+        if not all(map(_is_finite, value)):
+            raise ValueError(f"charges must be finite numbers, got {value}")
+        return value
+
+
+def _is_finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "generation": GenerationConfig,
+}
+_KEY_SECTION: dict[str, str] = {
+    key: section for section, cls in _SECTIONS.items() for key in cls.model_fields
+}
+ALL_KEYS: tuple[str, ...] = tuple(_KEY_SECTION)
+
+
+class Config(BaseModel):
+    """The whole validated configuration of one run.
+
+    Args:
+        model: architecture, optimizer, constraints, loss weighting.
+        training: epochs, batch size, data split.
+        generation: particle simulation parameters.
+
+    Example:
+        >>> cfg = Config.from_flat({"learning_rate": 1e-3, "epochs": 5})
+        >>> cfg.get("learning_rate"), cfg.to_flat()["epochs"]
+        (0.001, 5)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @classmethod
+    def from_flat(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        sources: Mapping[str, str] | None = None,
+        source: str = "configuration",
+    ) -> Config:
+        """Validate a flat ``{key: value}`` mapping on top of the defaults.
+
+        Args:
+            values: configuration keys and values (any subset of :data:`ALL_KEYS`).
+            sources: where each key came from, used in error messages.
+            source: the label for keys absent from ``sources``.
+
+        Raises:
+            ConfigError: for an unknown key, a wrong type or an out-of-range value.
+        """
+        sources = dict(sources or {})
+        _check_known_keys(values, lambda key: sources.get(key, source))
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        for key, value in values.items():
+            grouped[_KEY_SECTION[key]][key] = value
+        sections: dict[str, _Section] = {}
+        problems: list[str] = []
+        for name, section_cls in _SECTIONS.items():
+            try:
+                sections[name] = section_cls.model_validate(grouped[name])
+            except ValidationError as exc:
+                problems.extend(
+                    _describe(err, grouped[name], sources, source) for err in exc.errors()
+                )
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return cls(**sections)
+
+    def to_flat(self) -> dict[str, Any]:
+        """All keys and values as one JSON-compatible flat dict."""
+        flat: dict[str, Any] = {}
+        for name in _SECTIONS:
+            flat.update(getattr(self, name).model_dump(mode="json"))
+        return flat
+
+    def get(self, key: str) -> Any:
+        """The value of one flat key, e.g. ``cfg.get("epochs")``."""
+        if key not in _KEY_SECTION:
+            _check_known_keys({key: None}, lambda _: "lookup")
+        return getattr(getattr(self, _KEY_SECTION[key]), key)
+
+    def updated(self, overrides: Mapping[str, Any], *, source: str = "overrides") -> Config:
+        """A new validated Config with ``overrides`` applied on top of this one."""
+        flat = self.to_flat()
+        flat.update(overrides)
+        return Config.from_flat(flat, sources={k: source for k in overrides}, source="configuration")
+
+
+def _check_known_keys(values: Iterable[str], source_of) -> None:
+    unknown = [key for key in values if key not in _KEY_SECTION]
+    if not unknown:
+        return
+    lines = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), ALL_KEYS, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "see README 'Configuration reference' for the keys"
+        lines.append(f"{source_of(key)}: unknown key '{key}'; {hint}")
+    raise ConfigError("\n".join(lines))
+
+
+def _describe(error: Mapping[str, Any], given: Mapping[str, Any], sources, source: str) -> str:
+    loc = error.get("loc", ())
+    key = str(loc[0]) if loc else "?"
+    where = sources.get(key, source)
+    path = key + "".join(f"[{part}]" for part in loc[1:])
+    value = given.get(key, error.get("input"))
+    message = error.get("msg", "invalid value")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if key.endswith("_range") and (len(loc) > 1 or error.get("type") in ("tuple_type", "too_long")):
+        path, message = key, "must be a list of two numbers [low, high]"
+    return f"{where}: {path} = {json.dumps(value, default=str)} is invalid: {message}"
+
+
+# ---------------------------------------------------------------------------
+# Files, presets and overrides
+
+
+def find_config_dir(config_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where ``ml_config/`` is: the argument, ``$NNLAB_CONFIG_DIR``, ``./ml_config``,
+    or the one in the source checkout; ``None`` if there is none (defaults only).
+
+    Raises:
+        ConfigError: if an explicitly given directory does not exist.
+    """
+    explicit = config_dir if config_dir is not None else os.environ.get("NNLAB_CONFIG_DIR")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_dir():
+            raise ConfigError(f"configuration directory '{path}' does not exist or is not a directory")
+        return path
+    for candidate in (Path.cwd() / "ml_config", Path(__file__).resolve().parents[2] / "ml_config"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
+    """Read a JSON file that must hold one object; errors name the file and position."""
+    label = label or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read file ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{label}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: must contain a JSON object of key/value pairs, got {type(data).__name__}")
+    return data
+
+
+def list_presets(config_dir: str | os.PathLike | None = None) -> list[str]:
+    """Names of the presets in ``<config_dir>/model_presets/``."""
+    base = find_config_dir(config_dir)
+    if base is None or not (base / PRESETS_DIR).is_dir():
+        return []
+    return sorted(p.stem for p in (base / PRESETS_DIR).glob("*.json"))
+
+
+def load_preset(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The raw key/values of one preset (validated later, with the other layers).
+
+    Raises:
+        ConfigError: if there is no preset of that name; the message lists them.
+    """
+    available = list_presets(config_dir)
+    if name not in available:
+        listing = ", ".join(available) if available else "none found"
+        raise ConfigError(f"unknown preset '{name}'; available presets: {listing}")
+    base = find_config_dir(config_dir)
+    path = base / PRESETS_DIR / f"{name}.json"
+    return read_json_object(path, f"preset '{name}' ({path})")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``KEY=VALUE`` override; VALUE is JSON (``[64,32]``, ``true``,
+    ``1e-3``) or else a plain string (``relu``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. learning_rate=0.001), got '{text}'")
+    raw = raw.strip()
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered in ("null", "none"):
+        return key, None
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse several ``KEY=VALUE`` strings (later ones win)."""
+    return dict(parse_override(item) for item in items)
+
+
+def load_config(
+    config_dir: str | os.PathLike | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    override_source: str = "--set",
+) -> Config:
+    """Load and validate the configuration of a run.
+
+    Args:
+        config_dir: the ``ml_config`` directory (see :func:`find_config_dir`).
+        preset: a preset name from ``ml_config/model_presets/``.
+        overrides: explicit values that win over everything else.
+        override_source: how overrides are named in error messages.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: naming the file/preset/override, the key, the value and
+            what is allowed.
+
+    Example:
+        >>> load_config(overrides={"max_binary_digits": 16}).model.max_binary_digits
+        16
+    """
+    base = find_config_dir(config_dir)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def apply(layer: Mapping[str, Any], label: str) -> None:
+        _check_known_keys(layer, lambda _key: label)
+        values.update(layer)
+        sources.update({key: label for key in layer})
+
+    if base is not None:
+        for filename in (MODEL_CONFIG_FILE, TRAINING_CONFIG_FILE, GENERATION_CONFIG_FILE):
+            path = base / filename
+            if path.exists():
+                apply(read_json_object(path, filename), filename)
+    if preset is not None:
+        apply(load_preset(preset, base), f"preset '{preset}'")
+    if overrides:
+        apply(dict(overrides), override_source)
+    return Config.from_flat(values, sources=sources, source="defaults")
+
+
+def resolve_config(config: Config | Mapping[str, Any] | None) -> Config:
+    """Accept a :class:`Config`, a flat dict of keys (on top of the defaults) or None."""
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return Config.from_flat(config)
+    raise ConfigError(
+        f"configuration must be a Config or a dict of keys, got {type(config).__name__}"
+    )
