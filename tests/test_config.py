@@ -294,3 +294,20 @@ def test_parse_overrides_later_wins():
 def test_sections_are_separately_usable():
     assert TrainingConfig(epochs=3).epochs == 3
     assert GenerationConfig(charge_values=[-2, 2]).charge_values == [-2.0, 2.0]
+
+
+def test_fixed_loss_weights_cannot_both_be_zero():
+    with pytest.raises(ConfigError, match=r"mse_weight \+ mae_weight must be > 0"):
+        Config.from_flat({"mse_weight": 0.0, "mae_weight": 0.0})
+
+
+def test_constraint_and_loss_keys():
+    cfg = Config.from_flat({"binary_rounding": "nearest", "james_stein_noise_variance": 0.25,
+                            "constraint_targets": "kernel"})
+    assert cfg.model.binary_rounding == "nearest"
+    assert cfg.model.james_stein_noise_variance == 0.25
+    assert Config().model.james_stein_noise_variance == "update"
+    with pytest.raises(ConfigError, match="james_stein_noise_variance"):
+        Config.from_flat({"james_stein_noise_variance": -1.0})
+    with pytest.raises(ConfigError, match="binary_rounding"):
+        Config.from_flat({"binary_rounding": "up"})

@@ -41,7 +41,9 @@ from pydantic import (
     StrictBool,
     ValidationError,
     ValidationInfo,
+    PositiveFloat,
     field_validator,
+    model_validator,
 )
 
 from nnlab.errors import ConfigError
@@ -127,7 +129,24 @@ class ModelConfig(_Section):
         "fixed",
         "none",
     ] = "physics_aware"
+    binary_rounding: Literal["truncate", "nearest", "stochastic"] = "truncate"
+    enable_james_stein: StrictBool = False
+    james_stein_target: Literal["zero", "mean"] = "zero"
+    james_stein_noise_variance: Literal["update"] | PositiveFloat = "update"
+    constraint_targets: Literal["all", "kernel", "bias"] = "all"
+    mse_weight: float = Field(0.5, ge=0.0)
+    mae_weight: float = Field(0.5, ge=0.0)
+    softadapt_beta: float = Field(0.1, ge=0.0)
+    relobralo_alpha: float = Field(0.999, ge=0.0, le=1.0)
+    relobralo_temperature: float = Field(0.1, gt=0.0)
+    relobralo_expected_lookback: float = Field(0.999, ge=0.0, le=1.0)
     seed: int | None = 42
+
+    @model_validator(mode="after")
+    def _fixed_weights_not_both_zero(self) -> "ModelConfig":
+        if self.mse_weight + self.mae_weight <= 0:
+            raise ValueError("mse_weight + mae_weight must be > 0 (they are normalised to sum 1)")
+        return self
 
     @field_validator("hidden_layers")
     @classmethod
@@ -312,7 +331,9 @@ def _check_known_keys(values: Iterable[str], source_of) -> None:
 
 def _describe(error: Mapping[str, Any], given: Mapping[str, Any], sources, source: str) -> str:
     loc = error.get("loc", ())
-    key = str(loc[0]) if loc else "?"
+    if not loc:  # a rule across several keys: the message names them
+        return str(error.get("msg", "invalid combination of values")).removeprefix("Value error, ")
+    key = str(loc[0])
     where = sources.get(key, source)
     path = key + "".join(f"[{part}]" for part in loc[1:])
     value = given.get(key, error.get("input"))
