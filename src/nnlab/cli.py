@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnlab.errors import NnlabError
+from nnlab.errors import DataValidationError, NnlabError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -140,7 +140,10 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
         save_particle_data(report.data, clean)
         print(f"wrote {len(report.data)} valid rows to {clean}")
         return EXIT_OK
-    report = validate_particle_data(df)
+    try:
+        report = validate_particle_data(df)
+    except DataValidationError as exc:
+        raise DataValidationError(f"{path} is invalid:\n{exc}", exc.problems) from None
     print(f"{path}: {report.summary()}")
     return EXIT_OK
 
