@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 from nnlab.data import (
-    _rotation_integrals,
     generate_particle_data,
     validate_particle_data,
 )
+from nnlab.data._simulate import _rotation_integrals
 
 FINAL = ["final_velocity_x", "final_velocity_y", "final_position_x", "final_position_y",
          "kinetic_energy", "displacement", "trajectory_length"]

@@ -1,0 +1,59 @@
+"""Particle data: simulate -> validate -> derive features -> split and scale.
+
+A 2-D particle of mass ``m`` and charge ``q`` moves in a uniform magnetic field
+``B`` along z. The Lorentz force ``F = q v x B`` turns the velocity at the signed
+cyclotron frequency ``w = qB/m``; the motion has an exact closed form, evaluated
+here for all particles at once with NumPy.
+
+Example:
+    >>> from nnlab.data import generate_particle_data, preprocess_for_training
+    >>> df = generate_particle_data(500, seed=1)
+    >>> X_train, X_val, X_test, y_train, y_val, y_test = preprocess_for_training(df)
+"""
+
+from nnlab.data._io import (
+    DATA_FORMAT_VERSION,
+    GENERATOR_NAME,
+    load_particle_data,
+    save_particle_data,
+)
+from nnlab.data._prepare import (
+    PreparedData,
+    Scalers,
+    complete_data_pipeline,
+    load_scalers,
+    preprocess_for_training,
+)
+from nnlab.data._simulate import (
+    DEFAULT_TARGETS,
+    DERIVED_FEATURES,
+    FEATURE_COLUMNS,
+    FINAL_COLUMNS,
+    INITIAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    add_derived_features,
+    generate_particle_data,
+)
+from nnlab.data._validate import ValidationReport, validate_particle_data
+
+__all__ = [
+    "DATA_FORMAT_VERSION",
+    "DEFAULT_TARGETS",
+    "DERIVED_FEATURES",
+    "FEATURE_COLUMNS",
+    "FINAL_COLUMNS",
+    "GENERATOR_NAME",
+    "INITIAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "PreparedData",
+    "Scalers",
+    "ValidationReport",
+    "add_derived_features",
+    "complete_data_pipeline",
+    "generate_particle_data",
+    "load_particle_data",
+    "load_scalers",
+    "preprocess_for_training",
+    "save_particle_data",
+    "validate_particle_data",
+]

@@ -1,0 +1,294 @@
+"""Train/val/test split and scaling, the scaler files, and the end-to-end data pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from nnlab.config import GenerationConfig
+from nnlab.data._io import (
+    DATA_FORMAT_VERSION,
+    GENERATOR_NAME,
+    _atomic_write,
+    _sidecar_path,
+    _stale_reason,
+    load_particle_data,
+    save_particle_data,
+)
+from nnlab.data._simulate import (
+    DEFAULT_TARGETS,
+    DERIVED_FEATURES,
+    FEATURE_COLUMNS,
+    FINAL_COLUMNS,
+    _check_positive_int,
+    _coerce_config,
+    add_derived_features,
+    generate_particle_data,
+)
+from nnlab.data._validate import validate_particle_data
+from nnlab.errors import ConfigError, DataValidationError
+
+logger = logging.getLogger("nnlab.data")
+
+
+class _TargetScaling:
+    """Methods shared by ``Scalers`` and ``PreparedData`` (both hold the fitted scalers)."""
+
+    x_scaler: StandardScaler
+    y_scaler: StandardScaler
+    feature_names: list[str]
+    target_names: list[str]
+
+    def inverse_transform_targets(self, y_scaled: np.ndarray) -> np.ndarray:
+        """Map scaled targets, shape (n, n_targets) or (n_targets,), to physical units."""
+        y = np.asarray(y_scaled, dtype=np.float64)
+        if y.ndim == 1:  # one sample
+            return self.y_scaler.inverse_transform(y.reshape(1, -1))[0]
+        return self.y_scaler.inverse_transform(y)
+
+    def save_scalers(self, directory: str | os.PathLike) -> Path:
+        """Write ``scalers.json`` (names, mean_, scale_, var_) atomically; JSON, not pickle."""
+        def state(s: StandardScaler) -> dict[str, Any]:
+            return {"mean_": s.mean_.tolist(), "scale_": s.scale_.tolist(),
+                    "var_": s.var_.tolist(), "n_samples_seen_": int(np.max(s.n_samples_seen_))}
+        doc = {"format_version": DATA_FORMAT_VERSION, "feature_names": list(self.feature_names),
+               "target_names": list(self.target_names),
+               "x_scaler": state(self.x_scaler), "y_scaler": state(self.y_scaler)}
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "scalers.json", lambda fh: json.dump(doc, fh, indent=2, allow_nan=False))
+        return out / "scalers.json"
+
+
+@dataclass
+class Scalers(_TargetScaling):
+    """Fitted feature and target scalers plus the column names they belong to."""
+
+    x_scaler: StandardScaler
+    y_scaler: StandardScaler
+    feature_names: list[str]
+    target_names: list[str]
+
+
+def load_scalers(directory: str | os.PathLike) -> Scalers:
+    """Rebuild the fitted scalers written by ``save_scalers``.
+
+    Args:
+        directory: the folder holding ``scalers.json``.
+
+    Returns:
+        ``Scalers`` with fitted ``StandardScaler`` objects.
+
+    Raises:
+        DataValidationError: the file is missing, not JSON or incomplete.
+
+    Example:
+        >>> scalers = load_scalers("training_output/runs/r1")  # doctest: +SKIP
+    """
+    path = Path(directory) / "scalers.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        names = {"x_scaler": list(doc["feature_names"]), "y_scaler": list(doc["target_names"])}
+        fitted = {}
+        for key, cols in names.items():
+            scaler = StandardScaler()
+            for attr in ("mean_", "scale_", "var_"):
+                values = np.asarray(doc[key][attr], dtype=np.float64)
+                if values.shape != (len(cols),):
+                    raise ValueError(f"{key}.{attr} has {values.size} values for {len(cols)} columns")
+                setattr(scaler, attr, values)
+            scaler.n_features_in_ = len(cols)
+            scaler.n_samples_seen_ = int(doc[key]["n_samples_seen_"])
+            fitted[key] = scaler
+    except FileNotFoundError:
+        raise DataValidationError(f"scalers file not found: {path}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise DataValidationError(f"scalers file {path} is unreadable or corrupt: {exc!r}") from exc
+    return Scalers(fitted["x_scaler"], fitted["y_scaler"], names["x_scaler"], names["y_scaler"])
+
+
+@dataclass(eq=False)  # field-wise == on arrays is ambiguous
+class PreparedData(_TargetScaling):
+    """Scaled float32 train/val/test arrays and their scalers; unpacks like a 6-tuple.
+
+    Example:
+        >>> X_train, X_val, X_test, y_train, y_val, y_test = prepared  # doctest: +SKIP
+        >>> y_physical = prepared.inverse_transform_targets(y_test)  # doctest: +SKIP
+    """
+
+    X_train: np.ndarray
+    X_val: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray
+    y_val: np.ndarray
+    y_test: np.ndarray
+    x_scaler: StandardScaler
+    y_scaler: StandardScaler
+    feature_names: list[str]
+    target_names: list[str]
+
+    load_scalers = staticmethod(load_scalers)
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.X_train, self.X_val, self.X_test, self.y_train, self.y_val, self.y_test)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self._arrays())
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._arrays()[index]
+
+
+def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.2,
+                            random_state: int | None = 42, *, targets: Sequence[str] | None = None,
+                            features: Sequence[str] | None = None) -> PreparedData:
+    """Split into train/val/test and standardise X and y with scalers fit on train only.
+
+    The test set is split off first (``test_size`` of all rows); the validation set is
+    then ``val_size`` of the *remaining* rows, so the defaults give 64/16/20 %.
+    Derived features are added when any is missing.
+
+    Args:
+        df: particle data (validated).
+        test_size: fraction of rows for the test set, in (0, 1).
+        val_size: fraction of the non-test rows for validation, in (0, 1).
+        random_state: seed of both splits.
+        targets: target columns (default ``DEFAULT_TARGETS``).
+        features: feature columns (default ``FEATURE_COLUMNS``).
+
+    Returns:
+        A ``PreparedData`` of float32 arrays and the fitted scalers.
+
+    Raises:
+        ConfigError: sizes outside (0, 1).
+        DataValidationError: unknown/overlapping columns, non-finite values, too few rows.
+
+    Example:
+        >>> prepared = preprocess_for_training(generate_particle_data(100, seed=0))
+        >>> prepared.X_train.shape
+        (64, 23)
+    """
+    for name, value in (("test_size", test_size), ("val_size", val_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
+    target_names = list(DEFAULT_TARGETS if targets is None else targets)
+    feature_names = list(FEATURE_COLUMNS if features is None else features)
+    for kind, names, allowed in (("target", target_names, FINAL_COLUMNS),
+                                 ("feature", feature_names, FEATURE_COLUMNS)):
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names or len(set(names)) != len(names):
+            raise DataValidationError(f"invalid {kind} names {names} (unknown: {unknown}); "
+                                      f"choose distinct names from {allowed}")
+    n = len(df)
+    n_test = math.ceil(test_size * n)
+    n_val = math.ceil(val_size * (n - n_test))
+    if n - n_test - n_val < 2 or n_val < 1:
+        raise DataValidationError(
+            f"too few rows ({n}) to split with test_size={test_size}, val_size={val_size}: "
+            f"would give {n - n_test - n_val} train / {n_val} val / {n_test} test rows; "
+            "need at least 2 training rows and 1 validation row")
+    if any(c not in df.columns for c in DERIVED_FEATURES):
+        df = add_derived_features(df)
+    missing = [c for c in [*feature_names, *target_names] if c not in df.columns]
+    if missing:
+        raise DataValidationError(f"particle data lacks column(s) {missing}")
+    X = df[feature_names].to_numpy(dtype=np.float64)
+    y = df[target_names].to_numpy(dtype=np.float64)
+    finite = np.concatenate([np.isfinite(X).all(axis=0), np.isfinite(y).all(axis=0)])
+    bad = [c for c, ok in zip([*feature_names, *target_names], finite) if not ok]
+    if bad:
+        raise DataValidationError(f"non-finite values in column(s) {bad}; validate the data first")
+    rest, test = train_test_split(np.arange(n), test_size=test_size, random_state=random_state)
+    train, val = train_test_split(rest, test_size=val_size, random_state=random_state)
+    x_scaler = StandardScaler().fit(X[train])
+    y_scaler = StandardScaler().fit(y[train])
+    xs = x_scaler.transform(X).astype(np.float32)
+    ys = y_scaler.transform(y).astype(np.float32)
+    return PreparedData(xs[train], xs[val], xs[test], ys[train], ys[val], ys[test],
+                        x_scaler, y_scaler, feature_names, target_names)
+
+
+def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
+                           num_particles: int | None = 2000, *,
+                           config: GenerationConfig | dict | None = None, seed: int | None = None,
+                           test_size: float = 0.2, val_size: float = 0.2,
+                           random_state: int | None = 42, targets: Sequence[str] | None = None,
+                           drop_invalid: bool = False) -> PreparedData:
+    """Get particle data (generate, reuse or load), validate it and prepare it for training.
+
+    With ``csv_path``: a CSV whose sidecar records the same generation config,
+    num_particles and seed is reused; one whose sidecar differs is regenerated and
+    overwritten with a warning; a CSV without an nnlab sidecar is user data: it is
+    loaded and validated (``num_particles`` ignored) and never overwritten; a missing
+    CSV is generated and saved.
+
+    Args:
+        csv_path: cache/data file, or None to generate in memory.
+        num_particles: particles to generate (None: ``config.num_particles_default``).
+        config: generation config (``GenerationConfig``, dict or None).
+        seed: generation seed (None: ``config.random_seed``).
+        test_size, val_size, random_state, targets: see ``preprocess_for_training``.
+        drop_invalid: see ``validate_particle_data``.
+
+    Returns:
+        The ``PreparedData``.
+
+    Example:
+        >>> X_train, X_val, X_test, y_train, y_val, y_test = complete_data_pipeline(
+        ...     num_particles=200, seed=0)
+    """
+    cfg = _coerce_config(config)
+    n = cfg.num_particles_default if num_particles is None else num_particles
+    n = _check_positive_int("num_particles", n)
+    expected = {"source": GENERATOR_NAME, "generation_config": cfg.model_dump(mode="json"),
+                "num_particles": n, "seed": cfg.random_seed if seed is None else seed}
+
+    def generate() -> pd.DataFrame:
+        logger.info("generating %d particles (seed=%s)", n, expected["seed"])
+        return generate_particle_data(n, cfg, expected["seed"])
+
+    path = None if csv_path is None else Path(csv_path)
+    meta_path = None if path is None else _sidecar_path(path)
+    if path is None:
+        df = generate()
+    elif not path.exists():
+        df = generate()
+        save_particle_data(df, path, metadata=expected)
+        logger.info("saved %d particles to %s", n, path)
+    else:
+        meta = None
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DataValidationError(f"metadata file {meta_path} is unreadable ({exc}); "
+                                          f"delete it to treat {path} as user data") from exc
+        if not isinstance(meta, dict) or meta.get("source") != GENERATOR_NAME:
+            df = load_particle_data(path)
+            logger.info("using user-provided data %s (%d rows); num_particles=%d ignored",
+                        path, len(df), n)
+        elif (reason := _stale_reason(meta, expected, path)) is None:
+            df = load_particle_data(path)
+            logger.info("reusing cached particle data %s (%d rows)", path, len(df))
+        else:
+            warnings.warn(f"{path} is stale ({reason}); regenerating it", UserWarning, stacklevel=2)
+            df = generate()
+            save_particle_data(df, path, metadata=expected)
+            logger.info("saved %d particles to %s", n, path)
+    report = validate_particle_data(df, drop_invalid=drop_invalid, source=path)
+    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets)
