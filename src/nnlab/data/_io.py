@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from nnlab._files import atomic_write
 from nnlab.errors import DataValidationError
 
 DATA_FORMAT_VERSION = 1
@@ -51,22 +50,6 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; data files are meant to be shared like any other.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
@@ -91,9 +74,9 @@ def save_particle_data(df: pd.DataFrame, path: str | os.PathLike, *,
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata or {})
     json.dumps(meta)  # fail on unserialisable metadata before anything is written
-    _atomic_write(p, lambda fh: df.to_csv(fh, index=False))
+    atomic_write(p, lambda fh: df.to_csv(fh, index=False))
     meta.update(format_version=DATA_FORMAT_VERSION, num_rows=len(df), csv_bytes=p.stat().st_size)
-    _atomic_write(_sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
+    atomic_write(_sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
     return p
 
 

@@ -17,11 +17,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from nnlab._files import atomic_write
 from nnlab.config import GenerationConfig
 from nnlab.data._io import (
     DATA_FORMAT_VERSION,
     GENERATOR_NAME,
-    _atomic_write,
     _sidecar_path,
     _stale_reason,
     load_particle_data,
@@ -68,7 +68,7 @@ class _TargetScaling:
                "x_scaler": state(self.x_scaler), "y_scaler": state(self.y_scaler)}
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "scalers.json", lambda fh: json.dump(doc, fh, indent=2, allow_nan=False))
+        atomic_write(out / "scalers.json", lambda fh: json.dump(doc, fh, indent=2, allow_nan=False))
         return out / "scalers.json"
 
 
