@@ -36,6 +36,21 @@ _EXPORTS = {
     "preprocess_for_training": "nnlab.data",
     "complete_data_pipeline": "nnlab.data",
     "PreparedData": "nnlab.data",
+    "AdvancedNeuralNetwork": "nnlab.model",
+    "train_with_tracking": "nnlab.training",
+    "PerformanceTracker": "nnlab.tracking",
+    "WeightConstraintCallback": "nnlab.constraints",
+    "BinaryPrecisionMax": "nnlab.constraints",
+    "BinaryChangeMax": "nnlab.constraints",
+    "OscillationDampener": "nnlab.constraints",
+    "AdaptiveOscillationDampener": "nnlab.constraints",
+    "JamesSteinShrinkage": "nnlab.constraints",
+    "james_stein_shrink": "nnlab.constraints",
+    "significant_bits": "nnlab.constraints",
+    "round_to_bits": "nnlab.constraints",
+    "AdaptiveLoss": "nnlab.losses",
+    "AdaptiveLossCallback": "nnlab.losses",
+    "compute_loss_weights": "nnlab.losses",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

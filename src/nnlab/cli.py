@@ -2,6 +2,7 @@
 
 Subcommands::
 
+    nnlab train [options]                              the training pipeline (= python main.py)
     nnlab data generate --num-particles N --out FILE   simulate particles to a CSV
     nnlab data validate FILE                           check a particle CSV
     nnlab config show [--preset NAME] [--set K=V ...]  print the resolved configuration
@@ -62,16 +63,43 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_config(args: argparse.Namespace):
+def _load_config(args: argparse.Namespace, extra: dict | None = None):
     from nnlab.config import load_config, parse_overrides
 
-    return load_config(args.config_dir, preset=args.preset, overrides=parse_overrides(args.overrides))
+    overrides = {**(extra or {}), **parse_overrides(args.overrides)}
+    return load_config(
+        args.config_dir,
+        preset=args.preset,
+        overrides=overrides,
+        config_file=getattr(args, "config_file", None),
+    )
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``nnlab train`` and ``python main.py``."""
+    _add_config_arguments(parser)
+    parser.add_argument("--config", dest="config_file", metavar="FILE",
+                        help="JSON file of configuration keys, applied after the preset (e.g. best_config.json)")
+    parser.add_argument("--epochs", type=_positive_int, help="number of epochs (config key epochs)")
+    parser.add_argument("--batch-size", type=_positive_int, help="batch size (config key batch_size)")
+    parser.add_argument("--num-particles", type=_positive_int, metavar="N",
+                        help="particles to simulate (default: num_particles_default)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="train on this particle CSV (your own CSV is only read; a missing one is generated)")
+    parser.add_argument("--output-dir", default="training_output", metavar="DIR",
+                        help="training output root (default: training_output)")
+    parser.add_argument("--seed", type=int, help="seed for data generation, weights and shuffling (repeatable runs)")
+    parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
+    parser.set_defaults(handler=_cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnlab", description="nnlab: regression networks on simulated particle physics")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="run the training pipeline (same as python main.py)")
+    add_train_arguments(train)
 
     data = commands.add_parser("data", help="generate or validate particle data")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -145,6 +173,44 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
     except DataValidationError as exc:
         raise DataValidationError(f"{path} is invalid:\n{exc}", exc.problems) from None
     print(f"{path}: {report.summary()}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    extra: dict = {}
+    if args.epochs is not None:
+        extra["epochs"] = args.epochs
+    if args.batch_size is not None:
+        extra["batch_size"] = args.batch_size
+    if args.seed is not None:
+        extra.update(seed=args.seed, random_seed=args.seed)
+    cfg = _load_config(args, extra)
+
+    from nnlab.training import check_output_dir
+
+    check_output_dir(args.output_dir)  # fail before any data or training work
+    from nnlab.data import complete_data_pipeline
+    from nnlab.model import AdvancedNeuralNetwork
+    from nnlab.training import format_summary, train_with_tracking
+
+    n = args.num_particles or cfg.generation.num_particles_default
+    data = complete_data_pipeline(
+        args.data, num_particles=n, config=cfg.generation, seed=cfg.generation.random_seed,
+        test_size=cfg.training.test_size, val_size=cfg.training.val_size,
+        random_state=cfg.generation.random_seed if cfg.generation.random_seed is not None else 42,
+    )
+    if not args.quiet:
+        print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
+              f"{len(data.feature_names)} features -> {len(data.target_names)} targets")
+    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
+    results = train_with_tracking(
+        model, *data, cfg, data=data, output_dir=args.output_dir,
+        preset=args.preset, verbose=0 if args.quiet else "auto",
+    )
+    print(format_summary(results), end="")
+    if results["status"] == "diverged":
+        print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ A configuration is one flat namespace of keys (``learning_rate``, ``epochs``,
 Layers are applied in this order, later ones winning::
 
     built-in defaults <- model_config.json <- training_config.json
-        <- particle_generation_config.json <- preset <- --set KEY=VALUE
+        <- particle_generation_config.json <- preset <- --config FILE <- --set KEY=VALUE
 
 Every problem raises :class:`~nnlab.errors.ConfigError` naming the source
 (file, preset or ``--set``), the key, the bad value and what is allowed.
@@ -107,7 +107,7 @@ class ModelConfig(_Section):
     )
     activation: Literal["relu", "tanh", "elu", "gelu", "swish", "prelu"] = "prelu"
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(0.0005, gt=0.0, le=1.0)
+    learning_rate: float = Field(0.0005, gt=0.0, le=10.0)
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
     use_batch_norm: StrictBool = False
     batch_norm_momentum: float = Field(0.99, gt=0.0, lt=1.0)
@@ -164,6 +164,14 @@ class TrainingConfig(_Section):
     batch_size: int = Field(128, ge=1)
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     val_size: float = Field(0.2, gt=0.0, lt=1.0)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    reduce_lr_on_plateau: StrictBool = True
+    reduce_lr_patience: int = Field(10, ge=1)
+    reduce_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    min_learning_rate: float = Field(1e-6, ge=0.0)
+    checkpoint_every: int = Field(10, ge=1)
+    steps_per_execution: int = Field(1, ge=1)
+    jit_compile: StrictBool = False
 
 
 class GenerationConfig(_Section):
@@ -441,6 +449,7 @@ def load_config(
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     override_source: str = "--set",
+    config_file: str | os.PathLike | None = None,
 ) -> Config:
     """Load and validate the configuration of a run.
 
@@ -448,6 +457,8 @@ def load_config(
         config_dir: the ``ml_config`` directory (see :func:`find_config_dir`).
         preset: a preset name from ``ml_config/model_presets/``.
         overrides: explicit values that win over everything else.
+        config_file: a JSON file of keys (e.g. an HPO ``best_config.json``),
+            applied after the preset and before ``overrides``.
         override_source: how overrides are named in error messages.
 
     Returns:
@@ -477,6 +488,9 @@ def load_config(
                 apply(read_json_object(path, filename), filename)
     if preset is not None:
         apply(load_preset(preset, base), f"preset '{preset}'")
+    if config_file is not None:
+        path = Path(config_file)
+        apply(read_json_object(path, str(path)), str(path))
     if overrides:
         apply(dict(overrides), override_source)
     return Config.from_flat(values, sources=sources, source="defaults")

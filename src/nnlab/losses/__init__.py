@@ -1,0 +1,57 @@
+"""Adaptive MSE/MAE loss weighting: strategies, the Keras loss and its callback.
+
+* :func:`compute_loss_weights` -- one strategy step, pure NumPy (no TensorFlow);
+* :class:`LossWeightScheduler` -- the same epoch after epoch, with the history
+  and seeded random state the stateful strategies need;
+* :class:`AdaptiveLoss` -- ``w_mse * MSE + w_mae * MAE`` as a Keras loss whose
+  weights live in a non-trainable variable read by the compiled train step;
+* :class:`AdaptiveLossCallback` -- assigns the scheduler's weights to that
+  variable after every epoch and records them;
+* :func:`build_adaptive_loss` -- the loss and callback for a configuration.
+
+The TensorFlow-backed names load on first use, so strategies stay importable
+(and fast) without TensorFlow. To ``keras.models.load_model`` a model saved with
+an :class:`AdaptiveLoss`, touch ``nnlab.losses.AdaptiveLoss`` first (this
+registers it) or pass it in ``custom_objects``.
+
+Example:
+    >>> from nnlab.losses import compute_loss_weights
+    >>> compute_loss_weights("none")
+    (1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from nnlab.losses._scheduler import LossWeightScheduler
+from nnlab.losses._strategies import LOSS_TERMS, LOSS_WEIGHTING_STRATEGIES, compute_loss_weights
+
+# TensorFlow-backed names -> defining module, imported lazily by __getattr__.
+_LAZY = {
+    "AdaptiveLoss": "nnlab.losses._adaptive_loss",
+    "AdaptiveLossCallback": "nnlab.losses._callback",
+    "build_adaptive_loss": "nnlab.losses._callback",
+    "HISTORY_COLUMNS": "nnlab.losses._callback",
+}
+
+__all__ = [
+    "LOSS_TERMS",
+    "LOSS_WEIGHTING_STRATEGIES",
+    "compute_loss_weights",
+    "LossWeightScheduler",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnlab.losses' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

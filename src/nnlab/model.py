@@ -1,0 +1,291 @@
+"""The regression network: build, compile, train with the lab's callbacks, evaluate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from nnlab.config import Config, resolve_config
+from nnlab.constraints import build_constraint_callback
+from nnlab.errors import ConfigError, DataValidationError
+from nnlab.losses import build_adaptive_loss
+from nnlab.tracking import ErrorRecorder
+
+__all__ = ["AdvancedNeuralNetwork", "build_optimizer"]
+
+METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
+
+
+def build_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """A Keras optimizer by config name (adam, adamw, sgd, rmsprop)."""
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    if name not in optimizers:
+        raise ConfigError(f"optimizer = {name!r} is invalid: allowed {', '.join(optimizers)}")
+    return optimizers[name](learning_rate=learning_rate)
+
+
+def _check_xy(X: Any, y: Any, name: str, n_features: int, n_targets: int) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise DataValidationError(f"{name}: X must have shape (n, {n_features}), got {X.shape}")
+    if y.ndim == 1 and n_targets == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] != n_targets or len(y) != len(X):
+        raise DataValidationError(f"{name}: y must have shape ({len(X)}, {n_targets}), got {y.shape}")
+    if len(X) == 0:
+        raise DataValidationError(f"{name}: no rows")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise DataValidationError(f"{name}: contains NaN or inf values")
+    return X, y
+
+
+class AdvancedNeuralNetwork:
+    """A dense regression network configured by the lab's configuration.
+
+    The Keras model is built at construction: ``hidden_layers`` dense layers
+    (each followed by batch normalisation when ``use_batch_norm`` -- the dense
+    layer then has no bias, batch norm's beta replaces it --, the activation,
+    and dropout when ``dropout_rate > 0``), with L2 kernel regularisation, and a
+    linear output layer. The loss is an :class:`~nnlab.losses.AdaptiveLoss`
+    reweighted each epoch by the configured strategy; the weight constraints of
+    the configuration are applied every ``constraint_interval`` epochs.
+
+    Args:
+        input_shape: shape of one input row, e.g. ``(23,)``.
+        output_dim: number of regression targets.
+        config: a :class:`~nnlab.config.Config` or a flat dict of keys (on top of
+            the defaults).
+
+    Example:
+        >>> net = AdvancedNeuralNetwork((23,), 6, {"hidden_layers": [64, 32], "epochs": 2})
+        >>> net.compile_model()
+        >>> # results = net.train_with_custom_constraints(X_train, y_train, X_val, y_val, epochs=2)
+    """
+
+    def __init__(self, input_shape: Sequence[int] | int, output_dim: int, config: Config | Mapping | None = None):
+        self.config = resolve_config(config)
+        shape = (int(input_shape),) if isinstance(input_shape, (int, np.integer)) else tuple(int(d) for d in input_shape)
+        if len(shape) != 1 or shape[0] < 1:
+            raise ConfigError(f"input_shape must be (n_features,) with n_features >= 1, got {input_shape!r}")
+        if int(output_dim) < 1:
+            raise ConfigError(f"output_dim must be >= 1, got {output_dim!r}")
+        self.input_shape = shape
+        self.output_dim = int(output_dim)
+        self.errors = ErrorRecorder()
+        seed = self.config.model.seed
+        if seed is not None:
+            # Python, NumPy and TensorFlow seeds: same seed, same initial weights,
+            # same shuffling, same dropout masks.
+            keras.utils.set_random_seed(seed)
+        self.model = self._build()
+        self.loss, self.loss_callback = build_adaptive_loss(self.config)
+        self.constraint_callback = build_constraint_callback(self.config)
+        self.history: dict[str, list[float]] = {}
+        self._compiled = False
+
+    # -- building -------------------------------------------------------------
+    def _build(self) -> keras.Model:
+        m = self.config.model
+        regularizer = keras.regularizers.L2(m.l2_regularization) if m.l2_regularization > 0 else None
+        inputs = keras.Input(self.input_shape, name="features")
+        x = inputs
+        for i, width in enumerate(m.hidden_layers, start=1):
+            x = keras.layers.Dense(
+                width, use_bias=not m.use_batch_norm, kernel_regularizer=regularizer, name=f"dense_{i}"
+            )(x)
+            if m.use_batch_norm:
+                x = keras.layers.BatchNormalization(momentum=m.batch_norm_momentum, name=f"batch_norm_{i}")(x)
+            if m.activation == "prelu":
+                x = keras.layers.PReLU(name=f"prelu_{i}")(x)
+            else:
+                x = keras.layers.Activation(m.activation, name=f"{m.activation}_{i}")(x)
+            if m.dropout_rate > 0:
+                x = keras.layers.Dropout(m.dropout_rate, name=f"dropout_{i}")(x)
+        outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets")(x)
+        return keras.Model(inputs, outputs, name="advanced_neural_network")
+
+    def compile_model(self) -> keras.Model:
+        """Compile with the adaptive loss, metrics mse/mae/R², ``steps_per_execution``
+        and ``jit_compile`` from the configuration."""
+        m, t = self.config.model, self.config.training
+        self.model.compile(
+            optimizer=build_optimizer(m.optimizer, m.learning_rate),
+            loss=self.loss,
+            metrics=["mse", "mae", keras.metrics.R2Score(name="r2_score")],
+            steps_per_execution=t.steps_per_execution,
+            jit_compile=t.jit_compile,
+        )
+        self._compiled = True
+        return self.model
+
+    # -- training -------------------------------------------------------------
+    def lab_callbacks(self) -> list[keras.callbacks.Callback]:
+        """The constraint and adaptive-loss callbacks, in the order they must run
+        (before anything that reads their statistics from the logs)."""
+        callbacks: list[keras.callbacks.Callback] = []
+        if self.constraint_callback is not None:
+            callbacks.append(self.constraint_callback)
+        callbacks.append(self.loss_callback)
+        return callbacks
+
+    def standard_callbacks(self) -> list[keras.callbacks.Callback]:
+        """TerminateOnNaN, and early stopping / LR reduction when configured."""
+        t = self.config.training
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+        if t.reduce_lr_on_plateau:
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience,
+                    min_lr=t.min_learning_rate, verbose=0,
+                )
+            )
+        if t.early_stopping_patience is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True
+                )
+            )
+        return callbacks
+
+    def train_with_custom_constraints(
+        self,
+        X_train: Any,
+        y_train: Any,
+        X_val: Any,
+        y_val: Any,
+        epochs: int = 50,
+        batch_size: int = 32,
+        *,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        verbose: int | str = "auto",
+        initial_epoch: int = 0,
+    ) -> dict[str, Any]:
+        """Train with ``model.fit`` in graph mode and the lab's callbacks.
+
+        Callback order: weight constraints, adaptive loss, then ``callbacks``
+        (trackers, checkpoints: they see the statistics the first two add to the
+        logs), then TerminateOnNaN, LR reduction, early stopping.
+
+        Args:
+            X_train, y_train, X_val, y_val: float arrays (scaled).
+            epochs: number of epochs (in total, counting ``initial_epoch``).
+            batch_size: batch size.
+            callbacks: extra callbacks (tracker, checkpoints).
+            verbose: Keras progress output (0 silent, 1 bar, 2 a line per epoch).
+            initial_epoch: epoch to start from (resuming).
+
+        Returns:
+            ``history`` (per-epoch logs), ``final_results`` (last epoch's logs),
+            ``adaptive_loss_history``, ``constraint_history``, ``errors``,
+            ``constraints_used``, ``epochs_run``, ``diverged`` (NaN loss),
+            ``training_time``.
+        """
+        n_features, n_targets = self.input_shape[0], self.output_dim
+        X_train, y_train = _check_xy(X_train, y_train, "training data", n_features, n_targets)
+        X_val, y_val = _check_xy(X_val, y_val, "validation data", n_features, n_targets)
+        if int(epochs) < 1 or int(batch_size) < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
+        if not self._compiled:
+            self.compile_model()
+        all_callbacks = [*self.lab_callbacks(), *callbacks, *self.standard_callbacks()]
+        start = time.perf_counter()
+        fit = self.model.fit(
+            X_train,
+            y_train,
+            validation_data=(X_val, y_val),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            callbacks=all_callbacks,
+            verbose=verbose,
+            initial_epoch=initial_epoch,
+            shuffle=True,
+        )
+        elapsed = time.perf_counter() - start
+        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        self.history = history
+        losses = history.get("loss", [])
+        diverged = bool(losses) and not np.all(np.isfinite(losses))
+        final = {k: values[-1] for k, values in history.items() if values}
+        return {
+            "history": history,
+            "final_results": final,
+            "adaptive_loss_history": list(self.loss_callback.history),
+            "constraint_history": list(self.constraint_callback.history) if self.constraint_callback else [],
+            "errors": self.get_error_summary(),
+            "constraints_used": self.constraints_used(),
+            "loss_weighting_strategy": self.config.model.loss_weighting_strategy,
+            "epochs_run": len(losses),
+            "diverged": diverged,
+            "training_time": elapsed,
+        }
+
+    def constraints_used(self) -> list[str]:
+        """Names of the weight constraints in the chain (empty if none)."""
+        if self.constraint_callback is None:
+            return []
+        return [c.name for c in self.constraint_callback.constraints]
+
+    # -- evaluation -----------------------------------------------------------
+    def predict(self, X: Any, batch_size: int = 1024) -> np.ndarray:
+        """Predictions (in the scaled target space)."""
+        return np.asarray(self.model.predict(np.asarray(X, dtype=np.float32), batch_size=batch_size, verbose=0))
+
+    def evaluate_model(self, X_test: Any, y_test: Any, *, repeats: int = 5) -> dict[str, Any]:
+        """Test metrics on the scaled targets, averaged over targets.
+
+        Returns ``mse``, ``mae``, ``rmse``, ``r2`` (mean of the per-target R²),
+        ``r2_per_target``, and ``inference_time`` (median of ``repeats`` timed
+        predictions of the whole test set after one warm-up) with
+        ``samples_per_second``.
+        """
+        X_test, y_test = _check_xy(X_test, y_test, "test data", self.input_shape[0], self.output_dim)
+        self.predict(X_test[: min(len(X_test), 32)])  # warm-up: trace and compile predict
+        timings = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            pred = self.predict(X_test)
+            timings.append(time.perf_counter() - start)
+        inference = float(np.median(timings))
+        metrics = regression_metrics(y_test, pred)
+        metrics.update(
+            inference_time=inference,
+            samples_per_second=float(len(X_test) / inference) if inference > 0 else float("inf"),
+            n_samples=int(len(X_test)),
+        )
+        return metrics
+
+    def get_error_summary(self) -> dict[str, Any]:
+        """Failures of optional components recorded during this model's life."""
+        return self.errors.summary()
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """mse, mae, rmse and R² (mean over targets, and per target) of 2-D arrays."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    err = y_pred - y_true
+    mse_t = np.mean(err**2, axis=0)
+    mae_t = np.mean(np.abs(err), axis=0)
+    var_t = np.var(y_true, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2_t = np.where(var_t > 0, 1.0 - mse_t / var_t, np.nan)
+    return {
+        "mse": float(np.mean(mse_t)),
+        "mae": float(np.mean(mae_t)),
+        "rmse": float(np.sqrt(np.mean(mse_t))),
+        "r2": float(np.nanmean(r2_t)) if np.isfinite(r2_t).any() else float("nan"),
+        "mse_per_target": mse_t.tolist(),
+        "mae_per_target": mae_t.tolist(),
+        "rmse_per_target": np.sqrt(mse_t).tolist(),
+        "r2_per_target": r2_t.tolist(),
+    }
