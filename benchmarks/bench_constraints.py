@@ -81,7 +81,7 @@ def py_round_to_bits(x: float, k: int, rounding: str, noise: int = 0) -> float:
         rounded = truncated
     elif rounding == "nearest":
         rest, half = magnitude & ((1 << drop) - 1), 1 << (drop - 1)
-        up = rest > half or (rest == half and (magnitude >> drop) & 1)
+        up = rest > half or (rest == half and (s >> drop) & 1)
         rounded = truncated + (1 << drop) if up else truncated
     else:
         rounded = (magnitude + (noise & ((1 << drop) - 1))) >> drop << drop

@@ -389,3 +389,20 @@ def test_builder_returns_no_callback_when_nothing_is_enabled_and_rejects_bad_key
         build_constraints({"max_binary_digit": 8})
     with pytest.raises(ConfigError, match="binary_rounding"):
         build_constraints({"binary_rounding": "up"})
+
+
+# ---------------------------------------------------------------------------
+# Docstring examples
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    ["bits", "base", "binary", "oscillation", "james_stein", "callback", "builder", "__init__"],
+)
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    name = "nnlab.constraints" if module_name == "__init__" else f"nnlab.constraints.{module_name}"
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0

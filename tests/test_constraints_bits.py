@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -19,7 +19,7 @@ from nnlab.constraints.bits import (
 )
 
 FLT_MAX = float(np.finfo(np.float32).max)
-PROPERTY = settings(max_examples=150, deadline=None)
+PROPERTY = settings(max_examples=100, deadline=None)
 
 
 # ---------------------------------------------------------------------------
@@ -149,9 +149,23 @@ def test_nearest_is_within_half_a_unit_and_matches_reference(x, k):
             assert abs(xv - rv) <= 0.5 * unit
 
 
+@PROPERTY
+@given(st.integers(1, 23), st.integers(0, 2**24), st.integers(-149, 100), st.booleans())
+def test_nearest_rounds_exact_ties_to_even(k, kept, exponent, negative):
+    # A value exactly halfway between two k-bit neighbours: k + 1 significant
+    # bits, the last one set.
+    significand = ((kept % (1 << (k - 1))) | (1 << (k - 1))) * 2 + 1
+    x = math.ldexp(significand, exponent) * (-1 if negative else 1)
+    assume(np.isfinite(np.float32(x)) and float(np.float32(x)) == x)
+    r = float(round_to_bits(np.float32([x]), k, rounding="nearest")[0])
+    assert r == ref_round(x, k, "nearest")
+
+
 def test_nearest_ties_go_to_even_and_may_carry_into_the_exponent():
     # 1.25 = 1.01b and 1.75 = 1.11b are ties at 2 bits: to 1.0 (even) and 2.0 (carry).
     assert round_to_bits(np.float32([1.25, 1.75, -1.75, 2.5]), 2, rounding="nearest").tolist() == [1.0, 2.0, -2.0, 2.0]
+    # At 1 bit the kept significand is the leading 1, always odd: ties go up.
+    assert round_to_bits(np.float32([3.0, 1.5, 6.0, -3.0]), 1, rounding="nearest").tolist() == [4.0, 2.0, 8.0, -4.0]
 
 
 def test_nearest_saturates_instead_of_overflowing_to_inf():

@@ -171,7 +171,7 @@ def test_constraints_are_put_in_chain_order_and_xla_is_optional():
     results = []
     for jit in (True, False):
         keras.utils.set_random_seed(1)
-        model = small_model()
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])  # small: XLA compiles fast
         callback = WeightConstraintCallback(
             [JamesSteinShrinkage(noise_variance=0.01), BinaryPrecisionMax(6), BinaryChangeMax(3), OscillationDampener()],
             jit_compile=jit,

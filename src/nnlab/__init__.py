@@ -51,6 +51,8 @@ _EXPORTS = {
     "AdaptiveLoss": "nnlab.losses",
     "AdaptiveLossCallback": "nnlab.losses",
     "compute_loss_weights": "nnlab.losses",
+    "build_adaptive_loss": "nnlab.losses",
+    "LossWeightScheduler": "nnlab.losses",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -205,7 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
     results = train_with_tracking(
         model, *data, cfg, data=data, output_dir=args.output_dir,
-        preset=args.preset, verbose=0 if args.quiet else "auto",
+        preset=args.preset, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
     )
     print(format_summary(results), end="")
     if results["status"] == "diverged":

@@ -122,7 +122,11 @@ class WeightConstraint(keras.constraints.Constraint):
         return state
 
     def reset_state(self) -> None:
-        """Forget all per-weight state: the next application starts afresh."""
+        """Forget all per-weight state: the next application starts afresh.
+
+        A :class:`~nnlab.constraints.WeightConstraintCallback` already traced
+        with this constraint keeps the old state; build a new callback.
+        """
         self._states.clear()
         self._compiled.clear()
 

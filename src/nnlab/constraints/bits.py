@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -106,21 +107,25 @@ def round_bits_of_int(
     low_mask = unit - 1
     magnitude = tf.bitwise.bitwise_and(i, _MAGNITUDE)
     sign = tf.bitwise.bitwise_and(i, ~_MAGNITUDE)
-    truncated = tf.bitwise.bitwise_and(magnitude, ~low_mask)
+    truncated = tf.bitwise.bitwise_and(magnitude, tf.bitwise.invert(low_mask))
     if rounding == "truncate":
         rounded = truncated
     else:
         if rounding == "nearest":
             # Round half to even: add just under half a unit, plus one when the
             # kept part is odd. Any carry runs into the exponent, as in IEEE.
-            odd = tf.bitwise.bitwise_and(tf.bitwise.right_shift(magnitude, drop), 1)
+            # The parity is that of the kept significand; with drop = 23 its
+            # last bit is the implicit 1, not the exponent bit above the mantissa.
+            odd = tf.bitwise.bitwise_and(tf.bitwise.right_shift(s, drop), 1)
             increment = tf.where(drop > 0, tf.bitwise.right_shift(unit, 1) - 1 + odd, 0)
         elif rounding == "stochastic":
+            if noise is None:
+                raise ValueError("stochastic rounding needs noise (see stochastic_noise)")
             # Round up with probability (dropped part) / unit: unbiased.
             increment = tf.bitwise.bitwise_and(noise, low_mask)
         else:
             raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-        rounded = tf.bitwise.bitwise_and(magnitude + increment, ~low_mask)
+        rounded = tf.bitwise.bitwise_and(magnitude + increment, tf.bitwise.invert(low_mask))
         # A carry out of the largest binade would give inf; a weight must stay
         # finite, so saturate at the largest k-bit value (the truncated one).
         rounded = tf.where(rounded >= _EXPONENT, truncated, rounded)
@@ -137,9 +142,10 @@ def clear_lowest_set_bits_of_int(i: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
     """
     count = tf.broadcast_to(tf.clip_by_value(tf.cast(count, tf.int32), 0, 23), tf.shape(i))
     mantissa = tf.bitwise.bitwise_and(i, _MANTISSA)
-    # Position p of the count-th lowest set bit, found by binary search on
-    # popcount(m & (2**p - 1)) < count, i.e. the smallest p whose prefix
-    # (bits 0..p) holds `count` set bits. 5 steps cover p in [0, 23).
+    # p = position of the count-th lowest set bit = the smallest p whose prefix
+    # m & (2**(p+1) - 1) holds `count` set bits. A binary search over p needs
+    # 5 popcount steps for 24 candidates instead of up to 23 clear-lowest-bit
+    # steps; p = 23 ("no such bit") means fewer than `count` bits are set.
     lo = tf.zeros_like(mantissa)
     hi = tf.fill(tf.shape(mantissa), 23)
     for _ in range(5):
@@ -152,7 +158,7 @@ def clear_lowest_set_bits_of_int(i: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
         lo = tf.where(enough, lo, mid + 1)
     # lo == 23 means fewer than `count` bits are set: clear the whole mantissa.
     clear = tf.bitwise.left_shift(tf.ones_like(lo), lo + 1) - 1
-    cleared = tf.bitwise.bitwise_and(i, ~tf.bitwise.bitwise_and(clear, _MANTISSA))
+    cleared = tf.bitwise.bitwise_and(i, tf.bitwise.invert(tf.bitwise.bitwise_and(clear, _MANTISSA)))
     keep = tf.logical_not(_is_finite_bits(i)) | tf.equal(count, 0)
     return tf.where(keep, i, cleared)
 
@@ -177,7 +183,7 @@ def stochastic_noise(shape: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor:
 
 def _as_float32(x) -> tuple[tf.Tensor, bool]:
     """The input as a float32 tensor, and whether the caller gave a NumPy-like value."""
-    if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "_value"):
+    if isinstance(x, (tf.Tensor, tf.Variable, keras.Variable)):
         tensor = tf.convert_to_tensor(x)
         if tensor.dtype != tf.float32:
             raise TypeError(f"expected a float32 tensor, got dtype {tensor.dtype.name}")

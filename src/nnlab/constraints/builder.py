@@ -33,6 +33,10 @@ def build_constraints(config: Config | Mapping[str, Any] | None = None) -> list[
     * ``enable_james_stein``, ``james_stein_target``,
       ``james_stein_noise_variance`` → :class:`JamesSteinShrinkage`.
 
+    With the defaults (``max_binary_digits = 24``, ``max_additional_binary_digits
+    = 16``) the two binary limits rarely change a weight; they are still built
+    when enabled, so the statistics show that they ran.
+
     Args:
         config: a :class:`~nnlab.config.Config`, a flat dict of keys (on top of
             the defaults) or None (the defaults).

@@ -19,6 +19,12 @@ LOG_PREFIX = "constraint/"
 _COMMON_STATS = ("fraction_changed", "mean_abs_change")
 
 
+def _total(values: tf.Tensor) -> tf.Tensor:
+    # Reduce in float32 (exact for counts below 2**24 per tensor, cheaper than
+    # casting every element), accumulate across tensors in float64.
+    return tf.cast(tf.reduce_sum(tf.cast(values, tf.float32)), tf.float64)
+
+
 def _variable_path(variable) -> str:
     # Keras 3 variables have a unique-ish `path` ("dense/kernel"); tf.Variables
     # have a name ("dense/kernel:0").
@@ -56,6 +62,10 @@ class WeightConstraintCallback(keras.callbacks.Callback):
       target weights;
     * ``constraint/<name>/fraction_oscillating`` (dampeners) and
       ``constraint/james_stein/mean_factor`` (average shrinkage factor).
+
+    Each constraint works on the output of the one before, and James-Stein
+    comes last: its shrunk weights are not re-rounded, so with it enabled the
+    weights can carry more than ``max_bits`` significant digits afterwards.
 
     ``<name>`` is the constraint's :attr:`~WeightConstraint.name`. On epochs
     without an application every statistic is 0.0 (nothing was changed or
@@ -145,7 +155,13 @@ class WeightConstraintCallback(keras.callbacks.Callback):
     # -- application -----------------------------------------------------------
 
     def apply(self) -> dict[str, float]:
-        """Apply the chain to the model's target weights now; returns the statistics."""
+        """Apply the chain to the model's target weights now; returns the statistics.
+
+        Called by :meth:`on_epoch_end`; also usable directly after
+        ``set_model(model)``.
+        """
+        if self.model is None:
+            raise RuntimeError("WeightConstraintCallback.apply() needs a model: call set_model(model) first")
         if self._compiled is None or self._targets_changed():
             self._prepare()
         stats = {key: float(value) for key, value in self._compiled().items()}
@@ -190,17 +206,15 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         sums = {key: tf.constant(0.0, tf.float64) for key in self.log_keys}
         for key, variable in zip(self._keys, self._variables):
             weights = tf.convert_to_tensor(variable)
-            sums[f"{LOG_PREFIX}non_finite"] += tf.reduce_sum(
-                tf.cast(tf.logical_not(tf.math.is_finite(weights)), tf.float64)
-            )
+            sums[f"{LOG_PREFIX}non_finite"] += _total(tf.logical_not(tf.math.is_finite(weights)))
             for c in self.constraints:
                 new, extras = c.transform(weights, c.state_for(key, tuple(variable.shape)))
                 prefix = f"{LOG_PREFIX}{c.name}/"
                 changed = tf.not_equal(tf.bitcast(new, tf.int32), tf.bitcast(weights, tf.int32))
                 both_finite = tf.math.is_finite(new) & tf.math.is_finite(weights)
                 delta = tf.where(both_finite, tf.abs(new - weights), 0.0)
-                sums[prefix + "fraction_changed"] += tf.reduce_sum(tf.cast(changed, tf.float64))
-                sums[prefix + "mean_abs_change"] += tf.reduce_sum(tf.cast(delta, tf.float64))
+                sums[prefix + "fraction_changed"] += _total(changed)
+                sums[prefix + "mean_abs_change"] += _total(delta)
                 for stat, value in extras.items():
                     sums[prefix + stat] += tf.cast(value, tf.float64)
                 weights = new
