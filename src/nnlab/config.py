@@ -105,8 +105,8 @@ class ModelConfig(_Section):
     hidden_layers: list[int] = Field(
         default_factory=lambda: [512, 384, 256, 128, 64], min_length=1
     )
-    activation: Literal["relu", "tanh", "elu", "gelu", "swish", "prelu"] = "prelu"
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    activation: Literal[ACTIVATIONS] = "prelu"
+    optimizer: Literal[OPTIMIZERS] = "adam"
     learning_rate: float = Field(0.0005, gt=0.0, le=10.0)
     dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
     use_batch_norm: StrictBool = False
@@ -119,16 +119,7 @@ class ModelConfig(_Section):
     max_additional_binary_digits: int = Field(16, ge=0, le=24)
     enable_binary_precision_max: StrictBool = True
     max_binary_digits: int = Field(24, ge=1, le=24)
-    loss_weighting_strategy: Literal[
-        "r2_based",
-        "loss_based",
-        "combined",
-        "physics_aware",
-        "softadapt",
-        "relobralo",
-        "fixed",
-        "none",
-    ] = "physics_aware"
+    loss_weighting_strategy: Literal[LOSS_WEIGHTING_STRATEGIES] = "physics_aware"
     binary_rounding: Literal["truncate", "nearest", "stochastic"] = "truncate"
     enable_james_stein: StrictBool = False
     james_stein_target: Literal["zero", "mean"] = "zero"
