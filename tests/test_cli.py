@@ -148,3 +148,92 @@ def test_config_show_and_presets():
     assert flat["hidden_layers"] == [64, 32] and flat["epochs"] == 3
     proc = nnlab("config", "presets")
     assert proc.stdout.split() == ["baseline", "deep_regularized", "fast_debug"]
+
+
+# --- python main.py / nnlab train ----------------------------------------------------
+
+TINY = ["--num-particles", "200", "--epochs", "2", "--set", "hidden_layers=[16]", "--set", "checkpoint_every=1"]
+
+
+def main_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_seeded_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("main")
+    procs = [main_py(*TINY, "--seed", "5", "--quiet", "--output-dir", str(out / "o"), cwd=out) for _ in range(2)]
+    return out / "o", procs
+
+
+def test_main_py_runs_and_prints_summary(two_seeded_runs):
+    out, procs = two_seeded_runs
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr
+        assert "completed" in proc.stdout and "test MSE / MAE / R²" in proc.stdout
+        assert "Traceback" not in proc.stderr
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        assert str(run) in procs[0].stdout + procs[1].stdout
+        df = pd.read_csv(run / "training_results.csv")
+        assert list(df["epoch"]) == [1, 2]
+        assert len(pd.read_csv(run / "loss_history.csv")) == 2
+        assert (run / "weights" / "final.weights.h5").is_file()
+    log = pd.read_csv(out / "configuration_log.csv")
+    assert len(log) == 2 and set(log["status"]) == {"completed"}
+
+
+def test_same_seed_gives_identical_metrics(two_seeded_runs):
+    out, _ = two_seeded_runs
+    metrics = [json.loads((run / "test_metrics.json").read_text())["scaled"] for run in sorted((out / "runs").iterdir())]
+    assert metrics[0] == metrics[1]
+
+
+def test_main_py_trains_on_a_csv(tmp_path, good_csv):
+    proc = main_py("--data", str(good_csv), "--epochs", "1", "--set", "hidden_layers=[8]", "--quiet",
+                   "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "192 train" not in proc.stdout  # quiet: no data line
+    cfg = json.loads(next((tmp_path / "o" / "runs").iterdir()).joinpath("training_config.json").read_text())
+    assert cfg["config"]["hidden_layers"] == [8]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--epochs", "0"], ["--epochs", "positive integer"]),
+        (["--set", "dropout_rate=2"], ["dropout_rate = 2", "less than 1"]),
+        (["--set", "optimiser=adam"], ["unknown key 'optimiser'", "did you mean 'optimizer'"]),
+        (["--preset", "nope"], ["unknown preset 'nope'"]),
+        (["--data", "missing.csv"], ["--data", "missing.csv", "not found"]),
+        (["--config", "missing.json"], ["missing.json", "file not found"]),
+        (["--bogus"], ["unrecognized arguments: --bogus"]),
+    ],
+)
+def test_main_py_bad_options(args, fragments, tmp_path):
+    proc = main_py(*args, "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert_clean_error(proc, *fragments)
+    assert not (tmp_path / "o" / "runs").exists() or not any((tmp_path / "o" / "runs").iterdir())
+
+
+def test_main_py_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = main_py(*TINY, "--output-dir", str(blocker / "out"), cwd=tmp_path)
+    assert_clean_error(proc, str(blocker / "out"), "cannot be written")
+
+
+def test_main_py_config_file(tmp_path):
+    cfg = tmp_path / "best_config.json"
+    cfg.write_text(json.dumps({"hidden_layers": [12], "loss_weighting_strategy": "fixed"}))
+    proc = main_py("--num-particles", "200", "--epochs", "1", "--config", str(cfg), "--set", "mse_weight=0.8",
+                   "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = next((tmp_path / "o" / "runs").iterdir())
+    saved = json.loads((run / "training_config.json").read_text())["config"]
+    # the file beats ml_config/, --set beats the file
+    assert saved["hidden_layers"] == [12] and saved["loss_weighting_strategy"] == "fixed"
+    assert saved["mse_weight"] == 0.8

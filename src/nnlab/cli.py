@@ -85,7 +85,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-particles", type=_positive_int, metavar="N",
                         help="particles to simulate (default: num_particles_default)")
     parser.add_argument("--data", metavar="FILE",
-                        help="train on this particle CSV (your own CSV is only read; a missing one is generated)")
+                        help="train on this particle CSV (validated; never modified)")
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root (default: training_output)")
     parser.add_argument("--seed", type=int, help="seed for data generation, weights and shuffling (repeatable runs)")
@@ -193,6 +193,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from nnlab.model import AdvancedNeuralNetwork
     from nnlab.training import format_summary, train_with_tracking
 
+    if args.data is not None and not Path(args.data).is_file():
+        raise DataValidationError(f"--data: particle data file not found: {args.data} "
+                                  "(create one with `nnlab data generate --out FILE`)")
     n = args.num_particles or cfg.generation.num_particles_default
     data = complete_data_pipeline(
         args.data, num_particles=n, config=cfg.generation, seed=cfg.generation.random_seed,
