@@ -256,3 +256,34 @@ def test_issue_example_runs_as_written(tmp_path, monkeypatch):
     assert results["training"]["epochs_run"] == 50
     assert results["test"]["scaled"]["r2"] > 0.8
     assert (tmp_path / "training_output" / "configuration_log.csv").is_file()
+
+
+def test_steps_per_execution_and_xla_give_the_same_results(data):
+    # Exposed in the config because they are faster; they must not change the results.
+    finals = []
+    for settings in ({"steps_per_execution": 1, "jit_compile": False},
+                     {"steps_per_execution": 4, "jit_compile": True}):
+        net = AdvancedNeuralNetwork((23,), 6, {**SMALL, **settings, "seed": 13})
+        out = net.train_with_custom_constraints(data.X_train, data.y_train, data.X_val, data.y_val, epochs=2,
+                                                batch_size=64, verbose=0)
+        finals.append(out["history"])
+    for key in ("loss", "val_mse", "val_r2_score"):
+        np.testing.assert_allclose(finals[0][key], finals[1][key], rtol=1e-3, err_msg=key)
+
+
+def test_extra_callback_can_stop_and_set_status(data, tmp_path):
+    class StopAfterOne(keras.callbacks.Callback):
+        run_status = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            assert "constraint/applied" in logs and "mse_weight" in logs  # runs after the lab callbacks
+            self.model.stop_training = True
+            self.run_status = "pruned"
+
+    config = {**SMALL, "epochs": 4}
+    model = AdvancedNeuralNetwork((23,), 6, config)
+    results = train_with_tracking(model, *data, config, data=data, output_dir=tmp_path, verbose=0,
+                                  callbacks=[StopAfterOne()])
+    assert results["status"] == "pruned" and results["training"]["epochs_run"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "configuration_log.csv")))
+    assert rows[-1]["status"] == "pruned"

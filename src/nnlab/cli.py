@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run the training pipeline (same as python main.py)")
     add_train_arguments(train)
 
+    # Subcommands owned by other modules: each module defines add_arguments(parser)
+    # and run(args) -> exit status, and imports TensorFlow/Optuna only inside run().
+    for name, module, help_text in _PLUGGED_COMMANDS:
+        plugged = commands.add_parser(name, help=help_text)
+        _plug(plugged, module)
+
     data = commands.add_parser("data", help="generate or validate particle data")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
 
@@ -128,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("--config-dir", metavar="DIR")
     presets.set_defaults(handler=_cmd_config_presets)
     return parser
+
+
+_PLUGGED_COMMANDS = (
+    ("hpo", "nnlab.hpo", "hyperparameter search on Optuna (same as python hpo_agent.py)"),
+    ("analyze", "nnlab.analysis.cli", "analyse a training run: figures, statistics, report"),
+)
+
+
+def _plug(parser: argparse.ArgumentParser, module_name: str) -> None:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        # Not built yet in this checkout: say so instead of failing every command.
+        parser.set_defaults(handler=lambda _args: _unavailable(module_name))
+        return
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.run)
+
+
+def _unavailable(module_name: str) -> int:
+    print(f"error: {module_name} is not available in this installation", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,7 @@ def train_with_tracking(
     output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
     preset: str | None = None,
     verbose: int | str = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Compile, train with tracking, evaluate on the test set and write every artifact.
 
@@ -215,12 +216,16 @@ def train_with_tracking(
         output_dir: the training output root (``training_output``).
         preset: preset name, recorded in the configuration log.
         verbose: Keras progress output.
+        callbacks: extra callbacks, run after the tracker (they see every
+            statistic in the logs). One that stops training early may set a
+            ``run_status`` attribute (e.g. ``"pruned"``); it becomes the run's
+            status instead of ``completed``.
 
     Returns:
         ``training`` (history, final results, adaptive-loss history, constraints
         used, errors), ``test`` (metrics), ``performance_summary``,
         ``error_summary``, plus ``run_id``, ``run_dir`` and ``status``
-        (``completed`` or ``diverged``).
+        (``completed``, ``diverged``, or a callback's ``run_status``).
 
     Raises:
         ConfigError, DataValidationError: bad configuration or data (the run's
@@ -272,14 +277,15 @@ def train_with_tracking(
         model.compile_model()
         training = model.train_with_custom_constraints(
             X_train, y_train, X_val, y_val, epochs=t.epochs, batch_size=t.batch_size,
-            callbacks=[tracker, loss_writer, checkpoints], verbose=verbose,
+            callbacks=[tracker, loss_writer, checkpoints, *callbacks], verbose=verbose,
         )
     except Exception as exc:
         row.update(status="failed", total_time_s=round(time.perf_counter() - started, 3),
                    error_count=len(errors) + 1)
         _safe(errors, "configuration_log.csv", upsert_csv_row, log_path, row, key="run_id")
         raise
-    status = "diverged" if training["diverged"] else "completed"
+    requested = [getattr(cb, "run_status", None) for cb in callbacks]
+    status = "diverged" if training["diverged"] else next((r for r in requested if r), "completed")
 
     test = model.evaluate_model(X_test, y_test)
     target_names = list(getattr(data, "target_names", [])) or [f"target_{i}" for i in range(model.output_dim)]
