@@ -182,6 +182,8 @@ def test_main_py_runs_and_prints_summary(two_seeded_runs):
         assert list(df["epoch"]) == [1, 2]
         assert len(pd.read_csv(run / "loss_history.csv")) == 2
         assert (run / "weights" / "final.weights.h5").is_file()
+        source = json.loads((run / "training_config.json").read_text())["data"]
+        assert source["num_particles"] == 200 and source["seed"] == 5 and source["n_rows"] == 200
     log = pd.read_csv(out / "configuration_log.csv")
     assert len(log) == 2 and set(log["status"]) == {"completed"}
 

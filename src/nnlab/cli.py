@@ -229,10 +229,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise DataValidationError(f"--data: particle data file not found: {args.data} "
                                   "(create one with `nnlab data generate --out FILE`)")
     n = args.num_particles or cfg.generation.num_particles_default
+    source = {
+        "num_particles": n if args.data is None else None,
+        "seed": cfg.generation.random_seed,
+        "csv_path": str(Path(args.data).resolve()) if args.data is not None else None,
+        "random_state": cfg.generation.random_seed if cfg.generation.random_seed is not None else 42,
+        "test_size": cfg.training.test_size,
+        "val_size": cfg.training.val_size,
+    }
     data = complete_data_pipeline(
-        args.data, num_particles=n, config=cfg.generation, seed=cfg.generation.random_seed,
-        test_size=cfg.training.test_size, val_size=cfg.training.val_size,
-        random_state=cfg.generation.random_seed if cfg.generation.random_seed is not None else 42,
+        args.data, num_particles=n, config=cfg.generation, seed=source["seed"],
+        test_size=source["test_size"], val_size=source["val_size"], random_state=source["random_state"],
     )
     if not args.quiet:
         print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
@@ -241,6 +248,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     results = train_with_tracking(
         model, *data, cfg, data=data, output_dir=args.output_dir,
         preset=args.preset, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
+        data_source=source,
     )
     print(format_summary(results), end="")
     if results["status"] == "diverged":

@@ -202,6 +202,7 @@ def train_with_tracking(
     preset: str | None = None,
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    data_source: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compile, train with tracking, evaluate on the test set and write every artifact.
 
@@ -220,6 +221,9 @@ def train_with_tracking(
             statistic in the logs). One that stops training early may set a
             ``run_status`` attribute (e.g. ``"pruned"``); it becomes the run's
             status instead of ``completed``.
+        data_source: how the data was made (``num_particles``, ``seed``,
+            ``csv_path``, ``random_state``, ...), recorded as ``data`` in
+            training_config.json so the run's data can be rebuilt.
 
     Returns:
         ``training`` (history, final results, adaptive-loss history, constraints
@@ -265,6 +269,7 @@ def train_with_tracking(
     _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", {
         "run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
         "versions": library_versions(), "command": sys.argv,
+        "data": {"n_rows": int(len(X_train) + len(X_val) + len(X_test)), **(data_source or {})},
     })
     if data is not None and hasattr(data, "save_scalers"):
         _safe(errors, "scalers.json", data.save_scalers, run_dir)
