@@ -12,7 +12,8 @@ validation data and metrics (mse, mae, R²):
     and ``model.fit`` with default settings;
 (b) nnlab: ``train_with_tracking`` with binary precision 16 bits, binary change
     max, the adaptive oscillation dampener, the physics_aware loss, tracking
-    files and checkpoints, constraint_interval 1, and the configuration's
+    files and checkpoints (the default cadence: every ``checkpoint_every``
+    epochs, best and final), constraint_interval 1, and the configuration's
     ``steps_per_execution`` / ``jit_compile`` (overridable here).
 
 Time per epoch is the gap between consecutive epoch ends (everything that
@@ -103,7 +104,6 @@ def main() -> None:
         "enable_binary_precision_max": True, "max_binary_digits": 16,
         "enable_binary_change_max": True, "enable_weight_oscillation_dampener": True,
         "use_adaptive_oscillation_dampener": True, "loss_weighting_strategy": "physics_aware",
-        "checkpoint_every": 1,
     }
     if args.steps_per_execution is not None:
         overrides["steps_per_execution"] = args.steps_per_execution

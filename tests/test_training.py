@@ -287,3 +287,21 @@ def test_extra_callback_can_stop_and_set_status(data, tmp_path):
     assert results["status"] == "pruned" and results["training"]["epochs_run"] == 1
     rows = list(csv.DictReader(open(tmp_path / "configuration_log.csv")))
     assert rows[-1]["status"] == "pruned"
+
+
+def test_best_checkpoint_holds_the_best_epoch(data, tmp_path):
+    from nnlab.model import regression_metrics
+
+    config = {**SMALL, "epochs": 4, "checkpoint_every": 3, "enable_binary_change_max": False,
+              "enable_binary_precision_max": False, "enable_weight_oscillation_dampener": False,
+              "use_adaptive_oscillation_dampener": False, "reduce_lr_on_plateau": False}
+    model, results = run(data, tmp_path, **config)
+    best_epoch = results["performance_summary"]["best_epoch"]
+    fresh = AdvancedNeuralNetwork((23,), 6, config)
+    fresh.model.load_weights(Path(results["run_dir"], "weights", "best.weights.h5"))
+    r2 = regression_metrics(data.y_val, fresh.predict(data.X_val))["r2"]
+    assert r2 == pytest.approx(results["performance_summary"]["best_r2"], abs=1e-4)
+    fresh.model.load_weights(Path(results["run_dir"], "weights", "final.weights.h5"))
+    final = regression_metrics(data.y_val, fresh.predict(data.X_val))["r2"]
+    assert final == pytest.approx(results["performance_summary"]["current_r2"], abs=1e-4)
+    assert best_epoch is not None

@@ -89,7 +89,8 @@ class AdvancedNeuralNetwork:
             keras.utils.set_random_seed(seed)
         self.model = self._build()
         self.loss, self.loss_callback = build_adaptive_loss(self.config)
-        self.constraint_callback = build_constraint_callback(self.config)
+        # One switch for XLA: the train step and the constraint chain.
+        self.constraint_callback = build_constraint_callback(self.config, jit_compile=self.config.training.jit_compile)
         self.history: dict[str, list[float]] = {}
         self._compiled = False
 

@@ -91,12 +91,15 @@ def create_run_dir(output_dir: str | os.PathLike) -> tuple[str, Path]:
 
 
 class WeightCheckpoint(keras.callbacks.Callback):
-    """Save weights every ``every`` epochs, on a new best validation R², and at the end.
+    """Save weights every ``every`` epochs, the best epoch's weights, and the final ones.
 
     Files (in ``directory``): ``epoch_NNNN.weights.h5``, ``best.weights.h5``,
     ``final.weights.h5``; each written to a temporary name and renamed, so a
-    crash never leaves a truncated file. A failed save is recorded in
-    ``errors`` (with a warning) and training goes on.
+    crash never leaves a truncated file. The best epoch (highest ``monitor``)
+    is snapshotted in memory when it happens and written at the next periodic
+    checkpoint and at the end -- a file per improvement would cost more than
+    the epoch itself on small models. A failed save is recorded in ``errors``
+    (with a warning) and training goes on.
 
     Args:
         directory: where the weight files go (created if needed).
@@ -117,6 +120,8 @@ class WeightCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.best = -np.inf
         self.best_epoch: int | None = None
+        self._best_weights: list[np.ndarray] | None = None
+        self._best_written = True
         self.saved: list[Path] = []
 
     def _save(self, name: str) -> Path | None:
@@ -133,16 +138,31 @@ class WeightCheckpoint(keras.callbacks.Callback):
         self.saved.append(target)
         return target
 
+    def _write_best(self) -> None:
+        if self._best_written or self._best_weights is None:
+            return
+        # Between epochs nothing else touches the weights: swap the best ones in,
+        # save, swap back.
+        current = self.model.get_weights()
+        self.model.set_weights(self._best_weights)
+        try:
+            self._best_written = self._save("best.weights.h5") is not None
+        finally:
+            self.model.set_weights(current)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if (epoch + 1) % self.every == 0:
-            self._save(f"epoch_{epoch + 1:04d}.weights.h5")
         value = logs.get(self.monitor)
         if value is not None and np.isfinite(value) and value > self.best:
             self.best, self.best_epoch = float(value), epoch + 1
-            self._save("best.weights.h5")
+            self._best_weights = self.model.get_weights()
+            self._best_written = False
+        if (epoch + 1) % self.every == 0:
+            self._save(f"epoch_{epoch + 1:04d}.weights.h5")
+            self._write_best()
 
     def on_train_end(self, logs=None):
+        self._write_best()
         self._save("final.weights.h5")
 
 
