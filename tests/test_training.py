@@ -22,7 +22,7 @@ from nnlab.model import AdvancedNeuralNetwork  # noqa: E402
 from nnlab.tracking import TRACKER_COLUMNS  # noqa: E402
 from nnlab.training import CONFIG_LOG_COLUMNS, train_with_tracking  # noqa: E402
 
-SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "checkpoint_every": 2,
+SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "checkpoint_every": 2, "jit_compile": False,
          "constraint_interval": 1, "seed": 7}
 
 

@@ -161,8 +161,8 @@ class TrainingConfig(_Section):
     reduce_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     min_learning_rate: float = Field(1e-6, ge=0.0)
     checkpoint_every: int = Field(10, ge=1)
-    steps_per_execution: int = Field(1, ge=1)
-    jit_compile: StrictBool = False
+    steps_per_execution: int = Field(10, ge=1)
+    jit_compile: StrictBool = True
 
 
 class GenerationConfig(_Section):

@@ -56,10 +56,13 @@ def run_curve_summary(results: pd.DataFrame) -> dict[str, float | int | None]:
     }
 
 
-def _band(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    series = pd.Series(values)
+def _band(values: np.ndarray, window: int, *, log: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centred rolling mean ± 1 rolling s.d.; with ``log``, computed on log10 values (a geometric band)."""
+    series = pd.Series(np.log10(values) if log else values)
     roll = series.rolling(window, center=True, min_periods=1)
     mean, sd = roll.mean().to_numpy(), roll.std().fillna(0.0).to_numpy()
+    if log:
+        return 10**mean, 10 ** (mean - sd), 10 ** (mean + sd)
     return mean, mean - sd, mean + sd
 
 
@@ -72,14 +75,16 @@ def training_dynamics(results: pd.DataFrame, out_dir: Path) -> SectionResult:
     window = max(3, len(results) // 20)
     fig, axes = new_figure(2, 2, size=(13, 9.5))
     ax = axes[0, 0]
+    log = bool(np.nanmin(np.concatenate([train, val])) > 0)
     for values, label, color in ((train, "train loss", "tab:blue"), (val, "validation loss", "tab:orange")):
-        mean, low, high = _band(values, window)
+        mean, low, high = _band(values, window, log=log)
         ax.plot(epoch, values, color=color, alpha=0.35, lw=1)
         ax.plot(epoch, mean, color=color, lw=2, label=f"{label} (rolling mean)")
         ax.fill_between(epoch, low, high, color=color, alpha=0.2)
-    if np.nanmin(np.concatenate([train, val])) > 0:
+    if log:
         ax.set_yscale("log")
-    ax.set(title=f"Loss (band: rolling mean ± 1 s.d., window {window})", xlabel="epoch", ylabel="loss")
+    kind = "geometric rolling mean ± 1 s.d. of log10" if log else "rolling mean ± 1 s.d."
+    ax.set(title=f"Loss (band: {kind}, window {window})", xlabel="epoch", ylabel="loss")
     ax.legend()
 
     ax = axes[0, 1]
@@ -101,7 +106,7 @@ def training_dynamics(results: pd.DataFrame, out_dir: Path) -> SectionResult:
     twin.plot(epoch, _col(results, "memory_mb"), color="tab:brown", lw=1.5, label="memory (RSS)")
     twin.set_ylabel("MiB")
     lines = ax.get_lines() + twin.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
 
     ax = axes[1, 1]
     gap = val - train

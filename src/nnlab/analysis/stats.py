@@ -128,7 +128,7 @@ def one_sample_ttest(values: Sequence[float], popmean: float = 0.0, *,
                      alternative: str = "greater") -> dict[str, float]:
     """``scipy.stats.ttest_1samp`` with the degenerate cases made explicit.
 
-    With zero variance the t statistic is undefined; the evidence is then
+    With zero variance (up to rounding) the t statistic is undefined; the evidence is then
     certain: p = 0 when the mean is on the ``alternative`` side of ``popmean``,
     1 otherwise. Fewer than two finite values give NaN.
 
@@ -142,7 +142,8 @@ def one_sample_ttest(values: Sequence[float], popmean: float = 0.0, *,
         return {"statistic": math.nan, "p_value": math.nan, "n": n,
                 "mean": float(x.mean()) if n else math.nan, "std": math.nan}
     mean, sd = float(x.mean()), float(x.std(ddof=1))
-    if sd == 0.0:
+    if np.ptp(x) <= 1e-12 * max(1.0, abs(mean)):  # constant up to rounding: t is undefined
+        sd = 0.0
         diff = mean - popmean
         side = {"greater": diff > 0, "less": diff < 0, "two-sided": diff != 0}[alternative]
         return {"statistic": math.copysign(math.inf, diff) if diff else math.nan,
@@ -155,10 +156,12 @@ def _decay(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     return a * np.exp(-b * t) + c
 
 
-def fit_exponential_decay(epochs: Sequence[float], values: Sequence[float]) -> dict[str, float] | None:
-    """Fit ``y = a·exp(-b·(t - t0)) + c`` (b ≥ 0) to a loss curve; None if it cannot be fitted.
+def fit_exponential_decay(epochs: Sequence[float], values: Sequence[float], *,
+                          floor: float | None = None) -> dict[str, float] | None:
+    """Fit a decay ``y = a·exp(-b·(t - t0)) + c`` (a ≥ 0, b ≥ 0) to a curve; None if it cannot be fitted.
 
-    ``t0`` is the first epoch given. Returns ``a``, ``b``, ``c`` (the
+    ``t0`` is the first epoch given; ``floor`` is a lower bound of the asymptote
+    ``c`` (0 for a loss). Returns ``a``, ``b``, ``c`` (the
     asymptote), ``r2`` of the fit, ``last_fit`` (the fitted value at the last
     epoch), ``remaining`` (last_fit - c, the improvement still to come if the
     trend holds) and ``remaining_fraction`` (remaining / last_fit).
@@ -171,10 +174,12 @@ def fit_exponential_decay(epochs: Sequence[float], values: Sequence[float]) -> d
         return None
     t0 = t[0]
     span = max(float(t[-1] - t0), 1.0)
-    p0 = (max(float(y[0] - y[-1]), 1e-12), 3.0 / span, float(y.min()))
+    low_c = -np.inf if floor is None else float(floor)
+    c0 = max(float(y.min() - 0.1 * np.ptp(y)), low_c)
+    p0 = (max(float(y[0] - y[-1]), 1e-12), 3.0 / span, c0)
     try:
         params, _ = optimize.curve_fit(_decay, t - t0, y, p0=p0,
-                                       bounds=([-np.inf, 0.0, -np.inf], [np.inf, np.inf, np.inf]), maxfev=5000)
+                                       bounds=([0.0, 0.0, low_c], [np.inf, np.inf, np.inf]), maxfev=5000)
     except (RuntimeError, ValueError, optimize.OptimizeWarning):
         return None
     a, b, c = (float(v) for v in params)
@@ -189,4 +194,5 @@ def fit_exponential_decay(epochs: Sequence[float], values: Sequence[float]) -> d
         "last_fit": last_fit,
         "remaining": remaining,
         "remaining_fraction": remaining / abs(last_fit) if last_fit else math.nan,
+        "e_foldings": float(b * span),  # < 1: the window shows little curvature; the asymptote is a long extrapolation
     }

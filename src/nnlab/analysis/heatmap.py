@@ -1,0 +1,138 @@
+"""Section 9: how hyperparameters correlate with results over the run history and HPO trials."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from nnlab.analysis.artifacts import hidden_layers_of
+from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
+
+__all__ = ["hyperparameter_table", "impact_correlations", "hyperparameter_heatmap", "METRICS", "MIN_ROWS"]
+
+MIN_ROWS = 3
+METRICS = ("best_r2", "test_r2", "test_mae", "training_time_s")
+_SCALARS = ("dropout_rate", "batch_size", "epochs", "l2_regularization")
+
+
+def _features(source: str, row: dict, metrics: dict) -> dict:
+    lr = pd.to_numeric(row.get("learning_rate"), errors="coerce")
+    layers = hidden_layers_of(row.get("hidden_layers"))
+    out = {"source": source,
+           "log10_learning_rate": math.log10(lr) if lr is not None and np.isfinite(lr) and lr > 0 else math.nan,
+           **{k: pd.to_numeric(row.get(k), errors="coerce") for k in _SCALARS},
+           "n_layers": float(len(layers)) if layers else math.nan,
+           "total_units": float(sum(layers)) if layers else math.nan,
+           "max_width": float(max(layers)) if layers else math.nan,
+           "strategy": row.get("loss_weighting_strategy") if isinstance(row.get("loss_weighting_strategy"), str)
+           else None}
+    out.update({k: pd.to_numeric(v, errors="coerce") for k, v in metrics.items()})
+    return out
+
+
+def hyperparameter_table(history: pd.DataFrame | None, hpo: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run (history) and per completed HPO trial not already in the history.
+
+    Columns: ``source``, the hyperparameter features (log10 learning rate,
+    dropout, batch size, epochs, L2, layer count/units/max width,
+    ``strategy=<name>`` indicators) and the metrics :data:`METRICS`.
+    """
+    rows = []
+    seen: set[str] = set()
+    if history is not None and not history.empty:
+        for row in history.to_dict("records"):
+            seen.add(str(row.get("run_id")))
+            rows.append(_features(f"run {row.get('run_id')}", row, {
+                "best_r2": row.get("best_val_r2"), "test_r2": row.get("test_r2"), "test_mae": row.get("test_mae"),
+                "training_time_s": row.get("total_time_s")}))
+    if hpo is not None and not hpo.empty:
+        for row in hpo.to_dict("records"):
+            if str(row.get("state", "COMPLETE")).upper() != "COMPLETE" or str(row.get("run_id")) in seen:
+                continue
+            rows.append(_features(f"HPO trial {row.get('trial_number')}", row, {
+                "best_r2": row.get("best_r2"), "test_r2": row.get("test_r2"), "test_mae": row.get("test_mae"),
+                "training_time_s": row.get("duration_s")}))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    strategies = sorted(s for s in table["strategy"].dropna().unique())
+    if len(strategies) >= 2:
+        for name in strategies:
+            table[f"strategy={name}"] = (table["strategy"] == name).astype(float).where(table["strategy"].notna())
+    return table.drop(columns=["strategy"])
+
+
+def impact_correlations(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Spearman correlations hyperparameter × metric (pairwise complete, at least MIN_ROWS pairs).
+
+    Returns:
+        ``(matrix, pairs)``: the matrix of varied hyperparameters by metrics, and
+        every finite pair as ``{parameter, metric, rho, p_value, n}``, strongest first.
+    """
+    metrics = [m for m in METRICS if m in table and table[m].nunique() >= 2]
+    params = [c for c in table.columns if c not in (*METRICS, "source") and table[c].nunique() >= 2]
+    if not metrics or not params:
+        return pd.DataFrame(), []
+    matrix = pd.DataFrame(index=params, columns=metrics, dtype=float)
+    pairs = []
+    for p in params:
+        for m in metrics:
+            both = table[[p, m]].dropna()
+            if len(both) < MIN_ROWS or both[p].nunique() < 2 or both[m].nunique() < 2:
+                continue
+            rho, pval = stats.spearmanr(both[p], both[m])
+            matrix.loc[p, m] = rho
+            pairs.append({"parameter": p, "metric": m, "rho": float(rho), "p_value": float(pval), "n": len(both)})
+    pairs.sort(key=lambda d: -abs(d["rho"]))
+    return matrix, pairs
+
+
+def hyperparameter_heatmap(history: pd.DataFrame | None, hpo: pd.DataFrame | None, out_dir: Path, *,
+                           top: int = 3) -> SectionResult:
+    """Section 9: the heatmap and the strongest positive/negative correlations."""
+    table = hyperparameter_table(history, hpo)
+    n_runs = int(table["source"].str.startswith("run ").sum()) if not table.empty else 0
+    n_trials = len(table) - n_runs
+    if len(table) < MIN_ROWS:
+        raise SectionSkipped(f"needs at least {MIN_ROWS} runs or HPO trials, found {len(table)} "
+                             f"({n_runs} runs, {n_trials} HPO trials)")
+    matrix, pairs = impact_correlations(table)
+    if matrix.empty or not pairs:
+        raise SectionSkipped(f"no hyperparameter varies together with a metric across the {len(table)} "
+                             "runs/trials (need at least 3 rows with two different values)")
+    matrix = matrix.dropna(how="all").dropna(axis=1, how="all")
+    fig, axes = new_figure(1, 1, size=(2.2 + 1.6 * matrix.shape[1], 1.6 + 0.6 * matrix.shape[0]))
+    ax = axes[0, 0]
+    image = ax.imshow(matrix.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns)
+    ax.set_yticks(range(matrix.shape[0]), matrix.index)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            value = matrix.iat[i, j]
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if abs(value) > 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="Spearman ρ")
+    ax.set_title(f"Hyperparameter impact ({n_runs} runs, {n_trials} HPO trials)")
+    path = save_figure(fig, out_dir / "hyperparameter_impact_heatmap.png")
+    positive = [p for p in pairs if p["rho"] > 0][:top]
+    negative = [p for p in pairs if p["rho"] < 0][:top]
+    notes = [
+        f"Spearman rank correlation over {n_runs} runs of the history and {n_trials} HPO trials "
+        f"({'run history only: no hpo_results.csv' if hpo is None else 'HPO results included'}). "
+        "Only hyperparameters that vary appear; blank cells had fewer than 3 complete pairs.",
+        "R² metrics: higher is better; test_mae and training time: lower is better. Correlation is not "
+        "causation: settings that were changed together share their correlations.",
+    ]
+    return SectionResult(
+        "heatmap", "",
+        tables={"correlations (parameters × metrics)": matrix.reset_index(names="parameter"),
+                "strongest positive": pd.DataFrame(positive), "strongest negative": pd.DataFrame(negative)},
+        figures=[path],
+        summary={"n_runs": n_runs, "n_hpo_trials": n_trials, "uses_hpo_results": hpo is not None and n_trials > 0,
+                 "strongest_positive": positive, "strongest_negative": negative},
+        notes=notes)

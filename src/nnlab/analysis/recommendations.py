@@ -1,0 +1,291 @@
+"""Section 8: hyperparameter recommendations backed by a test, a fit or the history.
+
+Every rule returns rows with the same keys (:data:`COLUMNS`); status ✓ means
+"keep", ⚠ "worth changing", ✗ "a problem to fix".
+
+Example:
+    >>> rows = recommend(results, config)  # doctest: +SKIP
+    >>> [r["status"] for r in rows if r["rule"] == "overfitting"]  # doctest: +SKIP
+    ['✗']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from nnlab.analysis.artifacts import hidden_layers_of
+from nnlab.analysis.base import SectionResult, SectionSkipped
+from nnlab.analysis.stats import fit_exponential_decay, one_sample_ttest
+
+__all__ = ["COLUMNS", "recommend", "learning_rate_rule", "overfitting_rule", "batch_size_rule",
+           "convergence_rule", "historical_best_rules", "recommendations_section", "memory_status"]
+
+COLUMNS = ("rule", "parameter", "current_value", "suggestion", "confidence", "evidence", "test", "statistic",
+           "p_value", "correlation", "expected_impact", "priority", "status")
+OK, WARN, BAD = "✓", "⚠", "✗"
+ALPHA = 0.05
+OVERFIT_MIN_RELATIVE_GAP = 0.10  # mean gap must also be >= 10% of the validation loss to matter
+PLATEAU_MIN_IMPROVEMENT = 0.01   # < 1% better over the last window = plateau
+CONVERGED_REMAINING = 0.05       # < 5% improvement left in the fitted trend = converged
+_COMPARED_KEYS = ("learning_rate", "batch_size", "dropout_rate", "l2_regularization", "hidden_layers",
+                  "activation", "optimizer", "loss_weighting_strategy")
+
+
+def _row(rule: str, parameter: str, current: Any, suggestion: Any, **fields: Any) -> dict[str, Any]:
+    row = dict.fromkeys(COLUMNS)
+    row.update(rule=rule, parameter=parameter, current_value=current, suggestion=suggestion, **fields)
+    return row
+
+
+def _series(results: pd.DataFrame, name: str) -> np.ndarray:
+    return pd.to_numeric(results[name], errors="coerce").to_numpy(float) if name in results else np.zeros(0)
+
+
+def _confidence(p: float, n: int) -> str:
+    return "High" if p < 0.01 and n >= 5 else "Medium" if p < ALPHA else "Low"
+
+
+def learning_rate_rule(results: pd.DataFrame, config: Mapping[str, Any],
+                       history: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Plateau of the validation loss and the LR-R² correlation over the run history."""
+    lr_now = config.get("learning_rate")
+    val = _series(results, "val_loss")
+    lr_curve = _series(results, "learning_rate")
+    reductions = int(np.sum(np.diff(lr_curve[np.isfinite(lr_curve)]) < 0)) if lr_curve.size > 1 else 0
+    w = max(3, min(10, len(val) // 4))
+    plateau, improvement = False, math.nan
+    if len(val) >= 2 * w and np.isfinite(val).any():
+        before, recent = np.nanmin(val[:-w]), np.nanmin(val[-w:])
+        improvement = (before - recent) / abs(before) if before else math.nan
+        plateau = bool(np.isfinite(improvement) and improvement < PLATEAU_MIN_IMPROVEMENT)
+    corr = None
+    if history is not None and not history.empty and "learning_rate" in history:
+        metric = "best_val_r2" if "best_val_r2" in history and history["best_val_r2"].notna().sum() >= 3 \
+            else "final_val_r2"
+        if metric in history:
+            h = history[["learning_rate", metric]].apply(pd.to_numeric, errors="coerce").dropna()
+            h = h[h["learning_rate"] > 0]
+            if len(h) >= 3 and h["learning_rate"].nunique() >= 2 and h[metric].nunique() >= 2:
+                rho, p = stats.spearmanr(np.log10(h["learning_rate"]), h[metric])
+                best_lr = float(h.loc[h[metric].idxmax(), "learning_rate"])
+                corr = {"rho": float(rho), "p": float(p), "n": len(h), "metric": metric, "best_lr": best_lr}
+    if not np.isfinite(improvement):
+        plateau_text = "too few epochs for plateau detection"
+    elif improvement > 0:
+        plateau_text = f"the last {w} epochs improved the best validation loss by {improvement:.2%}"
+    else:
+        plateau_text = f"the last {w} epochs did not improve on the earlier best validation loss ({improvement:.2%})"
+    evidence = f"{plateau_text}; learning rate reduced {reductions}x during the run"
+    if corr is not None:
+        evidence = (f"Spearman ρ(log10 LR, {corr['metric']}) = {corr['rho']:.2f}, p = {corr['p']:.3g}, "
+                    f"n = {corr['n']} runs; " + evidence)
+    common = {"test": "Spearman correlation" if corr else "plateau detection",
+              "statistic": corr["rho"] if corr else improvement, "p_value": corr["p"] if corr else None,
+              "correlation": corr["rho"] if corr else None, "evidence": evidence}
+    if corr is not None and corr["p"] < ALPHA and lr_now:
+        lower = corr["rho"] < 0  # negative ρ: runs with smaller learning rates scored higher
+        towards_best = corr["best_lr"] != lr_now and (corr["best_lr"] < lr_now) == lower
+        wanted = corr["best_lr"] if towards_best else lr_now * (0.5 if lower else 2.0)
+        return _row("learning_rate", "learning_rate", lr_now, float(wanted), confidence=_confidence(corr["p"], corr["n"]),
+                    expected_impact=f"higher {corr['metric']} (runs with {'lower' if lower else 'higher'} "
+                                    "learning rates scored better)", priority="High", status=WARN, **common)
+    if plateau and reductions == 0:
+        return _row("learning_rate", "learning_rate", lr_now, float(lr_now) * 0.5 if lr_now else None,
+                    confidence="Medium", expected_impact="lower validation loss after the plateau "
+                    "(or set reduce_lr_on_plateau=true)", priority="Medium", status=WARN, **common)
+    return _row("learning_rate", "learning_rate", lr_now, lr_now, confidence="Low" if corr is None else "Medium",
+                expected_impact="none expected", priority="Low", status=OK, **common)
+
+
+def overfitting_rule(results: pd.DataFrame, config: Mapping[str, Any], *, last: int | None = None) -> dict[str, Any]:
+    """One-sided one-sample t-test: is validation − train loss > 0 over the last epochs?"""
+    train, val = _series(results, "train_loss"), _series(results, "val_loss")
+    n = len(val)
+    k = last or min(10, max(3, n // 5))
+    gap = (val - train)[-k:]
+    test = one_sample_ttest(gap, 0.0, alternative="greater")
+    recent_val = float(np.nanmean(val[-k:])) if n else math.nan
+    relative = test["mean"] / recent_val if recent_val and np.isfinite(recent_val) else math.nan
+    dropout = float(config.get("dropout_rate", 0.0) or 0.0)
+    evidence = (f"one-sided one-sample t-test of validation − train loss over the last {test['n']} epochs: "
+                f"mean gap {test['mean']:.4g} ({relative:.1%} of the validation loss), "
+                f"t = {test['statistic']:.3g}, p = {test['p_value']:.3g}")
+    common = {"test": "one-sample t-test (greater)", "statistic": test["statistic"], "p_value": test["p_value"],
+              "evidence": evidence}
+    if np.isfinite(test["p_value"]) and test["p_value"] < ALPHA and relative >= OVERFIT_MIN_RELATIVE_GAP:
+        suggestion = round(min(0.5, dropout + 0.1), 3)
+        l2 = float(config.get("l2_regularization", 0.0) or 0.0)
+        extra = "" if l2 > 0 else ", l2_regularization=1e-4"
+        return _row("overfitting", "dropout_rate", dropout, f"{suggestion}{extra} (or early_stopping_patience)",
+                    confidence="High" if test["p_value"] < 0.01 else "Medium",
+                    expected_impact=f"smaller generalisation gap (now {relative:.0%} of the validation loss)",
+                    priority="High", status=BAD, **common)
+    return _row("overfitting", "dropout_rate", dropout, dropout, confidence="Medium",
+                expected_impact="none: no significant overfitting", priority="Low", status=OK, **common)
+
+
+def memory_status() -> dict[str, float]:
+    """Total and available system memory in MiB (psutil)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"total_mb": vm.total / 2**20, "available_mb": vm.available / 2**20}
+
+
+def batch_size_rule(results: pd.DataFrame, config: Mapping[str, Any], *, n_train: int | None = None,
+                    memory: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Memory headroom (psutil) and epoch time: can the batch grow, or must it shrink?"""
+    memory = memory or memory_status()
+    bs = int(config.get("batch_size", 0) or 0)
+    peak = float(np.nanmax(_series(results, "memory_mb"))) if "memory_mb" in results else math.nan
+    epoch_time = float(np.nanmedian(_series(results, "epoch_time"))) if "epoch_time" in results else math.nan
+    steps = math.ceil(n_train / bs) if n_train and bs else None
+    headroom = memory["available_mb"] / peak if peak and np.isfinite(peak) else math.nan
+    evidence = (f"peak process memory {peak:.0f} MiB, {memory['available_mb']:.0f} of {memory['total_mb']:.0f} MiB "
+                f"available now ({headroom:.1f}x the peak); median epoch {epoch_time:.3g} s"
+                + (f"; {steps} steps per epoch" if steps else ""))
+    common = {"test": "memory headroom (psutil) and epoch time", "statistic": headroom, "evidence": evidence}
+    if np.isfinite(peak) and peak > 0.8 * memory["total_mb"]:
+        return _row("batch_size", "batch_size", bs, max(1, bs // 2), confidence="High",
+                    expected_impact="avoids running out of memory", priority="High", status=BAD, **common)
+    if steps is not None and steps < 10 and bs > 16:
+        return _row("batch_size", "batch_size", bs, max(16, bs // 2), confidence="Low",
+                    expected_impact="more optimizer steps per epoch (often faster convergence per epoch)",
+                    priority="Low", status=WARN, **common)
+    if np.isfinite(headroom) and headroom > 4 and epoch_time > 1.0:
+        return _row("batch_size", "batch_size", bs, bs * 2, confidence="Low",
+                    expected_impact="shorter epochs (scale learning_rate by about √2 with it)",
+                    priority="Low", status=WARN, **common)
+    return _row("batch_size", "batch_size", bs, bs, confidence="Medium", expected_impact="none expected",
+                priority="Low", status=OK, **common)
+
+
+def convergence_rule(results: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit an exponential decay to the validation-loss tail; how much improvement is left?"""
+    epochs_now = int(config.get("epochs", 0) or len(results))
+    epoch, val = _series(results, "epoch"), _series(results, "val_loss")
+    start = len(val) // 2
+    fit = fit_exponential_decay(epoch[start:], val[start:], floor=0.0) if len(val) >= 8 else None
+    common = {"test": "exponential decay fit a·exp(−b·t) + c", "p_value": None}
+    if fit is None:
+        return _row("convergence", "epochs", epochs_now, epochs_now, confidence="Low",
+                    evidence="no decaying trend in the second half of the validation loss (flat, too short, "
+                             "or the fit did not converge)", statistic=None, expected_impact="none expected",
+                    priority="Low", status=OK, **common)
+    evidence = (f"fit to epochs {int(epoch[start])}–{int(epoch[-1])}: asymptote {fit['c']:.4g}, "
+                f"rate {fit['b']:.3g}/epoch, fit R² {fit['r2']:.2f}; extrapolated remaining improvement "
+                f"{fit['remaining_fraction']:.1%}")
+    confidence = "High" if fit["r2"] >= 0.9 else "Medium" if fit["r2"] >= 0.7 else "Low"
+    if fit["e_foldings"] < 1.0 and confidence != "Low":
+        confidence = "Medium" if confidence == "High" else "Low"  # little curvature: asymptote poorly pinned
+    if fit["remaining_fraction"] > CONVERGED_REMAINING and fit["b"] > 0:
+        extra = math.ceil(math.log(fit["remaining"] / (0.01 * abs(fit["last_fit"]))) / fit["b"])
+        suggestion = epochs_now + min(max(extra, 1), 3 * max(epochs_now, 1))
+        return _row("convergence", "epochs", epochs_now, suggestion, confidence=confidence, evidence=evidence,
+                    statistic=fit["remaining_fraction"],
+                    expected_impact=f"validation loss about {fit['remaining_fraction']:.0%} lower if the trend holds",
+                    priority="Medium", status=WARN, **common)
+    return _row("convergence", "epochs", epochs_now, epochs_now, confidence=confidence, evidence=evidence,
+                statistic=fit["remaining_fraction"], expected_impact="little: the loss has converged",
+                priority="Low", status=OK, **common)
+
+
+def _same(a: Any, b: Any) -> bool:
+    la, lb = hidden_layers_of(a), hidden_layers_of(b)
+    if la is not None or lb is not None:
+        return la == lb
+    try:
+        return bool(np.isclose(float(a), float(b)))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _candidates(history: pd.DataFrame | None, hpo: pd.DataFrame | None) -> list[dict[str, Any]]:
+    found = []
+    seen: set[str] = set()
+    if history is not None and not history.empty and "test_r2" in history:
+        for row in history.to_dict("records"):
+            if np.isfinite(row.get("test_r2", np.nan)):
+                seen.add(str(row["run_id"]))
+                found.append({"source": f"run {row['run_id']}", "run_id": str(row["run_id"]),
+                              "test_r2": float(row["test_r2"]),
+                              "params": {k: row[k] for k in _COMPARED_KEYS if row.get(k) is not None
+                                         and not (isinstance(row[k], float) and math.isnan(row[k]))}})
+    if hpo is not None and not hpo.empty and "test_r2" in hpo:
+        for row in hpo.to_dict("records"):
+            state = str(row.get("state", "COMPLETE"))
+            if state.upper() != "COMPLETE" or not np.isfinite(row.get("test_r2", np.nan)):
+                continue
+            if str(row.get("run_id")) in seen:
+                continue
+            found.append({"source": f"HPO trial {row.get('trial_number')}", "run_id": str(row.get("run_id")),
+                          "test_r2": float(row["test_r2"]),
+                          "params": {k: row[k] for k in _COMPARED_KEYS if k in row and not
+                                     (isinstance(row[k], float) and math.isnan(row[k]))}})
+    return found
+
+
+def historical_best_rules(config: Mapping[str, Any], run_id: str, current_r2: float | None,
+                          history: pd.DataFrame | None = None, hpo: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """The settings of the best run or HPO trial by test R², where they differ from this run."""
+    found = _candidates(history, hpo)
+    if not found:
+        return [_row("historical_best", "(all)", None, None, confidence="Low", test="historical comparison",
+                     evidence="no run or HPO trial with a test R² to compare with", expected_impact="none",
+                     priority="Low", status=OK)]
+    best = max(found, key=lambda c: c["test_r2"])
+    own = current_r2 if current_r2 is not None and np.isfinite(current_r2) else math.nan
+    delta = best["test_r2"] - own if np.isfinite(own) else math.nan
+    evidence = (f"best of {len(found)} runs/trials by test R²: {best['source']} {best['test_r2']:.4f} vs this run "
+                f"{own:.4f}")
+    if best["run_id"] == run_id or (np.isfinite(delta) and delta <= 1e-3):
+        return [_row("historical_best", "(all)", "current settings", "keep", confidence="Medium",
+                     test="historical comparison", statistic=delta, evidence=evidence,
+                     expected_impact="none: this run is (within 0.001 R² of) the best", priority="Low", status=OK)]
+    confidence = "High" if len(found) >= 10 and delta >= 0.01 else "Medium" if len(found) >= 3 else "Low"
+    rows = [
+        _row("historical_best", key, config.get(key), value, confidence=confidence, test="historical comparison",
+             statistic=delta, evidence=evidence + f" (Δ {delta:+.4f})",
+             expected_impact=f"up to {delta:+.4f} test R² (the best run's whole setting)",
+             priority="High" if delta >= 0.05 else "Medium", status=WARN)
+        for key, value in best["params"].items() if key in config and not _same(config.get(key), value)
+    ]
+    return rows or [_row("historical_best", "(all)", "current settings", "keep", confidence="Low",
+                         test="historical comparison", statistic=delta,
+                         evidence=evidence + "; the better run has the same settings (seed or data differ)",
+                         expected_impact="none from settings", priority="Low", status=OK)]
+
+
+def recommend(results: pd.DataFrame, config: Mapping[str, Any], *, run_id: str = "",
+              history: pd.DataFrame | None = None, hpo: pd.DataFrame | None = None,
+              current_r2: float | None = None, n_train: int | None = None,
+              memory: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """All rules for one run; one dict per recommendation, keys :data:`COLUMNS`."""
+    if results.empty or not {"train_loss", "val_loss"} <= set(results.columns):
+        raise SectionSkipped("training_results.csv is missing or lacks train_loss/val_loss")
+    return [
+        learning_rate_rule(results, config, history),
+        overfitting_rule(results, config),
+        batch_size_rule(results, config, n_train=n_train, memory=memory),
+        convergence_rule(results, config),
+        *historical_best_rules(config, run_id, current_r2, history, hpo),
+    ]
+
+
+def recommendations_section(results: pd.DataFrame, config: Mapping[str, Any], out_dir: Path, **kwargs: Any) -> SectionResult:
+    """Section 8: the recommendations table (see :func:`recommend` for the arguments)."""
+    rows = recommend(results, config, **kwargs)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    notes = ["Status ✓ keep, ⚠ worth changing, ✗ a problem to fix. Confidence follows the evidence "
+             "(p < 0.01 with enough data: High; p < 0.05: Medium; otherwise Low).",
+             "Historical suggestions copy the best run's setting; runs differ in several settings at once, "
+             "so change one at a time and compare."]
+    return SectionResult("recommendations", "", tables={"recommendations": table}, summary={"rows": rows},
+                         notes=notes)

@@ -1,0 +1,85 @@
+"""``nnlab hpo`` / ``python hpo_agent.py``: the options and the command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_arguments", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _preset_list(text: str) -> tuple[str, ...]:
+    presets = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not presets:
+        raise argparse.ArgumentTypeError(f"expected comma-separated preset names, got '{text}'")
+    return presets
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``nnlab hpo`` and ``python hpo_agent.py``."""
+    from nnlab.hpo._search import DEFAULT_PRESETS, PRUNERS, SAMPLERS
+
+    add = parser.add_argument
+    add("--max-trials", type=_positive_int, default=10, metavar="N",
+        help="finished trials the study should reach, counting earlier runs of it (default: 10)")
+    add("--presets", type=_preset_list, default=DEFAULT_PRESETS, metavar="A,B",
+        help=f"presets sampled as each trial's base configuration (default: {','.join(DEFAULT_PRESETS)})")
+    add("--epochs", type=_positive_int, default=25, help="epochs per trial (default: 25)")
+    add("--batch-size", type=_positive_int, default=64, help="batch size (default: 64)")
+    add("--num-particles", type=_positive_int, default=3000, metavar="N",
+        help="particles simulated once per worker and shared by its trials (default: 3000)")
+    add("--seed", type=int, default=42, help="seed of the data, initial weights and samplers (default: 42)")
+    add("--output-dir", default="training_output", metavar="DIR",
+        help="training output root: runs/<run_id>/ per trial (default: training_output)")
+    add("--output", metavar="FILE",
+        help="results CSV (default: <output-dir>/analysis/hpo_results.csv); best_config.json goes next to it")
+    add("--benchmarking", action="store_true", help="train each preset once as-is, no sampling")
+    add("--space", metavar="FILE", help="search space JSON file (default: the built-in space; see --show-space)")
+    add("--show-space", action="store_true", help="print the search space as JSON and exit")
+    add("--sampler", choices=SAMPLERS, default="random", help="default: random")
+    add("--pruner", choices=PRUNERS, help="default: none for random, median for tpe")
+    add("--startup-trials", type=_positive_int, metavar="N",
+        help="trials TPE samples at random and completed trials the median pruner waits for "
+             "(default: max-trials // 3, within 2..10)")
+    add("--storage", metavar="URL|FILE",
+        help="Optuna storage: a journal FILE or a database URL (sqlite:///, postgresql://, mysql://); "
+             "default: <output-dir>/analysis/hpo_journal.log")
+    add("--study-name", metavar="NAME", help="default: nnlab-hpo (nnlab-benchmark with --benchmarking)")
+    add("--workers", type=_positive_int, default=1, metavar="N", help="processes sharing the study (default: 1)")
+    add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="configuration key applied to every trial (repeatable); VALUE is JSON or a plain string")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the search; 0 when a trial completed, 1 when none did or a worker failed."""
+    import optuna
+
+    from nnlab.config import parse_overrides
+    from nnlab.hpo._search import SearchSettings, run_search
+    from nnlab.hpo._space import load_search_space
+
+    if args.show_space:
+        print(json.dumps(load_search_space(args.space).to_dict(), indent=2))
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own progress
+    settings = SearchSettings(
+        max_trials=args.max_trials, presets=args.presets, epochs=args.epochs, batch_size=args.batch_size,
+        num_particles=args.num_particles, seed=args.seed, output_dir=args.output_dir, output=args.output,
+        benchmarking=args.benchmarking, sampler=args.sampler, pruner=args.pruner,
+        startup_trials=args.startup_trials, storage=args.storage, study_name=args.study_name,
+        workers=args.workers, space=args.space, config_dir=args.config_dir,
+        overrides=parse_overrides(args.overrides),
+    )
+    summary = run_search(settings)
+    return 0 if summary.best_trial is not None and not summary.failed_workers else 1

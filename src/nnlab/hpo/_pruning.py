@@ -1,0 +1,46 @@
+"""The Keras callback that reports validation R² to an Optuna trial and stops pruned trials."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+__all__ = ["TrialPruningCallback"]
+
+
+class TrialPruningCallback(keras.callbacks.Callback):
+    """Report a metric to an Optuna trial every epoch; stop training when the pruner says so.
+
+    Training is stopped with ``model.stop_training`` (the epoch's artifacts are
+    written first) and ``run_status`` becomes ``"pruned"``, which
+    :func:`~nnlab.training.train_with_tracking` records as the run's status.
+    Non-finite values are not reported.
+
+    Args:
+        trial: the ``optuna.Trial`` being trained.
+        monitor: the Keras log key to report (validation R² by default).
+
+    Example:
+        >>> # callback = TrialPruningCallback(trial)
+        >>> # train_with_tracking(model, *data, cfg, callbacks=[callback])
+        >>> # if callback.run_status == "pruned": raise optuna.TrialPruned()
+    """
+
+    def __init__(self, trial: Any, monitor: str = "val_r2_score") -> None:
+        super().__init__()
+        self.trial = trial
+        self.monitor = monitor
+        self.run_status: str | None = None
+        self.pruned_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            self.model.stop_training = True
+            self.run_status = "pruned"
+            self.pruned_epoch = epoch

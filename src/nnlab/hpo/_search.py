@@ -1,0 +1,315 @@
+"""``run_search``: validate the settings, open the study, run the workers, report the best."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnlab.errors import ConfigError
+from nnlab.hpo._study import (
+    StorageSpec,
+    budget_lock_path,
+    counts_towards_budget,
+    fail_interrupted_trials,
+    open_storage,
+    open_study,
+    storage_spec,
+)
+
+__all__ = ["SearchSettings", "SearchSummary", "run_search", "DEFAULT_PRESETS"]
+
+DEFAULT_PRESETS = ("baseline", "deep_regularized")
+DEFAULT_STUDY_NAME = "nnlab-hpo"
+DEFAULT_BENCHMARK_STUDY_NAME = "nnlab-benchmark"
+SAMPLERS = ("random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """Everything a search is run with; the keyword arguments of :func:`run_search`.
+
+    Args:
+        max_trials: finished trials the study should reach (complete, pruned or
+            failed; interrupted trials do not count). Ignored with ``benchmarking``.
+        presets: presets a trial samples its base configuration from.
+        epochs, batch_size: training length and batch size of every trial.
+        num_particles: particles simulated once per worker and shared by its trials.
+        seed: seeds the data, the networks' initial weights and the samplers.
+        output_dir: training output root; run directories go to ``<output_dir>/runs/``.
+        output: the results CSV (default ``<output_dir>/analysis/hpo_results.csv``).
+        benchmarking: train each preset once as-is instead of sampling.
+        sampler: ``random`` or ``tpe``.
+        pruner: ``none``, ``median`` or ``hyperband`` (default: none for random,
+            median for tpe).
+        startup_trials: trials TPE samples at random, and completed trials the
+            median pruner waits for (default ``max_trials // 3`` within [2, 10]).
+        storage: a journal file, or a database URL (``sqlite:///``,
+            ``postgresql://``, ``mysql://``); default a journal file
+            ``<output_dir>/analysis/hpo_journal.log``.
+        study_name: default ``nnlab-hpo`` (``nnlab-benchmark`` with benchmarking),
+            so rerunning a command continues its study.
+        workers: processes running trials in parallel on the shared storage.
+        space: a ``--space`` JSON file, a dict in the same format, or None for
+            the default space.
+        config_dir: the ``ml_config`` directory.
+        overrides: configuration keys applied to every trial (``--set``).
+        verbose: print one line per trial and a summary.
+    """
+
+    max_trials: int = 10
+    presets: tuple[str, ...] = DEFAULT_PRESETS
+    epochs: int = 25
+    batch_size: int = 64
+    num_particles: int = 3000
+    seed: int = 42
+    output_dir: str = "training_output"
+    output: str | None = None
+    benchmarking: bool = False
+    sampler: str = "random"
+    pruner: str | None = None
+    startup_trials: int | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    space: str | os.PathLike | Mapping[str, Any] | None = None
+    config_dir: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    verbose: bool = True
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What :func:`run_search` found.
+
+    ``best_*`` are None when no trial completed; ``counts`` has complete,
+    pruned and failed; ``failed_workers`` lists ``(worker, exit status)``.
+    """
+
+    study_name: str
+    storage: str
+    results_path: Path
+    best_config_path: Path | None
+    best_trial: int | None
+    best_value: float | None
+    best_preset: str | None
+    best_overrides: dict[str, Any] | None
+    counts: dict[str, int]
+    failed_workers: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The validated, resolved settings handed to each worker (picklable)."""
+
+    settings: SearchSettings
+    presets: tuple[str, ...]
+    space: dict[str, Any]
+    space_source: str
+    base_configs: dict[str, dict[str, Any]]
+    storage: StorageSpec
+    study_name: str
+    results: Path
+    lock_path: Path
+    budget: int
+    pruner: str
+    startup_trials: int
+    fingerprint: dict[str, Any]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def plan_search(settings: SearchSettings) -> _Plan:
+    """Validate every setting, preset and the space, once, before any work.
+
+    Raises:
+        ConfigError: naming the setting, preset or space key at fault.
+    """
+    from nnlab.config import load_config
+    from nnlab.hpo._space import SearchSpace, load_search_space
+
+    s = settings
+    for name in ("max_trials", "epochs", "batch_size", "num_particles", "workers"):
+        _positive(name.replace("_", "-"), getattr(s, name))
+    if s.startup_trials is not None:
+        _positive("startup-trials", s.startup_trials)
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+        raise ConfigError(f"seed must be an integer, got {s.seed!r}")
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
+    pruner = s.pruner or ("median" if s.sampler == "tpe" else "none")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    presets = tuple(dict.fromkeys(p.strip() for p in ([s.presets] if isinstance(s.presets, str) else s.presets)
+                                  if p.strip()))
+    if not presets:
+        raise ConfigError("presets: name at least one preset")
+    if s.benchmarking and s.space is not None:
+        raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
+
+    if s.benchmarking:
+        space = SearchSpace({}, source="benchmarking")
+    elif isinstance(s.space, Mapping):
+        space = SearchSpace(s.space, source="search space")
+    else:
+        space = load_search_space(s.space)
+    fixed = {"epochs": s.epochs, "batch_size": s.batch_size, "seed": s.seed, "random_seed": s.seed,
+             "num_particles_default": s.num_particles}
+    base = {p: load_config(s.config_dir, preset=p, overrides={**fixed, **s.overrides}).to_flat() for p in presets}
+    data_keys = ("test_size", "val_size", *sorted(k for k in base[presets[0]] if k in _generation_keys()))
+    for p in presets[1:]:
+        differ = [k for k in data_keys if base[p][k] != base[presets[0]][k]]
+        if differ:
+            raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
+                              "the data is prepared once per search, so presets must share it")
+
+    output_dir = Path(s.output_dir)
+    try:
+        (output_dir / "analysis").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir: '{output_dir}' cannot be written: {exc.strerror or exc}") from None
+    spec = storage_spec(s.storage, output_dir)
+    if spec.kind == "journal":
+        spec = StorageSpec("journal", str(Path(spec.location).resolve()))
+    study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
+    fingerprint = json.loads(json.dumps({
+        "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
+        "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
+        "overrides": dict(s.overrides),
+    }))
+    return _Plan(
+        settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
+        storage=spec, study_name=study_name,
+        results=Path(s.output) if s.output else output_dir / "analysis" / "hpo_results.csv",
+        lock_path=budget_lock_path(output_dir, study_name),
+        budget=len(presets) if s.benchmarking else s.max_trials,
+        pruner=pruner,
+        startup_trials=s.startup_trials or max(2, min(10, s.max_trials // 3)),
+        fingerprint=fingerprint,
+    )
+
+
+def _generation_keys() -> frozenset[str]:
+    from nnlab.config import GenerationConfig
+
+    return frozenset(GenerationConfig.model_fields)
+
+
+def _counts(study: Any) -> dict[str, int]:
+    from nnlab.hpo._study import OUTCOME_ATTR
+
+    outcomes = [t.user_attrs.get(OUTCOME_ATTR) for t in study.get_trials(deepcopy=False)
+                if t.state.is_finished() and counts_towards_budget(t)]
+    return {state: outcomes.count(state) for state in ("complete", "pruned", "failed")}
+
+
+def run_search(settings: SearchSettings | None = None, /, **options: Any) -> SearchSummary:
+    """Run (or continue) a hyperparameter search; see :class:`SearchSettings` for the options.
+
+    Each trial trains through :func:`~nnlab.training.train_with_tracking` into
+    its own run directory and reports validation R² every epoch to the pruner.
+    The study lives in ``storage``; rerunning with the same settings continues
+    it until ``max_trials`` trials have finished.
+
+    Raises:
+        ConfigError: a bad setting, preset, space or storage, before any training.
+
+    Example:
+        >>> from nnlab.hpo import run_search
+        >>> summary = run_search(max_trials=3, epochs=2, num_particles=300,   # doctest: +SKIP
+        ...                      presets=("fast_debug",), output_dir="hpo_demo")
+        >>> summary.best_value, summary.best_config_path                     # doctest: +SKIP
+    """
+    from nnlab._files import locked
+    from nnlab.hpo._results import ResultPaths, check_results_owner, format_best, write_results
+
+    settings = dataclasses.replace(settings or SearchSettings(), **options)
+    plan = plan_search(settings)
+    say = _printer(settings.verbose)
+    storage = open_storage(plan.storage)
+    study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
+    paths = ResultPaths(plan.results)
+    check_results_owner(paths, plan.study_name, plan.storage.label)
+
+    with locked(plan.lock_path):
+        interrupted = fail_interrupted_trials(study)
+    counts = _counts(study)
+    finished = sum(counts.values())
+    mode = "benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
+        f"sampler {settings.sampler}, pruner {plan.pruner}, presets {', '.join(plan.presets)}, "
+        f"space: {plan.space_source}")
+    say(f"study '{plan.study_name}' ({plan.storage.label}): {finished} of {plan.budget} trials finished; "
+        f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}")
+    for number, reason in interrupted:
+        say(f"trial {number} was {reason}; it is not counted and will not be listed")
+    write_results(study, paths, storage_label=plan.storage.label)
+
+    n_existing = len(study.get_trials(deepcopy=False))
+    failed_workers: list[tuple[int, int]] = []
+    if finished < plan.budget:
+        if settings.workers == 1:
+            from nnlab.hpo._worker import run_worker
+
+            run_worker(plan, 0, n_existing)
+        else:
+            failed_workers = _run_workers(plan, n_existing)
+
+    best = write_results(study, paths, storage_label=plan.storage.label)
+    counts = _counts(study)
+    say(format_best(best, paths, counts), end="")
+    for worker, status in failed_workers:
+        print(f"error: worker {worker} exited with status {status}", file=sys.stderr)
+    return SearchSummary(
+        study_name=plan.study_name, storage=plan.storage.label, results_path=paths.results,
+        best_config_path=paths.best_config if best is not None else None,
+        best_trial=best.number if best is not None else None,
+        best_value=best.value if best is not None and math.isfinite(best.value) else None,
+        best_preset=best.user_attrs.get("preset") if best is not None else None,
+        best_overrides=best.user_attrs.get("overrides") if best is not None else None,
+        counts=counts, failed_workers=failed_workers,
+    )
+
+
+def _printer(verbose: bool):
+    def say(text: str, end: str = "\n") -> None:
+        if verbose:
+            print(text, end=end, flush=True)
+
+    return say
+
+
+def _run_workers(plan: _Plan, n_existing: int) -> list[tuple[int, int]]:
+    """Start ``workers`` spawned processes on the shared study; returns the ones that failed."""
+    import multiprocessing
+
+    from nnlab.hpo._worker import worker_main
+
+    context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
+    processes = [context.Process(target=worker_main, args=(plan, i, n_existing), name=f"nnlab-hpo-worker-{i}")
+                 for i in range(plan.settings.workers)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (same process group): give them time to
+        # record their running trial as interrupted before stopping them.
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    return [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+

@@ -1,0 +1,319 @@
+"""Storage, study, samplers and pruners, and the shared trial budget.
+
+Optuna is imported inside the functions, so importing this module is cheap.
+
+Budget: a trial counts towards ``--max-trials`` when it is running or finished
+by nnlab (complete, pruned, or failed with a recorded reason). Before asking
+for a new trial, a worker takes a file lock, fails the *interrupted* trials
+(see :func:`fail_interrupted_trials`), counts, and asks only if the count is
+below the budget -- so workers on one machine never overshoot it. Workers on
+several machines sharing a database take only their machine's lock; two of
+them may then ask at the same moment, overshooting by at most one trial each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nnlab._files import locked
+from nnlab.errors import ConfigError
+
+__all__ = [
+    "JOURNAL_FILE",
+    "StorageSpec",
+    "storage_spec",
+    "open_storage",
+    "open_study",
+    "make_sampler",
+    "make_pruner",
+    "fail_interrupted_trials",
+    "counts_towards_budget",
+    "claim_trial",
+    "heartbeat",
+]
+
+JOURNAL_FILE = "hpo_journal.log"
+RDB_DIALECTS = ("sqlite", "postgresql", "mysql")
+# RDB storages record a heartbeat per running trial; a trial whose heartbeat is
+# older than the grace period (its process or machine died) is failed.
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 120
+# A running trial without an owner record is one whose process died between
+# asking for it and recording itself (microseconds apart); after this long it
+# is treated as interrupted.
+UNOWNED_GRACE_S = 300
+SETTINGS_ATTR = "nnlab_settings"
+OUTCOME_ATTR = "outcome"  # set by nnlab on every trial it finishes itself
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where a study lives: ``kind`` is ``journal`` (a file) or ``rdb`` (a database URL)."""
+
+    kind: str
+    location: str
+
+    @property
+    def label(self) -> str:
+        """For messages and files: the path, or the URL without its password."""
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.location)
+
+
+def storage_spec(storage: str | None, output_dir: str | os.PathLike) -> StorageSpec:
+    """Parse ``--storage``: None (a journal file under ``<output_dir>/analysis/``), a file, or a URL.
+
+    Raises:
+        ConfigError: for a URL whose database is not sqlite, postgresql or mysql.
+    """
+    if storage is None:
+        return StorageSpec("journal", str(Path(output_dir) / "analysis" / JOURNAL_FILE))
+    if "://" in storage:
+        dialect = storage.split("://", 1)[0].split("+", 1)[0].lower()
+        if dialect not in RDB_DIALECTS:
+            raise ConfigError(f"--storage: unsupported database '{dialect}' in '{storage}'; use a journal FILE "
+                              "or a URL starting sqlite:///, postgresql:// or mysql://")
+        return StorageSpec("rdb", storage)
+    return StorageSpec("journal", storage)
+
+
+def open_storage(spec: StorageSpec) -> Any:
+    """The Optuna storage for ``spec`` (creating the journal file's or sqlite file's directory).
+
+    Raises:
+        ConfigError: the storage cannot be opened (missing database driver,
+            unreachable server, unwritable file), with the reason.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if spec.kind == "journal":
+        path = Path(spec.location)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise ConfigError(f"--storage: cannot use journal file '{path}': {exc.strerror or exc}") from None
+    import sqlalchemy.exc
+
+    url = spec.location
+    if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                          grace_period=HEARTBEAT_GRACE_S)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--storage: cannot open '{spec.label}': {reason}") from None
+
+
+def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, label: str,
+               sampler: Any = None, pruner: Any = None) -> Any:
+    """Create the study, or load it if it exists and was created with the same settings.
+
+    ``settings`` are the choices that make trials comparable (presets, space,
+    epochs, batch size, data, seed, overrides); they are stored in the study
+    and a rerun must match them, so a study never mixes incomparable trials.
+
+    Raises:
+        ConfigError: the study exists with other settings (the message lists them).
+    """
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                load_if_exists=True, sampler=sampler, pruner=pruner)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"study '{study_name}' in {label} minimizes; nnlab studies maximize validation R². "
+                          "Pass another --study-name")
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, dict(settings))
+    elif stored != dict(settings):
+        differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        was = ", ".join(f"{k}={_short(stored.get(k))}" for k in differ)
+        now = ", ".join(f"{k}={_short(settings.get(k))}" for k in differ)
+        raise ConfigError(f"study '{study_name}' in {label} was created with {was}; this command has {now}. "
+                          "Rerun with the original settings to continue it, or start a new study with "
+                          "another --output-dir (or --study-name and --output)")
+    return study
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def make_sampler(kind: str, *, seed: int, startup_trials: int) -> Any:
+    """``random`` or ``tpe`` (TPE samples its first ``startup_trials`` at random)."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(kind: str, *, startup_trials: int, epochs: int) -> Any:
+    """``none``, ``median`` or ``hyperband``; epochs are the pruners' steps.
+
+    The median pruner waits for ``startup_trials`` completed trials and, in each
+    trial, for the first ``epochs // 5`` epochs (early R² is noisy).
+    """
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=epochs // 5)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------------------
+# Interrupted trials and the budget
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs: host, pid and start time."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": psutil.Process().create_time()}
+
+
+def _alive(owner: Mapping[str, Any]) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(int(owner["pid"]))
+        # A reused pid belongs to a process started at another time.
+        same = abs(process.create_time() - float(owner["started"])) < 1.0
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
+        return False
+
+
+def _trial_id(study: Any, number: int) -> int:
+    storage = study._storage
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def fail_interrupted_trials(study: Any) -> list[tuple[int, str]]:
+    """Mark FAIL the running trials whose worker is gone; returns ``(number, reason)`` pairs.
+
+    A trial is interrupted when its worker process, on this host, no longer
+    exists (killed, crashed); on an RDB storage also when its heartbeat stopped
+    (a worker on another machine). Interrupted trials carry no ``outcome``: they
+    do not count towards the budget and are not listed in the results.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    host = socket.gethostname()
+    now = datetime.now()
+    failed: list[tuple[int, str]] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker")
+        if owner is None:
+            started = trial.datetime_start
+            if started is None or (now - started).total_seconds() < UNOWNED_GRACE_S:
+                continue
+            reason = "interrupted: its worker never recorded itself"
+        elif owner.get("host") != host or _alive(owner):
+            continue
+        else:
+            reason = f"interrupted: worker process {owner.get('pid')} on {host} ended during the trial"
+        trial_id = _trial_id(study, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "error", reason)
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                failed.append((trial.number, reason))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+    if isinstance(storage, optuna.storages.RDBStorage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        failed += [(n, "interrupted: its heartbeat stopped") for n in sorted(before - after)]
+    return failed
+
+
+def counts_towards_budget(trial: Any) -> bool:
+    """Running, or finished by nnlab itself (complete, pruned, failed with a reason)."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.RUNNING:
+        return True
+    return trial.state.is_finished() and OUTCOME_ATTR in trial.user_attrs
+
+
+def budget_lock_path(output_dir: str | os.PathLike, study_name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+    return Path(output_dir) / "analysis" / f".hpo-{safe}"
+
+
+def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str, Any],
+                fixed_params: Mapping[str, Any] | None = None,
+                choose: Any = None) -> Any | None:
+    """Ask for a new trial if the budget allows, else return None.
+
+    Under the lock: fail interrupted trials, count, then ask. ``choose``, if
+    given, is called with the counted trials and returns the fixed parameters of
+    the next trial, or None when nothing is left (benchmarking: the next preset).
+    """
+    with locked(lock_path):
+        fail_interrupted_trials(study)
+        counted = [t for t in study.get_trials(deepcopy=False) if counts_towards_budget(t)]
+        if len(counted) >= budget:
+            return None
+        params = dict(fixed_params or {})
+        if choose is not None:
+            chosen = choose(counted)
+            if chosen is None:
+                return None
+            params.update(chosen)
+        if params:
+            study.enqueue_trial(params)
+        trial = study.ask()
+        trial.set_user_attr("worker", dict(owner))
+        for key, value in params.items():  # visible to the next claim before the trial suggests
+            trial.set_user_attr(key, value)
+        return trial
+
+
+@contextlib.contextmanager
+def heartbeat(study: Any, trial: Any) -> Iterator[None]:
+    """Record the trial's heartbeat while it runs (RDB storages; a no-op for journals)."""
+    import optuna
+
+    storage = study._storage
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        yield
+        return
+    trial_id = _trial_id(study, trial.number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_INTERVAL_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"hpo-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+

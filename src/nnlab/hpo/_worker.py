@@ -1,0 +1,216 @@
+"""One worker: prepare the data once, then claim and train trials until the budget is reached."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from nnlab.errors import ConfigError, NnlabError
+from nnlab.hpo._results import ResultPaths, format_progress, write_results
+from nnlab.hpo._space import SearchSpace
+from nnlab.hpo._study import (
+    OUTCOME_ATTR,
+    claim_trial,
+    heartbeat,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    worker_identity,
+)
+
+__all__ = ["run_worker", "worker_main", "sampler_seed"]
+
+logger = logging.getLogger(__name__)
+
+
+def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
+    """A distinct sampler seed per worker and per continuation of a study.
+
+    ``n_existing`` (trials in the study when the command started) keeps a
+    resumed random search from replaying the parameters of its first trials.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, n_existing]).generate_state(1)[0])
+
+
+def worker_main(plan: Any, worker: int, n_existing: int) -> None:
+    """Entry point of a spawned worker process: errors as short messages, exit status 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run_worker(plan, worker, n_existing)
+    except NnlabError as exc:
+        print(f"error: worker {worker}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _limit_threads(workers: int) -> None:
+    # N workers on one machine: share the cores instead of each taking all of them.
+    import tensorflow as tf
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _prepare_data(plan: Any) -> Any:
+    from nnlab.config import Config
+    from nnlab.data import complete_data_pipeline
+
+    cfg = Config.from_flat(plan.base_configs[plan.presets[0]])
+    s = plan.settings
+    return complete_data_pipeline(num_particles=s.num_particles, config=cfg.generation, seed=s.seed,
+                                  test_size=cfg.training.test_size, val_size=cfg.training.val_size,
+                                  random_state=s.seed)
+
+
+def _next_preset(presets: tuple[str, ...]):
+    """Benchmarking: the first preset no counted trial has taken yet."""
+
+    def choose(counted: list[Any]) -> dict[str, str] | None:
+        taken = {t.user_attrs.get("preset") for t in counted}
+        remaining = [p for p in presets if p not in taken]
+        return {"preset": remaining[0]} if remaining else None
+
+    return choose
+
+
+def run_worker(plan: Any, worker: int, n_existing: int) -> int:
+    """Run trials of the plan's study until its budget is reached; returns how many this worker ran."""
+    import optuna
+
+    s = plan.settings
+    if s.workers > 1:
+        _limit_threads(s.workers)
+    storage = open_storage(plan.storage)
+    study = optuna.load_study(
+        study_name=plan.study_name, storage=storage,
+        sampler=make_sampler(s.sampler, seed=sampler_seed(s.seed, worker, n_existing),
+                             startup_trials=plan.startup_trials),
+        pruner=make_pruner(plan.pruner, startup_trials=plan.startup_trials, epochs=s.epochs),
+    )
+    data = _prepare_data(plan)
+    space = SearchSpace(plan.space, source=plan.space_source)
+    paths = ResultPaths(plan.results)
+    owner = worker_identity()
+    choose = _next_preset(plan.presets) if s.benchmarking else None
+    ran = 0
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addFilter(_drop_retracing_warning)
+    try:
+        while True:
+            trial = claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner, choose=choose)
+            if trial is None:
+                return ran
+            frozen = run_trial(study, trial, plan=plan, space=space, data=data)
+            ran += 1
+            best = write_results(study, paths, storage_label=plan.storage.label)
+            if s.verbose:
+                print(format_progress(frozen, best, worker=worker if s.workers > 1 else None), flush=True)
+    finally:
+        tf_logger.removeFilter(_drop_retracing_warning)
+
+
+def _drop_retracing_warning(record: logging.LogRecord) -> bool:
+    # Every trial builds a new network, hence new tf.functions; TensorFlow's
+    # "N out of the last M calls ... triggered tf.function retracing" heuristic
+    # counts them as retracing, which here is expected, not a performance bug.
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+def run_trial(study: Any, trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> Any:
+    """Train one trial and tell the study how it ended; returns the finished (frozen) trial.
+
+    A failure (bad sampled combination, exception, NaN loss) is recorded with its
+    reason and the search goes on; Ctrl-C marks the trial interrupted and is re-raised.
+    """
+    from optuna.trial import TrialState
+
+    started = time.perf_counter()
+    try:
+        with heartbeat(study, trial):
+            outcome, value, error = _train(trial, plan=plan, space=space, data=data)
+    except KeyboardInterrupt:
+        trial.set_user_attr("error", "interrupted (Ctrl-C)")
+        trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
+    if error:
+        trial.set_user_attr("error", error)
+    trial.set_user_attr(OUTCOME_ATTR, outcome)
+    if outcome == "complete":
+        return study.tell(trial, value)
+    return study.tell(trial, state=TrialState.PRUNED if outcome == "pruned" else TrialState.FAIL)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    test = results["test"]["scaled"]
+    summary = results["performance_summary"]
+    return {
+        "test_mse": test["mse"], "test_mae": test["mae"], "test_rmse": test["rmse"], "test_r2": test["r2"],
+        "best_r2": summary.get("best_r2"), "final_r2": summary.get("current_r2"),
+        "avg_epoch_time": summary.get("avg_epoch_time"), "total_epochs": summary.get("total_epochs"),
+    }
+
+
+def _finite_or_none(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    # Journal and database storages keep JSON; NaN/inf are not JSON.
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str, float | None, str]:
+    """(outcome, objective value, error) of one trial: build, train, evaluate."""
+    import keras
+
+    from nnlab.config import Config
+    from nnlab.hpo._pruning import TrialPruningCallback
+    from nnlab.model import AdvancedNeuralNetwork
+    from nnlab.training import train_with_tracking
+
+    preset = trial.suggest_categorical("preset", list(plan.presets))
+    overrides = space.sample(trial)
+    trial.set_user_attr("preset", preset)
+    trial.set_user_attr("overrides", overrides)
+    try:
+        cfg = Config.from_flat(plan.base_configs[preset]).updated(overrides, source=f"trial {trial.number}")
+    except ConfigError as exc:
+        return "failed", None, _one_line(exc)
+    trial.set_user_attr("config", cfg.to_flat())
+    pruning = TrialPruningCallback(trial)
+    try:
+        model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
+        results = train_with_tracking(model, *data, cfg, data=data, output_dir=plan.settings.output_dir,
+                                      preset=preset, verbose=0, callbacks=[pruning])
+    except Exception as exc:  # recorded on the trial, not swallowed: the search goes on
+        logger.debug("trial %d failed", trial.number, exc_info=True)
+        return "failed", None, _one_line(exc)
+    finally:
+        keras.backend.clear_session()  # free the graph; many trials share the process
+    trial.set_user_attr("run_id", results["run_id"])
+    trial.set_user_attr("run_dir", results["run_dir"])
+    metrics = _finite_or_none(_metrics(results))
+    trial.set_user_attr("metrics", metrics)
+    if results["status"] == "diverged":
+        return "failed", None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"
+    if results["status"] == "pruned":
+        return "pruned", None, ""
+    if metrics["best_r2"] is None:
+        return "failed", None, "no finite validation R² was reached"
+    return "complete", float(metrics["best_r2"]), ""
