@@ -109,8 +109,11 @@ def open_storage(spec: StorageSpec) -> Any:
     if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                          grace_period=HEARTBEAT_GRACE_S)
+        with warnings.catch_warnings():
+            # Heartbeats are experimental in Optuna; they are what detects a dead machine.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                              grace_period=HEARTBEAT_GRACE_S)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"--storage: cannot open '{spec.label}': {reason}") from None
@@ -284,7 +287,10 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
             params.update(chosen)
         if params:
             study.enqueue_trial(params)
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna expects heartbeats only under Study.optimize; heartbeat() records them here.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         trial.set_user_attr("worker", dict(owner))
         for key, value in params.items():  # visible to the next claim before the trial suggests
             trial.set_user_attr(key, value)
