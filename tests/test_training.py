@@ -305,3 +305,14 @@ def test_best_checkpoint_holds_the_best_epoch(data, tmp_path):
     final = regression_metrics(data.y_val, fresh.predict(data.X_val))["r2"]
     assert final == pytest.approx(results["performance_summary"]["current_r2"], abs=1e-4)
     assert best_epoch is not None
+
+
+def test_bad_data_fails_loudly_and_records_failed(data, tmp_path):
+    X_train = data.X_train.copy()
+    X_train[5, 2] = np.nan
+    model = AdvancedNeuralNetwork((23,), 6, SMALL)
+    with pytest.raises(DataValidationError, match="training data: contains NaN"):
+        train_with_tracking(model, X_train, data.X_val, data.X_test, data.y_train, data.y_val, data.y_test,
+                            SMALL, output_dir=tmp_path, verbose=0)
+    rows = list(csv.DictReader(open(tmp_path / "configuration_log.csv")))
+    assert rows[-1]["status"] == "failed"

@@ -235,6 +235,9 @@ def _run_curve_summary(run_dir: Path) -> dict[str, float]:
         out["final_val_loss"] = float(df["val_loss"].dropna().iloc[-1])
     if "epoch_time" in df and df["epoch_time"].notna().any():
         out["avg_epoch_time"] = float(df["epoch_time"].mean())
+    if "r2_score" in df and df["r2_score"].notna().any():
+        out["results_best_r2"] = float(df["r2_score"].max())
+        out["results_final_r2"] = float(df["r2_score"].dropna().iloc[-1])
     return out
 
 
@@ -273,7 +276,12 @@ def load_run_history(output_dir: str | os.PathLike) -> pd.DataFrame:
             if row.get(key) is None and key in config:
                 row[key] = config[key]
         row.setdefault("preset", record.get("preset"))
-        row.update(_run_curve_summary(root / "runs" / run_id))
+        curve = _run_curve_summary(root / "runs" / run_id)
+        # Runs missing from the log (or logged before they finished) get their R² from their own CSV.
+        for key, alt in (("best_val_r2", "results_best_r2"), ("final_val_r2", "results_final_r2")):
+            if row.get(key) is None and alt in curve:
+                row[key] = curve[alt]
+        row.update({k: v for k, v in curve.items() if not k.startswith("results_")})
         row["run_dir"] = str(root / "runs" / run_id)
     history = pd.DataFrame(list(rows.values()))
     if history.empty:

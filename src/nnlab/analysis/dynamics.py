@@ -146,12 +146,18 @@ def learning_rate_analysis(history: pd.DataFrame, results: pd.DataFrame, run_id:
     current = h["run_id"] == run_id
     for ax, metric, label in ((axes[0, 0], "final_val_r2", "final validation R²"),
                               (axes[0, 1], "best_val_loss", "best validation loss")):
-        y = h[metric] if metric in h else pd.Series(np.nan, index=h.index)
-        ax.scatter(h.loc[~current, "learning_rate"], y[~current], color="tab:blue", alpha=0.7, label="other runs")
-        ax.scatter(h.loc[current, "learning_rate"], y[current], color="red", marker="*", s=200, label="this run")
-        ax.set_xscale("log")
-        ax.set(xlabel="learning rate", ylabel=label, title=f"Learning rate vs {label} ({len(h)} runs)")
-        ax.legend()
+        y = pd.to_numeric(h[metric], errors="coerce") if metric in h else pd.Series(np.nan, index=h.index)
+        shown = np.isfinite(y) & (h["learning_rate"] > 0)
+        if shown.any():
+            ax.scatter(h.loc[shown & ~current, "learning_rate"], y[shown & ~current], color="tab:blue", alpha=0.7,
+                       label="other runs")
+            ax.scatter(h.loc[shown & current, "learning_rate"], y[shown & current], color="red", marker="*", s=200,
+                       label="this run")
+            ax.set_xscale("log")
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no run records a {label}", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xlabel="learning rate", ylabel=label, title=f"Learning rate vs {label} ({int(shown.sum())} runs)")
     ax = axes[0, 2]
     epoch, lr = _col(results, "epoch"), _col(results, "learning_rate")
     if np.isfinite(lr).any():

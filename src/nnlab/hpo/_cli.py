@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training output root: runs/<run_id>/ per trial (default: training_output)")
     add("--output", metavar="FILE",
         help="results CSV (default: <output-dir>/analysis/hpo_results.csv); best_config.json goes next to it")
-    add("--benchmarking", action="store_true", help="train each preset once as-is, no sampling")
+    add("--benchmarking", action="store_true", help="train each preset once as-is, no sampling (--max-trials is ignored)")
     add("--space", metavar="FILE", help="search space JSON file (default: the built-in space; see --show-space)")
     add("--show-space", action="store_true", help="print the search space as JSON and exit")
     add("--sampler", choices=SAMPLERS, default="random", help="default: random")

@@ -151,8 +151,8 @@ def plan_search(settings: SearchSettings) -> _Plan:
     pruner = s.pruner or ("median" if s.sampler == "tpe" else "none")
     if pruner not in PRUNERS:
         raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    presets = tuple(dict.fromkeys(p.strip() for p in ([s.presets] if isinstance(s.presets, str) else s.presets)
-                                  if p.strip()))
+    names = s.presets.split(",") if isinstance(s.presets, str) else s.presets
+    presets = tuple(dict.fromkeys(p.strip() for p in names if p.strip()))
     if not presets:
         raise ConfigError("presets: name at least one preset")
     if s.benchmarking and s.space is not None:
@@ -179,6 +179,9 @@ def plan_search(settings: SearchSettings) -> _Plan:
         (output_dir / "analysis").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--output-dir: '{output_dir}' cannot be written: {exc.strerror or exc}") from None
+    results = Path(s.output) if s.output else output_dir / "analysis" / "hpo_results.csv"
+    if results.is_dir():
+        raise ConfigError(f"--output: '{results}' is a directory; give the results CSV file name")
     spec = storage_spec(s.storage, output_dir)
     if spec.kind == "journal":
         spec = StorageSpec("journal", str(Path(spec.location).resolve()))
@@ -191,7 +194,7 @@ def plan_search(settings: SearchSettings) -> _Plan:
     return _Plan(
         settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
         storage=spec, study_name=study_name,
-        results=Path(s.output) if s.output else output_dir / "analysis" / "hpo_results.csv",
+        results=results,
         lock_path=budget_lock_path(output_dir, study_name),
         budget=len(presets) if s.benchmarking else s.max_trials,
         pruner=pruner,

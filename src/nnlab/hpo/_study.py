@@ -199,7 +199,9 @@ def _alive(owner: Mapping[str, Any]) -> bool:
         # A reused pid belongs to a process started at another time.
         same = abs(process.create_time() - float(owner["started"])) < 1.0
         return same and process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
+    except psutil.AccessDenied:
+        return True  # someone else's live process: never fail what we cannot inspect
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
         return False
 
 
