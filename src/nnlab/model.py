@@ -91,6 +91,7 @@ class AdvancedNeuralNetwork:
         self.loss, self.loss_callback = build_adaptive_loss(self.config)
         # One switch for XLA: the train step and the constraint chain.
         self.constraint_callback = build_constraint_callback(self.config, jit_compile=self.config.training.jit_compile)
+        self._build_standard_callbacks()
         self.history: dict[str, list[float]] = {}
         self._compiled = False
 
@@ -139,24 +140,38 @@ class AdvancedNeuralNetwork:
         callbacks.append(self.loss_callback)
         return callbacks
 
-    def standard_callbacks(self) -> list[keras.callbacks.Callback]:
-        """TerminateOnNaN, and early stopping / LR reduction when configured."""
+    def _build_standard_callbacks(self) -> None:
         t = self.config.training
-        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+        self.reduce_lr = None
+        self.early_stopping = None
         if t.reduce_lr_on_plateau:
-            callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience,
-                    min_lr=t.min_learning_rate, verbose=0,
-                )
+            self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience,
+                min_lr=t.min_learning_rate, verbose=0,
             )
         if t.early_stopping_patience is not None:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True
-                )
+            self.early_stopping = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=t.early_stopping_patience, restore_best_weights=True
             )
+
+    def standard_callbacks(self) -> list[keras.callbacks.Callback]:
+        """TerminateOnNaN, and early stopping / LR reduction when configured."""
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+        callbacks += [cb for cb in (self.reduce_lr, self.early_stopping) if cb is not None]
         return callbacks
+
+    def standard_callback_states(self) -> dict[str, Any]:
+        """Checkpointable state of the LR-plateau and early-stopping callbacks."""
+        from nnlab.training import CallbackAttributes
+
+        states: dict[str, Any] = {}
+        if self.reduce_lr is not None:
+            states["reduce_lr"] = CallbackAttributes(self.reduce_lr, ("wait", "best", "cooldown_counter"))
+        if self.early_stopping is not None:
+            # The early-stopping best weights are not checkpointed: after a resume
+            # it restores the best weights seen since the resume.
+            states["early_stopping"] = CallbackAttributes(self.early_stopping, ("wait", "best", "best_epoch"))
+        return states
 
     def train_with_custom_constraints(
         self,
@@ -170,18 +185,22 @@ class AdvancedNeuralNetwork:
         callbacks: Sequence[keras.callbacks.Callback] = (),
         verbose: int | str = "auto",
         initial_epoch: int = 0,
+        final_callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> dict[str, Any]:
         """Train with ``model.fit`` in graph mode and the lab's callbacks.
 
         Callback order: weight constraints, adaptive loss, then ``callbacks``
         (trackers, checkpoints: they see the statistics the first two add to the
-        logs), then TerminateOnNaN, LR reduction, early stopping.
+        logs), then TerminateOnNaN, LR reduction, early stopping, then
+        ``final_callbacks``.
 
         Args:
             X_train, y_train, X_val, y_val: float arrays (scaled).
             epochs: number of epochs (in total, counting ``initial_epoch``).
             batch_size: batch size.
             callbacks: extra callbacks (tracker, checkpoints).
+            final_callbacks: callbacks that must run after everything else
+                (full-state checkpoints: they capture the epoch's final state).
             verbose: Keras progress output (0 silent, 1 bar, 2 a line per epoch).
             initial_epoch: epoch to start from (resuming).
 
@@ -198,7 +217,7 @@ class AdvancedNeuralNetwork:
             raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         if not self._compiled:
             self.compile_model()
-        all_callbacks = [*self.lab_callbacks(), *callbacks, *self.standard_callbacks()]
+        all_callbacks = [*self.lab_callbacks(), *callbacks, *self.standard_callbacks(), *final_callbacks]
         start = time.perf_counter()
         fit = self.model.fit(
             X_train,

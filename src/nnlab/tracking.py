@@ -348,6 +348,10 @@ class RowsCallbackWriter(keras.callbacks.Callback):
         self._done = len(rows()) if append else 0
         self._writer = CSVRowWriter(path, columns, errors=errors, append=append)
 
+    def skip_existing(self) -> None:
+        """Treat the rows the source holds now as written (after restoring a checkpoint)."""
+        self._done = len(self._rows())
+
     def on_epoch_end(self, epoch, logs=None):
         rows = self._rows()
         for row in rows[self._done :]:

@@ -128,6 +128,7 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         self._variables: list = []
         self._keys: list[str] = []
         self._compiled = None
+        self._pending_state: dict[str, np.ndarray] | None = None
 
     @property
     def log_keys(self) -> list[str]:
@@ -142,6 +143,43 @@ class WeightConstraintCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None) -> None:
         if self.model is not None and self.model.built:
             self._prepare()
+            if self._pending_state is not None:
+                self._assign_state(self._pending_state)
+                self._pending_state = None
+
+    # -- checkpointing ---------------------------------------------------------
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Per-weight constraint state and draw counters, for a training checkpoint."""
+        arrays: dict[str, np.ndarray] = {}
+        for c in self.constraints:
+            for key, state in c._states.items():
+                for name, variable in state.items():
+                    arrays[f"{c.name}|{key}|{name}"] = np.asarray(variable.numpy())
+            counter = getattr(c, "_counter", None)
+            if counter is not None:
+                arrays[f"{c.name}||counter"] = np.asarray(counter.numpy())
+        return {"history": list(self.history)}, arrays
+
+    def set_state(self, meta, arrays) -> None:
+        """Restore :meth:`get_state`'s output; the variables are filled at training start."""
+        self.history = [dict(row) for row in meta.get("history", [])]
+        self._pending_state = dict(arrays)
+
+    def _assign_state(self, arrays) -> None:
+        by_name = {c.name: c for c in self.constraints}
+        for full_key, value in arrays.items():
+            name, key, var_name = full_key.split("|", 2)
+            constraint = by_name.get(name)
+            if constraint is None:
+                continue
+            if var_name == "counter":
+                if getattr(constraint, "_counter", None) is not None:
+                    constraint._counter.assign(value)
+                continue
+            state = constraint._states.get(key)
+            if state is not None and var_name in state:
+                state[var_name].assign(value)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if (epoch + 1) % self.interval == 0:

@@ -104,6 +104,7 @@ class AdaptiveLossCallback(keras.callbacks.Callback):
             seed=seed,
         )
         self.history: list[dict[str, float]] = []
+        self._resumed = False
         # The loss holds the epoch-0 weights from the start, so a model compiled
         # with it already computes what the first epoch will.
         self.loss.assign_weights(*self.scheduler.current_weights)
@@ -115,8 +116,33 @@ class AdaptiveLossCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._check_model_uses_loss()
+        if self._resumed:
+            # Continuing a checkpointed run: keep the restored schedule and history.
+            self._resumed = False
+            self.loss.assign_weights(*self.scheduler.current_weights)
+            return
         self.history = []
         self.loss.assign_weights(*self.scheduler.reset())
+
+    def get_state(self) -> tuple[dict, dict]:
+        """The schedule, its random generator and the history, for a training checkpoint."""
+        scheduler = self.scheduler
+        return {
+            "history": [dict(row) for row in self.history],
+            "loss_history": [list(row) for row in scheduler.loss_history],
+            "weight_history": [list(row) for row in scheduler.weight_history],
+            "rng": scheduler._rng.bit_generator.state,
+        }, {}
+
+    def set_state(self, meta, arrays) -> None:
+        """Restore :meth:`get_state`'s output; the next ``fit`` continues the schedule."""
+        scheduler = self.scheduler
+        scheduler.loss_history = [tuple(row) for row in meta["loss_history"]]
+        scheduler.weight_history = [tuple(row) for row in meta["weight_history"]]
+        scheduler._rng.bit_generator.state = meta["rng"]
+        self.history = [dict(row) for row in meta["history"]]
+        self._resumed = True
+        self.loss.assign_weights(*scheduler.current_weights)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

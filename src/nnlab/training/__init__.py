@@ -1,0 +1,63 @@
+"""Training runs: run directories, checkpoints, artifacts, ``train_with_tracking``, resume.
+
+Every run gets its own directory ``<output_dir>/runs/<run_id>/`` (never reused)
+and one row in ``<output_dir>/configuration_log.csv``::
+
+    training_config.json   resolved configuration, seed, data source, library versions
+    training_results.csv   one row per epoch (PerformanceTracker), flushed each epoch
+    loss_history.csv       adaptive-loss weights per epoch, flushed each epoch
+    weights/               epoch_NNNN / best / final ``.weights.h5``
+    checkpoints/           full training state (ckpt_NNNN.npz + .json) for resume
+    scalers.json           feature/target scalers (when the data carries them)
+    test_metrics.json      test-set metrics, per target, in scaled and physical units
+    training_log.txt       human-readable summary
+"""
+
+from nnlab.training._pipeline import resume_training, train_with_tracking
+from nnlab.training._runs import (
+    CONFIG_LOG_COLUMNS,
+    CONFIG_LOG_NAME,
+    DEFAULT_OUTPUT_DIR,
+    check_output_dir,
+    config_log_row,
+    create_run_dir,
+    find_run_dir,
+    library_versions,
+)
+from nnlab.training._state import (
+    CallbackAttributes,
+    CheckpointError,
+    InterruptRequest,
+    ModelState,
+    TrainingCheckpoint,
+    TrainingState,
+    list_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
+from nnlab.training._summary import format_summary
+from nnlab.training._weights import WeightCheckpoint
+
+__all__ = [
+    "CONFIG_LOG_COLUMNS",
+    "CONFIG_LOG_NAME",
+    "DEFAULT_OUTPUT_DIR",
+    "CallbackAttributes",
+    "CheckpointError",
+    "InterruptRequest",
+    "ModelState",
+    "TrainingCheckpoint",
+    "TrainingState",
+    "WeightCheckpoint",
+    "check_output_dir",
+    "config_log_row",
+    "create_run_dir",
+    "find_run_dir",
+    "format_summary",
+    "library_versions",
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "resume_training",
+    "save_checkpoint",
+    "train_with_tracking",
+]

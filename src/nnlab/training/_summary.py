@@ -1,0 +1,49 @@
+"""The human-readable end-of-run summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """The end-of-run summary printed by ``python main.py`` and kept in training_log.txt."""
+    s = results["performance_summary"]
+    lines = [
+        f"run {s['run_id']}: {s['status']}",
+        f"  epochs run           {s['total_epochs']}",
+        f"  final val R²         {_fmt(s['current_r2'])}",
+        f"  best val R²          {_fmt(s['best_r2'])} (epoch {_fmt(s['best_epoch'], 'd')})",
+        f"  largest R² gain      {_fmt(s['greatest_r2_improvement'])} "
+        f"(epoch {_fmt(s['greatest_r2_improvement_epoch'], 'd')})",
+        f"  avg epoch time       {_fmt(s['avg_epoch_time'], '.3f')} s "
+        f"(training {_fmt(s['total_training_time'], '.1f')} s, run {_fmt(s['total_time_s'], '.1f')} s)",
+        f"  memory               {_fmt(s['current_memory_mb'], '.0f')} MiB now, "
+        f"peak {_fmt(s['peak_memory_mb'], '.0f')} MiB",
+        f"  test MSE / MAE / R²  {_fmt(s.get('test_mse'))} / {_fmt(s.get('test_mae'))} / "
+        f"{_fmt(s.get('test_r2'))} (scaled)",
+        f"  inference            {_fmt(s['inference_time_s'] * 1e3 if s.get('inference_time_s') else None, '.1f')}"
+        f" ms for the test set ({_fmt(s.get('samples_per_second'), ',.0f')} samples/s)",
+        f"  constraints          {', '.join(s['weight_modifications']) or 'none'} "
+        f"(applied {s['constraint_applications']}x)",
+        f"  loss strategy        {s['loss_weighting_strategy']}",
+        f"  errors               {s['error_count']}",
+    ]
+    if s.get("resumed_from_epoch") is not None:
+        lines.insert(1, f"  resumed from epoch   {s['resumed_from_epoch']}")
+    per_target = (results.get("test") or {}).get("per_target_physical")
+    if per_target:
+        lines.append("  test per target (physical units): R² / RMSE")
+        lines += [f"    {name:<20} {_fmt(m['r2'])} / {_fmt(m['rmse'], '.4g')}" for name, m in per_target.items()]
+    for entry in results.get("error_summary", {}).get("errors", []):
+        lines.append(f"  ! {entry['component']}: {entry['message']}")
+    lines.append(f"  artifacts            {s['run_dir']}")
+    return "\n".join(lines) + "\n"
