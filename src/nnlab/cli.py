@@ -90,6 +90,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training output root (default: training_output)")
     parser.add_argument("--seed", type=int, help="seed for data generation, weights and shuffling (repeatable runs)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
+    parser.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",
+                        help="continue an interrupted run (a run id, or 'latest') from its last checkpoint; "
+                             "its configuration and data come from the run")
     parser.set_defaults(handler=_cmd_train)
 
 
@@ -208,7 +211,39 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _finish_training(results: dict, output_dir: str) -> int:
+    from nnlab.training import format_summary
+
+    print(format_summary(results), end="")
+    if results["status"] == "interrupted":
+        print(f"interrupted: checkpoint written; resume with\n  python main.py --resume {results['run_id']} "
+              f"--output-dir {output_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if results["status"] == "diverged":
+        print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from nnlab.errors import ConfigError
+    from nnlab.training import resume_training
+
+    given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config_file),
+                                      ("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                                      ("--num-particles", args.num_particles), ("--data", args.data),
+                                      ("--seed", args.seed)) if value is not None]
+    if given or args.overrides:
+        raise ConfigError(f"--resume continues a run with its own configuration and data; "
+                          f"drop {', '.join(given + ['--set'] * bool(args.overrides))}")
+    results = resume_training(args.resume, output_dir=args.output_dir,
+                              verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2))
+    return _finish_training(results, args.output_dir)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _cmd_resume(args)
     extra: dict = {}
     if args.epochs is not None:
         extra["epochs"] = args.epochs
@@ -223,7 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_output_dir(args.output_dir)  # fail before any data or training work
     from nnlab.data import complete_data_pipeline
     from nnlab.model import AdvancedNeuralNetwork
-    from nnlab.training import format_summary, train_with_tracking
+    from nnlab.training import train_with_tracking
 
     if args.data is not None and not Path(args.data).is_file():
         raise DataValidationError(f"--data: particle data file not found: {args.data} "
@@ -250,11 +285,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
         data_source=source,
     )
-    print(format_summary(results), end="")
-    if results["status"] == "diverged":
-        print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
-        return 1
-    return EXIT_OK
+    return _finish_training(results, args.output_dir)
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

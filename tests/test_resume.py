@@ -1,0 +1,195 @@
+"""Crash resume, interruption, checkpoint integrity and concurrent runs — real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnlab.data import complete_data_pipeline
+from nnlab.model import AdvancedNeuralNetwork
+from nnlab.training import (
+    CheckpointError,
+    list_checkpoints,
+    load_latest_checkpoint,
+    resume_training,
+    train_with_tracking,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# Small but convergent: the final R² is stable enough to compare runs.
+RUN = ["--num-particles", "400", "--epochs", "24", "--seed", "3", "--quiet",
+       "--set", "hidden_layers=[64,32]", "--set", "learning_rate=0.003", "--set", "checkpoint_every=4",
+       "--set", "jit_compile=false"]
+
+
+def main_py(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_for_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list((out / "runs").glob("*/training_results.csv")) if (out / "runs").exists() else []
+        if runs and sum(1 for _ in open(runs[0])) - 1 >= n:
+            return runs[0].parent
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} epochs within {timeout}s")
+
+
+def final_test_r2(run_dir: Path) -> float:
+    return json.loads((run_dir / "test_metrics.json").read_text())["scaled"]["r2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    code, stdout, stderr = finish(main_py(*RUN, "--output-dir", str(out / "o"), cwd=out))
+    assert code == 0, stderr
+    return next((out / "o" / "runs").iterdir())
+
+
+def test_sigkill_then_resume(tmp_path, uninterrupted):
+    out = tmp_path / "o"
+    proc = main_py(*RUN, "--output-dir", str(out), cwd=tmp_path)
+    run_dir = wait_for_rows(out, 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list_checkpoints(run_dir), "a checkpoint every 4 epochs"
+    log = pd.read_csv(out / "configuration_log.csv")
+    assert log["status"].tolist() == ["running"]
+
+    code, stdout, stderr = finish(main_py("--resume", "latest", "--quiet", "--output-dir", str(out), cwd=tmp_path))
+    assert code == 0, stderr
+    assert "resuming run" in stderr and "completed" in stdout
+    rows = pd.read_csv(run_dir / "training_results.csv")
+    assert rows["epoch"].tolist() == list(range(1, 25))  # one row per epoch, none duplicated or missing
+    assert pd.read_csv(run_dir / "loss_history.csv")["epoch"].tolist() == list(range(24))
+    log = pd.read_csv(out / "configuration_log.csv")
+    assert len(log) == 1 and log["status"].iloc[0] == "completed" and log["epochs_run"].iloc[0] == 24
+    assert abs(final_test_r2(run_dir) - final_test_r2(uninterrupted)) < 0.01
+
+
+def test_sigterm_marks_interrupted_and_resumes(tmp_path):
+    out = tmp_path / "o"
+    proc = main_py(*RUN, "--output-dir", str(out), cwd=tmp_path)
+    run_dir = wait_for_rows(out, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, stdout, stderr = finish(proc)
+    assert code == 130, stderr
+    assert "interrupted" in stdout and f"--resume {run_dir.name}" in stderr
+    assert "Traceback" not in stderr
+    log = pd.read_csv(out / "configuration_log.csv")
+    assert log["status"].tolist() == ["interrupted"]
+    done = int(pd.read_csv(run_dir / "training_results.csv")["epoch"].iloc[-1])
+    assert load_latest_checkpoint(run_dir).epoch == done  # the interrupted epoch was checkpointed
+
+    code, stdout, stderr = finish(main_py("--resume", run_dir.name, "--quiet", "--output-dir", str(out),
+                                          cwd=tmp_path))
+    assert code == 0, stderr
+    assert f"from ckpt_{done:04d}" in stderr
+    assert pd.read_csv(run_dir / "training_results.csv")["epoch"].tolist() == list(range(1, 25))
+    assert pd.read_csv(out / "configuration_log.csv")["status"].tolist() == ["completed"]
+
+
+# --- integrity, through the API -----------------------------------------------------------
+
+CONFIG = {"hidden_layers": [16], "epochs": 4, "batch_size": 64, "checkpoint_every": 2, "seed": 1,
+          "jit_compile": False, "constraint_interval": 1}
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    data = complete_data_pipeline(num_particles=200, seed=2)
+    model = AdvancedNeuralNetwork((23,), 6, CONFIG)
+    results = train_with_tracking(model, *data, CONFIG, data=data, output_dir=tmp_path, verbose=0,
+                                  data_source={"num_particles": 200, "seed": 2, "random_state": 42})
+    run_dir = Path(results["run_dir"])
+    # Pretend it was meant to run 6 epochs, so there is something to resume.
+    cfg_path = run_dir / "training_config.json"
+    saved = json.loads(cfg_path.read_text())
+    saved["config"]["epochs"] = 6
+    cfg_path.write_text(json.dumps(saved))
+    return tmp_path, run_dir
+
+
+def test_checkpoint_restores_every_component(finished_run):
+    _, run_dir = finished_run
+    state = load_latest_checkpoint(run_dir)
+    assert state.epoch == 4
+    assert {"model", "loss", "best_weights", "constraints", "reduce_lr"} <= set(state.meta)
+    assert len(state.meta["loss"]["history"]) == 4
+    assert any(k.startswith("o") for k in state.arrays["model"])  # optimizer moments
+    assert any("|previous" in k or "|" in k for k in state.arrays["constraints"])
+    final = AdvancedNeuralNetwork((23,), 6, CONFIG)
+    final.model.load_weights(run_dir / "weights" / "final.weights.h5")
+    for a, b in zip(final.model.get_weights(), [state.arrays["model"][k] for k in sorted(state.arrays["model"])
+                                                if k.startswith("w")]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(finished_run):
+    out, run_dir = finished_run
+    latest = run_dir / "checkpoints" / "ckpt_0004.npz"
+    payload = bytearray(latest.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    latest.write_bytes(bytes(payload))
+    with pytest.warns(RuntimeWarning, match=r"ckpt_0004 is unusable: .*SHA-256 \(corrupt\)"):
+        state = load_latest_checkpoint(run_dir)
+    assert state.epoch == 2
+    with pytest.warns(RuntimeWarning, match="ckpt_0004"):
+        results = resume_training(run_dir.name, output_dir=out, verbose=0)
+    assert results["status"] == "completed"
+    assert pd.read_csv(run_dir / "training_results.csv")["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_truncated_checkpoint_is_detected(finished_run):
+    _, run_dir = finished_run
+    for npz in (run_dir / "checkpoints").glob("*.npz"):
+        npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        with pytest.raises(CheckpointError, match="no usable checkpoint"):
+            load_latest_checkpoint(run_dir)
+
+
+def test_resume_errors_are_clear(finished_run, tmp_path_factory):
+    out, run_dir = finished_run
+    with pytest.raises(Exception, match="unknown run id 'nope'.*available: " + run_dir.name):
+        resume_training("nope", output_dir=out)
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(Exception, match=r"run `python main.py` first"):
+        resume_training("latest", output_dir=empty)
+
+
+# --- concurrency ----------------------------------------------------------------------------
+
+
+def test_two_processes_same_output_dir(tmp_path):
+    out = tmp_path / "o"
+    args = ["--num-particles", "200", "--epochs", "2", "--quiet", "--set", "hidden_layers=[8]",
+            "--output-dir", str(out)]
+    procs = [main_py(*args, cwd=tmp_path) for _ in range(2)]
+    for proc in procs:
+        code, _, stderr = finish(proc)
+        assert code == 0, stderr
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 2
+    log = pd.read_csv(out / "configuration_log.csv")
+    assert sorted(log["run_id"]) == runs and log["status"].tolist() == ["completed", "completed"]
+    assert log["test_r2"].notna().all()
