@@ -193,3 +193,19 @@ def test_two_processes_same_output_dir(tmp_path):
     log = pd.read_csv(out / "configuration_log.csv")
     assert sorted(log["run_id"]) == runs and log["status"].tolist() == ["completed", "completed"]
     assert log["test_r2"].notna().all()
+
+
+def test_unwritable_checkpoints_mid_run_warn_and_training_finishes(tmp_path, monkeypatch):
+    import nnlab.training._state as state_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_module, "atomic_write", disk_full)
+    data = complete_data_pipeline(num_particles=200, seed=2)
+    model = AdvancedNeuralNetwork((23,), 6, CONFIG)
+    with pytest.warns(RuntimeWarning, match="training checkpoint: OSError.*No space left"):
+        results = train_with_tracking(model, *data, CONFIG, data=data, output_dir=tmp_path, verbose=0)
+    assert results["status"] == "completed" and results["training"]["epochs_run"] == 4
+    assert results["error_summary"]["by_component"]["training checkpoint"] == 2  # epochs 2 and 4
+    assert "training checkpoint" in Path(results["run_dir"], "training_log.txt").read_text()
