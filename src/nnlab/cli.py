@@ -253,16 +253,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra.update(seed=args.seed, random_seed=args.seed)
     cfg = _load_config(args, extra)
 
+    if args.data is not None and not Path(args.data).is_file():
+        raise DataValidationError(f"--data: particle data file not found: {args.data} "
+                                  "(create one with `nnlab data generate --out FILE`)")
     from nnlab.training import check_output_dir
 
-    check_output_dir(args.output_dir)  # fail before any data or training work
+    check_output_dir(args.output_dir, create=False)  # fail before any data or training work
     from nnlab.data import complete_data_pipeline
     from nnlab.model import AdvancedNeuralNetwork
     from nnlab.training import train_with_tracking
 
-    if args.data is not None and not Path(args.data).is_file():
-        raise DataValidationError(f"--data: particle data file not found: {args.data} "
-                                  "(create one with `nnlab data generate --out FILE`)")
     n = args.num_particles or cfg.generation.num_particles_default
     source = {
         "num_particles": n if args.data is None else None,

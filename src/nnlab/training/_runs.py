@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,18 +25,28 @@ CONFIG_LOG_COLUMNS = (
 )
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create ``output_dir`` (and ``runs/``) and prove it is writable, before any training.
+def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> Path:
+    """Prove ``output_dir`` is writable before any work; with ``create``, make it (and ``runs/``).
+
+    Without ``create`` nothing is written: the nearest existing directory on the
+    path is probed with a temporary file that is removed at once.
 
     Raises:
         ConfigError: naming the directory and why it cannot be used.
     """
     root = Path(output_dir)
     try:
-        (root / "runs").mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        if create:
+            (root / "runs").mkdir(parents=True, exist_ok=True)
+            probe_dir = root
+        else:
+            probe_dir = root
+            while not probe_dir.exists() and probe_dir != probe_dir.parent:
+                probe_dir = probe_dir.parent
+            if not probe_dir.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(probe_dir))
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
     except OSError as exc:
         raise ConfigError(f"output directory '{root}' cannot be written: {exc.strerror or exc}") from None
     return root
