@@ -22,7 +22,7 @@ SUMMARY_KEYS = ("analysis_timestamp", "run_id", "best_validation_loss", "best_r2
                 "prediction_mae", "james_stein_comparison", "baselines", "recommendations", "skipped_sections")
 JS_KEYS = ("binary_constraints_best_loss", "james_stein_best_loss", "no_constraints_best_loss", "p_values",
            "effect_sizes", "winner")
-TINY = ("--num-particles", "200", "--set", "hidden_layers=[16]", "--quiet")
+TINY = ("--num-particles", "200", "--set", "hidden_layers=[16]", "--set", "jit_compile=false", "--quiet")
 JS_FAST = ("--js-seeds", "2", "--js-epochs", "3", "--sample-size", "32")
 
 
@@ -180,6 +180,7 @@ def test_without_weights_residuals_and_predictions_are_skipped(tiny_runs, tmp_pa
     assert summary["james_stein_comparison"]["winner"] is None
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")  # Keras, on the mismatched file
 def test_weights_that_do_not_fit_the_architecture(tiny_runs, tmp_path):
     from nnlab.analysis import ExperimentAnalysis
 
@@ -199,6 +200,28 @@ def test_weights_that_do_not_fit_the_architecture(tiny_runs, tmp_path):
     assert analysis.run_section("baselines").status == "done"
 
 
+def test_hpo_results_feed_the_heatmap_and_recommendations(tiny_runs, tmp_path):
+    from nnlab.analysis import ExperimentAnalysis
+
+    out, run_id = tiny_runs
+    hpo = tmp_path / "hpo_results.csv"
+    pd.DataFrame([
+        {"trial_number": i, "preset": "", "state": state, "test_r2": r2, "best_r2": r2,
+         "test_mae": None if r2 is None else 1 - r2,
+         "duration_s": 5.0 + i, "run_id": f"elsewhere-{i}", "error": "",
+         "overrides": json.dumps({"learning_rate": lr, "batch_size": bs})}
+        for i, (state, r2, lr, bs) in enumerate([("COMPLETE", 0.999, 0.002, 16), ("COMPLETE", 0.5, 0.05, 256),
+                                                 ("FAIL", None, 0.1, 8)])
+    ]).to_csv(hpo, index=False)
+    analysis = ExperimentAnalysis(out, run=run_id, hpo_results=hpo, analysis_dir=tmp_path / "a")
+    heat = analysis.run_section("heatmap")
+    assert heat.status == "done", heat.reason
+    assert heat.summary["n_runs"] == 3 and heat.summary["n_hpo_trials"] == 2 and heat.summary["uses_hpo_results"]
+    rows = analysis.run_section("recommendations").summary["rows"]
+    historical = {r["parameter"]: r["suggestion"] for r in rows if r["rule"] == "historical_best"}
+    assert historical == {"learning_rate": 0.002, "batch_size": 16}
+
+
 def test_clear_errors(tiny_runs, tmp_path):
     out, run_id = tiny_runs
     proc = nnlab("analyze", "--output-dir", str(tmp_path / "empty"))
@@ -212,13 +235,14 @@ def test_clear_errors(tiny_runs, tmp_path):
 
 
 def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient
+    import nbformat
+
     out, run_id = tiny_runs
     analysis_dir = tmp_path / "notebook_analysis"
     for key, value in {"NNLAB_ANALYSIS_OUTPUT_DIR": str(out), "NNLAB_ANALYSIS_RUN": run_id,
                        "NNLAB_ANALYSIS_DIR": str(analysis_dir), "NNLAB_ANALYSIS_SAMPLE_SIZE": "32",
-                       "NNLAB_ANALYSIS_JS_SEEDS": "2", "NNLAB_ANALYSIS_JS_EPOCHS": "3",
+                       "NNLAB_ANALYSIS_JS_SEEDS": "1", "NNLAB_ANALYSIS_JS_EPOCHS": "2",
                        "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)
     path = REPO / "experiment_analysis_framework.ipynb"
@@ -232,6 +256,7 @@ def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
     [summary_path] = summaries(analysis_dir)
     summary = json.loads(summary_path.read_text())
     assert summary["run_id"] == run_id and summary["failed_sections"] == {}
+    assert summary["james_stein_comparison"]["seeds"] == [42]  # one seed: statistics degrade, nothing fails
     assert (analysis_dir / "report.html").is_file()
     images = sum(1 for c in code_cells for o in c.outputs if "image/png" in o.get("data", {}))
     assert images == len(FIGURES)

@@ -117,6 +117,8 @@ def test_compare_paired_flags_significance():
     small = compare_paired([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
     assert not small["significant"] and small["p_value"] == pytest.approx(0.25)
     assert small["min_attainable_p"] == pytest.approx(0.25)
+    with_tie = compare_paired([1.0, 2.0, 3.0], [0.5, 1.5, 3.0])  # a zero difference is dropped by the test
+    assert with_tie["p_value"] == pytest.approx(0.5) and with_tie["min_attainable_p"] == pytest.approx(0.5)
 
 
 def test_exponential_fit_recovers_parameters():
@@ -248,16 +250,18 @@ def test_recommend_has_every_rule_and_column():
 
 
 def test_hyperparameter_table_merges_history_and_hpo():
-    history = pd.DataFrame({"run_id": ["a", "b", "c"], "learning_rate": [1e-3, 1e-2, 1e-4],
-                            "batch_size": [32, 64, 128], "hidden_layers": ["[16]", "[32, 16]", "[64]"],
-                            "loss_weighting_strategy": ["fixed", "r2_based", "fixed"],
-                            "best_val_r2": [0.9, 0.5, 0.95], "test_r2": [0.88, 0.45, 0.94],
-                            "test_mae": [0.2, 0.5, 0.1], "total_time_s": [10, 12, 30]})
+    history = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "learning_rate": [1e-3, 1e-2, 1e-4, 1.0],
+                            "status": ["completed", "completed", "completed", "pruned"],
+                            "batch_size": [32, 64, 128, 8], "hidden_layers": ["[16]", "[32, 16]", "[64]", "[1]"],
+                            "loss_weighting_strategy": ["fixed", "r2_based", "fixed", "none"],
+                            "best_val_r2": [0.9, 0.5, 0.95, 0.0], "test_r2": [0.88, 0.45, 0.94, 0.0],
+                            "test_mae": [0.2, 0.5, 0.1, 1.0], "total_time_s": [10, 12, 30, 1]})
     hpo = pd.DataFrame({"trial_number": [0, 1], "state": ["COMPLETE", "COMPLETE"], "run_id": ["a", "z"],
                         "learning_rate": [1e-3, 3e-3], "batch_size": [32, 16], "test_r2": [0.88, 0.7],
                         "best_r2": [0.9, 0.72], "duration_s": [10, 5]})
     table = hyperparameter_table(history, hpo)
-    assert list(table["source"]) == ["run a", "run b", "run c", "HPO trial 1"]  # trial 0 is run a
+    # Trial 0 is run a (labelled as the trial, counted once); the pruned run d is left out.
+    assert list(table["source"]) == ["HPO trial 0", "run b", "run c", "HPO trial 1"]
     assert table["log10_learning_rate"].tolist() == pytest.approx([-3, -2, -4, math.log10(3e-3)])
     assert table["total_units"].tolist()[:3] == [16, 48, 64]
     assert table["strategy=fixed"].tolist()[:3] == [1.0, 0.0, 1.0]

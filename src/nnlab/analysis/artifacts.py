@@ -208,7 +208,9 @@ def validate_artifacts(run: RunArtifacts) -> pd.DataFrame:
         "size_bytes": sum(p.stat().st_size for p in checkpoints) if checkpoints else None,
         "modified": None, "used_for": "periodic checkpoints", "note": f"{len(checkpoints)} files",
     })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["size_bytes"] = table["size_bytes"].astype("Int64")  # integers with gaps, not floats
+    return table
 
 
 def hidden_layers_of(value: Any) -> list[int] | None:

@@ -15,6 +15,7 @@ from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_
 __all__ = ["hyperparameter_table", "impact_correlations", "hyperparameter_heatmap", "METRICS", "MIN_ROWS"]
 
 MIN_ROWS = 3
+UNFINISHED = ("pruned", "failed", "running")  # statuses whose metrics describe a cut-short run
 METRICS = ("best_r2", "test_r2", "test_mae", "training_time_s")
 _SCALARS = ("dropout_rate", "batch_size", "epochs", "l2_regularization")
 
@@ -35,7 +36,10 @@ def _features(source: str, row: dict, metrics: dict) -> dict:
 
 
 def hyperparameter_table(history: pd.DataFrame | None, hpo: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per run (history) and per completed HPO trial not already in the history.
+    """One row per finished run (history) and per completed HPO trial not already in the history.
+
+    History runs that were pruned, failed or are still running are left out;
+    a history run that is an HPO trial is labelled as the trial.
 
     Columns: ``source``, the hyperparameter features (log10 learning rate,
     dropout, batch size, epochs, L2, layer count/units/max width,
@@ -43,10 +47,17 @@ def hyperparameter_table(history: pd.DataFrame | None, hpo: pd.DataFrame | None 
     """
     rows = []
     seen: set[str] = set()
+    trials = {}
+    if hpo is not None and not hpo.empty and "run_id" in hpo:
+        trials = {str(r): t for r, t in zip(hpo["run_id"], hpo.get("trial_number", hpo.index)) if isinstance(r, str) and r}
     if history is not None and not history.empty:
         for row in history.to_dict("records"):
-            seen.add(str(row.get("run_id")))
-            rows.append(_features(f"run {row.get('run_id')}", row, {
+            if str(row.get("status")) in UNFINISHED:
+                continue
+            run_id = str(row.get("run_id"))
+            seen.add(run_id)
+            source = f"HPO trial {trials[run_id]}" if run_id in trials else f"run {run_id}"
+            rows.append(_features(source, row, {
                 "best_r2": row.get("best_val_r2"), "test_r2": row.get("test_r2"), "test_mae": row.get("test_mae"),
                 "training_time_s": row.get("total_time_s")}))
     if hpo is not None and not hpo.empty:

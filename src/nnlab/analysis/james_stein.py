@@ -13,15 +13,18 @@ size, initial weights, shuffling), so the comparison is paired by seed.
 
 The oscillation dampeners are off in all three, so each variant isolates one
 family. Constraints run every ``min(constraint_interval, max(1, E // 5))``
-epochs (at least five applications in a short comparison) and early stopping is
-off (curves of equal length). The compared loss is the validation MSE: the
+epochs (at least five applications in a short comparison), early stopping is
+off (curves of equal length) and XLA is off (``jit_compile = false``: for a few
+dozen epochs its compile time outweighs its gain; results are the same). The compared loss is the validation MSE: the
 adaptive loss reweights itself along each variant's own trajectory, so its
 values are not comparable between variants.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +52,9 @@ _ALL_OFF = {"enable_weight_oscillation_dampener": False, "use_adaptive_oscillati
 def variant_overrides(config: Any, epochs: int) -> dict[str, dict[str, Any]]:
     """The configuration keys each variant changes (on top of the run's configuration)."""
     m = config.model
-    shared = {"epochs": int(epochs), "early_stopping_patience": None,
+    # jit_compile off: for a few dozen epochs XLA's compile time (per model, and per constraint chain)
+    # outweighs its per-step gain; it changes speed, not results.
+    shared = {"epochs": int(epochs), "early_stopping_patience": None, "jit_compile": False,
               "constraint_interval": min(m.constraint_interval, max(1, int(epochs) // 5))}
     binary = {**_ALL_OFF, **shared, "enable_binary_change_max": m.enable_binary_change_max,
               "max_additional_binary_digits": m.max_additional_binary_digits}
@@ -79,6 +84,25 @@ def _kernel_weights(model) -> np.ndarray:
     return np.concatenate(kernels) if kernels else np.zeros(0, np.float32)
 
 
+class _DropRetracingNotices(logging.Filter):
+    """Training a fresh model per variant traces fresh functions by design; TF's
+    "triggered tf.function retracing" notice about it is noise here (and only here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_retracing():
+    logger = logging.getLogger("tensorflow")
+    notice_filter = _DropRetracingNotices()
+    logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice_filter)
+
+
 def train_variants(data: Any, config: Any, *, seeds: Sequence[int], epochs: int,
                    progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Train every variant for every seed; one record per (variant, seed).
@@ -96,8 +120,8 @@ def train_variants(data: Any, config: Any, *, seeds: Sequence[int], epochs: int,
     X_train, X_val, X_test, y_train, y_val, y_test = data
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     total, done = len(seeds) * len(VARIANTS), 0
-    for seed in seeds:
-        for variant in VARIANTS:
+    with _quiet_retracing():
+        for seed, variant in itertools.product(seeds, VARIANTS):
             start = time.perf_counter()
             keras.backend.clear_session()
             cfg = config.updated({**overrides[variant], "seed": int(seed)}, source=f"james_stein/{variant}")
@@ -110,7 +134,7 @@ def train_variants(data: Any, config: Any, *, seeds: Sequence[int], epochs: int,
                 "seed": int(seed), "curve": curve,
                 "best_loss": float(np.nanmin(curve)) if np.isfinite(curve).any() else math.nan,
                 "convergence_epoch": convergence_epoch(curve),
-                # A direct call, not predict(): a new predict function per model makes TF warn about retracing.
+                # A direct call: predict() would trace a predict function for a model used once.
                 "test_r2": float(regression_metrics(y_test, np.asarray(net.model(X_test, training=False)))["r2"]),
                 "mean_significant_bits": float(np.mean(significant_bits(weights))) if weights.size else math.nan,
                 "diverged": bool(out["diverged"]),
@@ -302,7 +326,7 @@ def james_stein_comparison(data: Any, config: Any, out_dir: Path, *, seeds: int 
     notes = [
         f"{len(seed_list)} seeds × {epochs} epochs per variant, the run's own architecture and data; "
         f"constraints every {overrides['no_constraints']['constraint_interval']} epochs; oscillation dampeners off "
-        "in all variants; compared on validation MSE.",
+        "in all variants; no XLA, no early stopping; compared on validation MSE.",
         f"Winner: {result['winner']}. A winner is named only when the paired Wilcoxon test across seeds gives "
         f"p < {alpha} against both other variants.",
         "Across-epochs tests pair the seed-averaged curves epoch by epoch; successive epochs are correlated, so "

@@ -212,6 +212,8 @@ def _candidates(history: pd.DataFrame | None, hpo: pd.DataFrame | None) -> list[
     seen: set[str] = set()
     if history is not None and not history.empty and "test_r2" in history:
         for row in history.to_dict("records"):
+            if str(row.get("status")) in ("pruned", "failed", "running"):
+                continue
             if np.isfinite(row.get("test_r2", np.nan)):
                 seen.add(str(row["run_id"]))
                 found.append({"source": f"run {row['run_id']}", "run_id": str(row["run_id"]),

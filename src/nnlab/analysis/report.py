@@ -83,13 +83,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return _fmt(value)
+
+
 def _table_html(table: pd.DataFrame) -> str:
     if table.empty:
         return "<p><em>(empty)</em></p>"
     shown = table.copy()
     for col in shown.columns:
-        shown[col] = shown[col].map(lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v))
-                                    else _fmt(v))
+        shown[col] = shown[col].astype(object).map(_cell)
     return shown.to_html(index=False, escape=True, border=0, classes="table")
 
 

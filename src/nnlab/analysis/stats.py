@@ -120,7 +120,8 @@ def compare_paired(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.0
         "p_value": p,
         "cohens_d": cohens_d_paired(x, y),
         "significant": bool(np.isfinite(p) and p < alpha),
-        "min_attainable_p": min_wilcoxon_p(test["n"]),
+        # Zero differences are dropped by the test, so they do not count towards its resolution.
+        "min_attainable_p": min_wilcoxon_p(int(np.count_nonzero(x - y))),
     }
 
 
