@@ -114,6 +114,18 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: --resume continues a run with its own configuration and data; drop --epochs"]),
     ("CLI arguments", "nnlab data generate --out taken.csv", {"taken.csv": "precious"},
      ["error: --out: 'taken.csv' already exists; choose another file or pass --force to replace it"]),
+    ("analysis arguments", "nnlab analyze", {},
+     ["error: no training runs found in 'training_output/runs': run `python main.py` first (or pass "
+      "--output-dir to the directory you trained into)"]),
+    ("analysis arguments", "nnlab analyze --output-dir o --run nope",
+     {"o/runs/20260101-000000-000000-p1/training_config.json": "{}"},
+     ["error: unknown run id 'nope' in 'o/runs'; available runs:", "20260101-000000-000000-p1"]),
+    ("analysis arguments", "nnlab analyze --skip bogus", {},
+     ["nnlab analyze: error: argument --skip: unknown section(s) bogus; choose from artifacts, dynamics, "
+      "learning_rate, residuals, predictions, baselines, james_stein, recommendations, heatmap, "
+      "loss_and_constraints"]),
+    ("analysis arguments", "nnlab analyze --sample-size 0", {},
+     ["nnlab analyze: error: argument --sample-size: expected an integer >= 1, got 0"]),
 ]
 
 
@@ -183,7 +195,7 @@ def test_catalogue_document_is_current():
 def test_catalogue_has_at_least_25_cases_in_every_area():
     areas = {area for area, *_ in CASES}
     assert len(CASES) >= 25
-    assert {"configuration file", "preset", "--set", "CSV data", "CLI arguments"} <= areas
+    assert {"configuration file", "preset", "--set", "CSV data", "CLI arguments", "analysis arguments"} <= areas
 
 
 if __name__ == "__main__":
