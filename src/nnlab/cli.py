@@ -148,21 +148,9 @@ _PLUGGED_COMMANDS = (
 def _plug(parser: argparse.ArgumentParser, module_name: str) -> None:
     import importlib
 
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise
-        # Not built yet in this checkout: say so instead of failing every command.
-        parser.set_defaults(handler=lambda _args: _unavailable(module_name))
-        return
+    module = importlib.import_module(module_name)
     module.add_arguments(parser)
     parser.set_defaults(handler=module.run)
-
-
-def _unavailable(module_name: str) -> int:
-    print(f"error: {module_name} is not available in this installation", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
