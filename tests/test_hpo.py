@@ -37,7 +37,9 @@ from nnlab.hpo._worker import sampler_seed  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPACE = {"hidden_layers": [[16], [32, 16]], "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
               "activation": ["relu", "tanh"]}
-TINY = ("--epochs", "2", "--num-particles", "200", "--batch-size", "32")
+# XLA compilation (jit_compile, on by default) costs more than 2 epochs on 200 particles; off here.
+NO_XLA = ("--set", "jit_compile=false")
+TINY = ("--epochs", "2", "--num-particles", "200", "--batch-size", "32", *NO_XLA)
 
 
 def hpo(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -325,6 +327,30 @@ def test_killed_study_resumes_to_the_requested_total(tmp_path):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
+def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
+    write_space(tmp_path, TINY_SPACE)
+    args = [sys.executable, str(REPO / "hpo_agent.py"), "--max-trials", "3", *TINY, "--space", "space.json",
+            "--output-dir", "out"]
+    results = tmp_path / "out" / "analysis" / "hpo_results.csv"
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while not (results.exists() and rows(results)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the next trial
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+
+    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=240)
+    assert again.returncode == 0, again.stderr
+    numbers = [int(r["trial_number"]) for r in rows(results)]
+    assert len(numbers) == 3 and len(set(numbers)) == 3
+
+
 def test_two_workers_share_the_default_journal(tmp_path):
     write_space(tmp_path, TINY_SPACE)
     proc = hpo("--max-trials", "3", "--workers", "2", *TINY, "--space", "space.json", "--output-dir", "out",
@@ -341,7 +367,7 @@ def test_two_workers_share_the_default_journal(tmp_path):
 def test_median_pruner_prunes_clearly_worse_trials(tmp_path):
     # Learning rates from 1e-6 (no progress in 3 epochs) to 3e-2: the slow ones fall below the median.
     write_space(tmp_path, {"hidden_layers": [[16]], "learning_rate": {"low": 1e-6, "high": 3e-2, "log": True}})
-    proc = hpo("--max-trials", "5", "--epochs", "3", "--num-particles", "200", "--presets", "fast_debug",
+    proc = hpo("--max-trials", "5", "--epochs", "3", "--num-particles", "200", "--presets", "fast_debug", *NO_XLA,
                "--pruner", "median", "--startup-trials", "2", "--space", "space.json", "--output-dir", "out",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -373,7 +399,7 @@ def test_python_api_on_sqlite_storage(tmp_path):
 
     summary = run_search(max_trials=2, epochs=1, num_particles=200, batch_size=32, presets=["fast_debug"],
                          space={"hidden_layers": [[8], [16]]}, storage=f"sqlite:///{tmp_path}/hpo.db",
-                         output_dir=str(tmp_path / "out"), verbose=False)
+                         overrides={"jit_compile": False}, output_dir=str(tmp_path / "out"), verbose=False)
     assert summary.counts == {"complete": 2, "pruned": 0, "failed": 0}
     assert summary.best_trial in (0, 1) and summary.best_overrides["hidden_layers"] in ([8], [16])
     assert len(rows(summary.results_path)) == 2 and (tmp_path / "hpo.db").exists()

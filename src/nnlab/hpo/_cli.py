@@ -29,13 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nnlab hpo`` and ``python hpo_agent.py``."""
     from nnlab.hpo._search import DEFAULT_PRESETS, PRUNERS, SAMPLERS
 
+    parser.description = ("Hyperparameter search on Optuna. Rerunning the same command continues its study "
+                          "until --max-trials trials have finished.")
     add = parser.add_argument
     add("--max-trials", type=_positive_int, default=10, metavar="N",
         help="finished trials the study should reach, counting earlier runs of it (default: 10)")
     add("--presets", type=_preset_list, default=DEFAULT_PRESETS, metavar="A,B",
         help=f"presets sampled as each trial's base configuration (default: {','.join(DEFAULT_PRESETS)})")
-    add("--epochs", type=_positive_int, default=25, help="epochs per trial (default: 25)")
-    add("--batch-size", type=_positive_int, default=64, help="batch size (default: 64)")
+    add("--epochs", type=_positive_int, default=25, metavar="N", help="epochs per trial (default: 25)")
+    add("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default: 64)")
     add("--num-particles", type=_positive_int, default=3000, metavar="N",
         help="particles simulated once per worker and shared by its trials (default: 3000)")
     add("--seed", type=int, default=42, help="seed of the data, initial weights and samplers (default: 42)")

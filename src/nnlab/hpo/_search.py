@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,7 @@ def plan_search(settings: SearchSettings) -> _Plan:
         ConfigError: naming the setting, preset or space key at fault.
     """
     from nnlab.config import load_config
-    from nnlab.hpo._space import SearchSpace, load_search_space
+    from nnlab.hpo._space import DATA_KEYS, SearchSpace, load_search_space
 
     s = settings
     for name in ("max_trials", "epochs", "batch_size", "num_particles", "workers"):
@@ -167,22 +168,19 @@ def plan_search(settings: SearchSettings) -> _Plan:
     fixed = {"epochs": s.epochs, "batch_size": s.batch_size, "seed": s.seed, "random_seed": s.seed,
              "num_particles_default": s.num_particles}
     base = {p: load_config(s.config_dir, preset=p, overrides={**fixed, **s.overrides}).to_flat() for p in presets}
-    data_keys = ("test_size", "val_size", *sorted(k for k in base[presets[0]] if k in _generation_keys()))
     for p in presets[1:]:
-        differ = [k for k in data_keys if base[p][k] != base[presets[0]][k]]
+        differ = [k for k in sorted(DATA_KEYS) if base[p][k] != base[presets[0]][k]]
         if differ:
             raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
                               "the data is prepared once per search, so presets must share it")
 
     output_dir = Path(s.output_dir)
-    try:
-        (output_dir / "analysis").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--output-dir: '{output_dir}' cannot be written: {exc.strerror or exc}") from None
     results = Path(s.output) if s.output else output_dir / "analysis" / "hpo_results.csv"
     if results.is_dir():
         raise ConfigError(f"--output: '{results}' is a directory; give the results CSV file name")
     spec = storage_spec(s.storage, output_dir)
+    _probe_writable("--output-dir", output_dir)
+    _probe_writable("--output", results.parent)
     if spec.kind == "journal":
         spec = StorageSpec("journal", str(Path(spec.location).resolve()))
     study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
@@ -203,10 +201,18 @@ def plan_search(settings: SearchSettings) -> _Plan:
     )
 
 
-def _generation_keys() -> frozenset[str]:
-    from nnlab.config import GenerationConfig
-
-    return frozenset(GenerationConfig.model_fields)
+def _probe_writable(option: str, directory: Path) -> None:
+    """Fail early if ``directory`` could not be created and written, without creating anything."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option}: '{directory}' cannot be written: {exc.strerror or exc}") from None
 
 
 def _counts(study: Any) -> dict[str, int]:
@@ -240,10 +246,11 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
     settings = dataclasses.replace(settings or SearchSettings(), **options)
     plan = plan_search(settings)
     say = _printer(settings.verbose)
-    storage = open_storage(plan.storage)
-    study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
     paths = ResultPaths(plan.results)
     check_results_owner(paths, plan.study_name, plan.storage.label)
+    storage = open_storage(plan.storage)
+    study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
+    plan.lock_path.parent.mkdir(parents=True, exist_ok=True)
 
     with locked(plan.lock_path):
         interrupted = fail_interrupted_trials(study)

@@ -40,6 +40,8 @@ __all__ = [
     "counts_towards_budget",
     "claim_trial",
     "heartbeat",
+    "worker_identity",
+    "budget_lock_path",
 ]
 
 JOURNAL_FILE = "hpo_journal.log"

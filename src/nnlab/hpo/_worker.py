@@ -133,7 +133,9 @@ def run_trial(study: Any, trial: Any, *, plan: Any, space: SearchSpace, data: An
     """Train one trial and tell the study how it ended; returns the finished (frozen) trial.
 
     A failure (bad sampled combination, exception, NaN loss) is recorded with its
-    reason and the search goes on; Ctrl-C marks the trial interrupted and is re-raised.
+    reason and the search goes on. Ctrl-C or SIGTERM (training stops after the
+    current epoch) marks the trial interrupted -- failed without an outcome, so it
+    is not counted -- and raises ``KeyboardInterrupt`` to end the search.
     """
     from optuna.trial import TrialState
 
@@ -142,9 +144,11 @@ def run_trial(study: Any, trial: Any, *, plan: Any, space: SearchSpace, data: An
         with heartbeat(study, trial):
             outcome, value, error = _train(trial, plan=plan, space=space, data=data)
     except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted (Ctrl-C)")
+        trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
         trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
         study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} interrupted; rerun the same command to continue the study",
+              file=sys.stderr, flush=True)
         raise
     trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
     if error:
@@ -161,10 +165,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    test = results["test"]["scaled"]
+    test = (results.get("test") or {}).get("scaled") or {}
     summary = results["performance_summary"]
     return {
-        "test_mse": test["mse"], "test_mae": test["mae"], "test_rmse": test["rmse"], "test_r2": test["r2"],
+        "test_mse": test.get("mse"), "test_mae": test.get("mae"), "test_rmse": test.get("rmse"),
+        "test_r2": test.get("r2"),
         "best_r2": summary.get("best_r2"), "final_r2": summary.get("current_r2"),
         "avg_epoch_time": summary.get("avg_epoch_time"), "total_epochs": summary.get("total_epochs"),
     }
@@ -207,6 +212,9 @@ def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str
     trial.set_user_attr("run_dir", results["run_dir"])
     metrics = _finite_or_none(_metrics(results))
     trial.set_user_attr("metrics", metrics)
+    if results["status"] == "interrupted":
+        # train_with_tracking turned Ctrl-C/SIGTERM into a clean stop after the epoch.
+        raise KeyboardInterrupt
     if results["status"] == "diverged":
         return "failed", None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"
     if results["status"] == "pruned":

@@ -278,6 +278,10 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         raise
     requested = [getattr(cb, "run_status", None) for cb in (*callbacks, state_checkpoint)]
     status = "diverged" if training["diverged"] else next((r for r in requested if r), "completed")
+    if status != "interrupted" and not np.isfinite(model.predict(X_test)).all():
+        # A loss that grew huge but stayed finite: the network predicts inf/NaN.
+        training["diverged"] = True
+        status = "diverged"
 
     summary = tracker.summary()
     summary.update(
@@ -289,7 +293,7 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         error_count=len(errors), resumed_from_epoch=start_epoch if run.resume is not None else None,
     )
     test_report: dict[str, Any] | None = None
-    if status != "interrupted":
+    if status not in ("interrupted", "diverged"):
         test = model.evaluate_model(X_test, y_test)
         target_names = list(getattr(data, "target_names", [])) or [f"target_{i}" for i in range(model.output_dim)]
         test_report = {
