@@ -114,6 +114,26 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: --resume continues a run with its own configuration and data; drop --epochs"]),
     ("CLI arguments", "nnlab data generate --out taken.csv", {"taken.csv": "precious"},
      ["error: --out: 'taken.csv' already exists; choose another file or pass --force to replace it"]),
+    ("HPO search space", "python hpo_agent.py --space space.json", {"space.json": '{"learing_rate": [0.001]}'},
+     ["error: --space space.json: unknown key 'learing_rate'; did you mean 'learning_rate'?"]),
+    ("HPO search space", "python hpo_agent.py --space space.json",
+     {"space.json": '{"activation": ["relu", "sigmoidal"]}'},
+     ["error: --space space.json: invalid search space:",
+      "activation choice: activation = \"sigmoidal\" is invalid: Input should be 'relu', 'tanh', 'elu', "
+      "'gelu', 'swish' or 'prelu'"]),
+    ("HPO search space", "python hpo_agent.py --space space.json",
+     {"space.json": '{"learning_rate": {"low": 0.01, "high": 0.001}}'},
+     ["learning_rate: low must be <= high, got low=0.01, high=0.001"]),
+    ("HPO search space", "python hpo_agent.py --space space.json",
+     {"space.json": '{"num_particles_default": [100]}'},
+     ["num_particles_default: changes the data, which is prepared once per search; set it with --set or "
+      "--num-particles instead"]),
+    ("HPO search space", "python hpo_agent.py --space missing.json", {},
+     ["error: --space missing.json: file not found"]),
+    ("HPO arguments", "python hpo_agent.py --presets turbo", {},
+     ["error: unknown preset 'turbo'; available presets: baseline, deep_regularized, fast_debug"]),
+    ("HPO arguments", "python hpo_agent.py --max-trials 0", {},
+     ["nnlab hpo: error: argument --max-trials: expected a positive integer, got 0"]),
     ("analysis arguments", "nnlab analyze", {},
      ["error: no training runs found in 'training_output/runs': run `python main.py` first (or pass "
       "--output-dir to the directory you trained into)"]),
@@ -195,7 +215,8 @@ def test_catalogue_document_is_current():
 def test_catalogue_has_at_least_25_cases_in_every_area():
     areas = {area for area, *_ in CASES}
     assert len(CASES) >= 25
-    assert {"configuration file", "preset", "--set", "CSV data", "CLI arguments", "analysis arguments"} <= areas
+    assert {"configuration file", "preset", "--set", "CSV data", "CLI arguments", "HPO search space",
+            "analysis arguments"} <= areas
 
 
 if __name__ == "__main__":
