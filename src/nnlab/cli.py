@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, with a message naming the bad value."""
     try:
         value = int(text)
     except ValueError:
@@ -80,9 +81,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_arguments(parser)
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="JSON file of configuration keys, applied after the preset (e.g. best_config.json)")
-    parser.add_argument("--epochs", type=_positive_int, help="number of epochs (config key epochs)")
-    parser.add_argument("--batch-size", type=_positive_int, help="batch size (config key batch_size)")
-    parser.add_argument("--num-particles", type=_positive_int, metavar="N",
+    parser.add_argument("--epochs", type=positive_int, help="number of epochs (config key epochs)")
+    parser.add_argument("--batch-size", type=positive_int, help="batch size (config key batch_size)")
+    parser.add_argument("--num-particles", type=positive_int, metavar="N",
                         help="particles to simulate (default: num_particles_default)")
     parser.add_argument("--data", metavar="FILE",
                         help="train on this particle CSV (validated; never modified)")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
 
     generate = data_commands.add_parser("generate", help="simulate particles and write a CSV")
-    generate.add_argument("--num-particles", type=_positive_int, metavar="N",
+    generate.add_argument("--num-particles", type=positive_int, metavar="N",
                           help="number of particles (default: num_particles_default of the config)")
     generate.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
     generate.add_argument("--seed", type=int, help="random seed (default: random_seed of the config)")

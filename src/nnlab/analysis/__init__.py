@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from nnlab._lazy import lazy_attributes
 
 _EXPORTS = {
     "ArtifactError": "nnlab.analysis.base",
@@ -63,14 +63,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nnlab.analysis' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals(), __all__)

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from nnlab._lazy import lazy_attributes
 
 from nnlab.hpo._cli import add_arguments, run
 
@@ -40,14 +40,4 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "add_arguments", "run"])
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nnlab.hpo' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals(), __all__)

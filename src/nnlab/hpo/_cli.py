@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from nnlab.cli import positive_int as _positive_int
+
 __all__ = ["add_arguments", "run"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _preset_list(text: str) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from nnlab._lazy import lazy_attributes
 
 from nnlab.losses._scheduler import LossWeightScheduler
 from nnlab.losses._strategies import LOSS_TERMS, LOSS_WEIGHTING_STRATEGIES, compute_loss_weights
@@ -44,14 +44,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nnlab.losses' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), __all__)
