@@ -89,8 +89,10 @@ class AdvancedNeuralNetwork:
             keras.utils.set_random_seed(seed)
         self.model = self._build()
         self.loss, self.loss_callback = build_adaptive_loss(self.config)
-        # One switch for XLA: the train step and the constraint chain.
-        self.constraint_callback = build_constraint_callback(self.config, jit_compile=self.config.training.jit_compile)
+        # The constraint chain stays a plain graph: compiling it with XLA costs
+        # seconds at its first application, more than XLA saves over a run's
+        # few applications (see the README's Performance section).
+        self.constraint_callback = build_constraint_callback(self.config, jit_compile=False)
         self._build_standard_callbacks()
         self.history: dict[str, list[float]] = {}
         self._compiled = False
