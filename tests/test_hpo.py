@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-optuna = pytest.importorskip("optuna")
+import optuna  # noqa: E402
 
 from nnlab.config import ALL_KEYS, Config  # noqa: E402
 from nnlab.errors import ConfigError  # noqa: E402

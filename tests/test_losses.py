@@ -321,7 +321,7 @@ def test_strategies_do_not_import_tensorflow():
 # ---------------------------------------------------------------------------
 # Keras: AdaptiveLoss and AdaptiveLossCallback (small models, graph mode)
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 from nnlab.losses import AdaptiveLoss, AdaptiveLossCallback, build_adaptive_loss  # noqa: E402
 
 METRIC_TOL = dict(rel=1e-4, abs=1e-6)

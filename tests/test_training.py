@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from nnlab.constraints import significant_bits  # noqa: E402
 from nnlab.data import complete_data_pipeline  # noqa: E402
