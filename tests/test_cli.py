@@ -195,12 +195,28 @@ def test_same_seed_gives_identical_metrics(two_seeded_runs):
 
 
 def test_main_py_trains_on_a_csv(tmp_path, good_csv):
+    before = good_csv.read_bytes()
     proc = main_py("--data", str(good_csv), "--epochs", "1", "--set", "hidden_layers=[8]", "--quiet",
                    "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "192 train" not in proc.stdout  # quiet: no data line
     cfg = json.loads(next((tmp_path / "o" / "runs").iterdir()).joinpath("training_config.json").read_text())
     assert cfg["config"]["hidden_layers"] == [8]
+    assert cfg["data"]["csv_path"] == str(good_csv.resolve()) and cfg["data"]["n_rows"] == 300
+    assert good_csv.read_bytes() == before  # trained on as found, never regenerated
+
+
+def test_main_py_never_rewrites_a_cached_csv(tmp_path):
+    # A CSV cached by complete_data_pipeline for other settings is still trained on as is.
+    from nnlab.data import complete_data_pipeline
+
+    cached = tmp_path / "cache.csv"
+    complete_data_pipeline(cached, num_particles=150, seed=1)
+    before = cached.read_bytes()
+    proc = main_py("--data", str(cached), "--epochs", "1", "--set", "hidden_layers=[8]", "--quiet",
+                   "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert cached.read_bytes() == before
 
 
 @pytest.mark.parametrize(

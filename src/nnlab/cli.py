@@ -248,7 +248,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from nnlab.training import check_output_dir
 
     check_output_dir(args.output_dir, create=False)  # fail before any data or training work
-    from nnlab.data import complete_data_pipeline
+    from nnlab.data import complete_data_pipeline, prepare_csv
     from nnlab.model import AdvancedNeuralNetwork
     from nnlab.training import train_with_tracking
 
@@ -261,10 +261,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "test_size": cfg.training.test_size,
         "val_size": cfg.training.val_size,
     }
-    data = complete_data_pipeline(
-        args.data, num_particles=n, config=cfg.generation, seed=source["seed"],
-        test_size=source["test_size"], val_size=source["val_size"], random_state=source["random_state"],
-    )
+    split = dict(test_size=source["test_size"], val_size=source["val_size"], random_state=source["random_state"])
+    if args.data is not None:
+        data = prepare_csv(args.data, **split)  # trained on as found, never rewritten
+    else:
+        data = complete_data_pipeline(None, num_particles=n, config=cfg.generation, seed=source["seed"], **split)
     if not args.quiet:
         print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
               f"{len(data.feature_names)} features -> {len(data.target_names)} targets")

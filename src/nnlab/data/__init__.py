@@ -22,6 +22,7 @@ from nnlab.data._prepare import (
     Scalers,
     complete_data_pipeline,
     load_scalers,
+    prepare_csv,
     preprocess_for_training,
 )
 from nnlab.data._simulate import (
@@ -53,6 +54,7 @@ __all__ = [
     "generate_particle_data",
     "load_particle_data",
     "load_scalers",
+    "prepare_csv",
     "preprocess_for_training",
     "save_particle_data",
     "validate_particle_data",

@@ -292,3 +292,19 @@ def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
             logger.info("saved %d particles to %s", n, path)
     report = validate_particle_data(df, drop_invalid=drop_invalid, source=path)
     return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets)
+
+
+def prepare_csv(csv_path: str | os.PathLike, test_size: float = 0.2, val_size: float = 0.2,
+                random_state: int = 42, *, targets: Sequence[str] | None = None,
+                drop_invalid: bool = False) -> PreparedData:
+    """Load, validate and split a particle CSV as it is -- never regenerated or rewritten.
+
+    This is ``--data FILE``: unlike :func:`complete_data_pipeline` it ignores any
+    cache sidecar, so a file is trained on exactly as found.
+
+    Raises:
+        DataValidationError: naming the file, for a missing/unreadable/invalid CSV.
+    """
+    path = Path(csv_path)
+    report = validate_particle_data(load_particle_data(path), drop_invalid=drop_invalid, source=path)
+    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets)

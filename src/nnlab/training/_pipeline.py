@@ -189,7 +189,7 @@ def resume_training(
     Raises:
         NnlabError: no such run, a run already completed, or no usable checkpoint.
     """
-    from nnlab.data import complete_data_pipeline
+    from nnlab.data import complete_data_pipeline, prepare_csv
 
     run_dir = find_run_dir(output_dir, run_id)
     saved = read_json_object(run_dir / "training_config.json")
@@ -202,13 +202,16 @@ def resume_training(
     csv_path = source.get("csv_path")
     if csv_path is not None and not Path(csv_path).is_file():
         raise NnlabError(f"run '{run_dir.name}' was trained on '{csv_path}', which no longer exists")
-    data = complete_data_pipeline(
-        csv_path, num_particles=source.get("num_particles") or cfg.generation.num_particles_default,
-        config=cfg.generation, seed=source.get("seed", cfg.generation.random_seed),
-        test_size=source.get("test_size", cfg.training.test_size),
-        val_size=source.get("val_size", cfg.training.val_size),
-        random_state=source.get("random_state", 42),
-    )
+    split = dict(test_size=source.get("test_size", cfg.training.test_size),
+                 val_size=source.get("val_size", cfg.training.val_size),
+                 random_state=source.get("random_state", 42))
+    if csv_path is not None:
+        data = prepare_csv(csv_path, **split)
+    else:
+        data = complete_data_pipeline(
+            None, num_particles=source.get("num_particles") or cfg.generation.num_particles_default,
+            config=cfg.generation, seed=source.get("seed", cfg.generation.random_seed), **split,
+        )
     model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
     row = config_log_row(output_dir, run_dir.name) or {"run_id": run_dir.name, "run_dir": str(run_dir)}
     row = {**dict.fromkeys(CONFIG_LOG_COLUMNS, ""), **row, "status": "running"}
