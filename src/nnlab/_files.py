@@ -48,6 +48,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
     return path
 
 
+def probe_writable(directory: str | os.PathLike) -> None:
+    """Raise ``OSError`` unless ``directory`` could be created and written; writes nothing.
+
+    The nearest existing directory on the path is probed with a temporary file
+    that is removed at once.
+    """
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(existing))
+    with tempfile.TemporaryFile(dir=existing):
+        pass
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically replace ``path`` with ``text``."""
     return atomic_write(path, lambda fh: fh.write(text))

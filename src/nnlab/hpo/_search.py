@@ -7,12 +7,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnlab._files import probe_writable
 from nnlab.errors import ConfigError
 from nnlab.hpo._study import (
     StorageSpec,
@@ -203,14 +203,8 @@ def plan_search(settings: SearchSettings) -> _Plan:
 
 def _probe_writable(option: str, directory: Path) -> None:
     """Fail early if ``directory`` could not be created and written, without creating anything."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "Not a directory", str(existing))
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        probe_writable(directory)
     except OSError as exc:
         raise ConfigError(f"{option}: '{directory}' cannot be written: {exc.strerror or exc}") from None
 

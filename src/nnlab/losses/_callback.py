@@ -52,13 +52,10 @@ class AdaptiveLossCallback(keras.callbacks.Callback):
     Args:
         loss: the :class:`AdaptiveLoss` the model is compiled with.
         strategy: one of ``nnlab.config.LOSS_WEIGHTING_STRATEGIES``.
-        beta: SoftAdapt's beta (config ``softadapt_beta``).
-        alpha: ReLoBRaLo's alpha (config ``relobralo_alpha``).
-        temperature: ReLoBRaLo's temperature (config ``relobralo_temperature``).
-        expected_lookback: ReLoBRaLo's E[rho] (config ``relobralo_expected_lookback``).
-        mse_weight: the ``fixed`` MSE weight (config ``mse_weight``).
-        mae_weight: the ``fixed`` MAE weight (config ``mae_weight``).
         seed: seed of ReLoBRaLo's lookback draws (config ``seed``).
+        **options: the strategy options of :class:`LossWeightScheduler`
+            (``beta``, ``alpha``, ``temperature``, ``expected_lookback``,
+            ``mse_weight``, ``mae_weight``).
 
     Raises:
         ConfigError: for an unknown strategy or an out-of-range option.
@@ -76,33 +73,13 @@ class AdaptiveLossCallback(keras.callbacks.Callback):
         ([0, 1], True)
     """
 
-    def __init__(
-        self,
-        loss: AdaptiveLoss,
-        strategy: str = "physics_aware",
-        *,
-        beta: float = 0.1,
-        alpha: float = 0.999,
-        temperature: float = 0.1,
-        expected_lookback: float = 0.999,
-        mse_weight: float = 0.5,
-        mae_weight: float = 0.5,
-        seed: int | None = 42,
-    ):
+    def __init__(self, loss: AdaptiveLoss, strategy: str = "physics_aware", *, seed: int | None = 42,
+                 **options: float):
         super().__init__()
         if not isinstance(loss, AdaptiveLoss):
             raise TypeError(f"AdaptiveLossCallback needs an AdaptiveLoss, got {type(loss).__name__}")
         self.loss = loss
-        self.scheduler = LossWeightScheduler(
-            strategy,
-            beta=beta,
-            alpha=alpha,
-            temperature=temperature,
-            expected_lookback=expected_lookback,
-            mse_weight=mse_weight,
-            mae_weight=mae_weight,
-            seed=seed,
-        )
+        self.scheduler = LossWeightScheduler(strategy, seed=seed, **options)
         self.history: list[dict[str, float]] = []
         self._resumed = False
         # The loss holds the epoch-0 weights from the start, so a model compiled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlab.losses._strategies import check_strategy_options, compute_loss_weights
+from nnlab.losses._strategies import STRATEGY_OPTION_DEFAULTS, check_strategy_options, compute_loss_weights
 
 __all__ = ["LossWeightScheduler"]
 
@@ -23,13 +23,10 @@ class LossWeightScheduler:
 
     Args:
         strategy: one of ``nnlab.config.LOSS_WEIGHTING_STRATEGIES``.
-        beta: SoftAdapt's beta (config ``softadapt_beta``).
-        alpha: ReLoBRaLo's alpha (config ``relobralo_alpha``).
-        temperature: ReLoBRaLo's temperature (config ``relobralo_temperature``).
-        expected_lookback: ReLoBRaLo's E[rho] (config ``relobralo_expected_lookback``).
-        mse_weight: the ``fixed`` MSE weight (config ``mse_weight``).
-        mae_weight: the ``fixed`` MAE weight (config ``mae_weight``).
         seed: seed of the random generator (config ``seed``); None: unseeded.
+        **options: ``beta``, ``alpha``, ``temperature``, ``expected_lookback``,
+            ``mse_weight``, ``mae_weight`` as for :func:`compute_loss_weights`
+            (defaults :data:`STRATEGY_OPTION_DEFAULTS`).
 
     Raises:
         ConfigError: for an unknown strategy or an out-of-range option.
@@ -44,26 +41,8 @@ class LossWeightScheduler:
         ([(0.3, 0.4)], 1)
     """
 
-    def __init__(
-        self,
-        strategy: str = "physics_aware",
-        *,
-        beta: float = 0.1,
-        alpha: float = 0.999,
-        temperature: float = 0.1,
-        expected_lookback: float = 0.999,
-        mse_weight: float = 0.5,
-        mae_weight: float = 0.5,
-        seed: int | None = 42,
-    ):
-        self.options = dict(
-            beta=beta,
-            alpha=alpha,
-            temperature=temperature,
-            expected_lookback=expected_lookback,
-            mse_weight=mse_weight,
-            mae_weight=mae_weight,
-        )
+    def __init__(self, strategy: str = "physics_aware", *, seed: int | None = 42, **options: float):
+        self.options = {**STRATEGY_OPTION_DEFAULTS, **options}
         check_strategy_options(strategy, **self.options)
         self.strategy = strategy
         self.seed = seed

@@ -158,6 +158,17 @@ def compute_loss_weights(
     return _as_pair(weights)
 
 
+#: The strategy options and their defaults (the config keys are in the README).
+STRATEGY_OPTION_DEFAULTS: dict[str, float] = {
+    "beta": 0.1,
+    "alpha": 0.999,
+    "temperature": 0.1,
+    "expected_lookback": 0.999,
+    "mse_weight": 0.5,
+    "mae_weight": 0.5,
+}
+
+
 def check_strategy_options(
     strategy: str,
     *,

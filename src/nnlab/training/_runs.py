@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from nnlab._files import read_csv_rows
+from nnlab._files import probe_writable, read_csv_rows
 from nnlab.errors import ConfigError, NnlabError
 
 DEFAULT_OUTPUT_DIR = "training_output"
@@ -28,8 +27,7 @@ CONFIG_LOG_COLUMNS = (
 def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> Path:
     """Prove ``output_dir`` is writable before any work; with ``create``, make it (and ``runs/``).
 
-    Without ``create`` nothing is written: the nearest existing directory on the
-    path is probed with a temporary file that is removed at once.
+    Without ``create`` nothing is written (see :func:`nnlab._files.probe_writable`).
 
     Raises:
         ConfigError: naming the directory and why it cannot be used.
@@ -38,15 +36,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> P
     try:
         if create:
             (root / "runs").mkdir(parents=True, exist_ok=True)
-            probe_dir = root
-        else:
-            probe_dir = root
-            while not probe_dir.exists() and probe_dir != probe_dir.parent:
-                probe_dir = probe_dir.parent
-            if not probe_dir.is_dir():
-                raise NotADirectoryError(20, "Not a directory", str(probe_dir))
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
+        probe_writable(root)
     except OSError as exc:
         raise ConfigError(f"output directory '{root}' cannot be written: {exc.strerror or exc}") from None
     return root
