@@ -9,6 +9,7 @@ is generated from CASES, so the document and the tests cannot drift apart:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,10 @@ GOOD_ROW = ("0,1.0,1.0,0.0,0.0,0.0,1.0,1.0,1.0,0.5403023058681398,-0.84147098480
 HEADER = ("particle_id,mass,initial_velocity_x,initial_velocity_y,initial_position_x,initial_position_y,charge,"
           "magnetic_field_strength,simulation_time,final_velocity_x,final_velocity_y,final_position_x,"
           "final_position_y,kinetic_energy,displacement,trajectory_length")
+
+# Special "files": a named pipe and a directory (content is a str for a plain file).
+FIFO = "<named pipe>"
+DIRECTORY = "<directory>"
 
 # (area, command, {file: content}, expected error lines (each must appear in stderr, in order))
 CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
@@ -159,17 +164,42 @@ def _argv(command: str) -> list[str]:
     return [sys.executable, "-m", "nnlab.cli", *parts[1:]]
 
 
-@pytest.mark.parametrize("number", range(len(CASES)), ids=lambda n: f"case{n + 1:02d}")
-def test_bad_input(number, tmp_path):
-    area, command, files, expected = CASES[number]
+def make_files(root: Path, files: dict[str, str]) -> None:
+    """Create a case's files under ``root`` (FIFO and DIRECTORY make those instead of a file)."""
     for name, content in files.items():
-        path = tmp_path / name
+        path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        if content == FIFO:
+            os.mkfifo(path)
+        elif content == DIRECTORY:
+            path.mkdir()
+        else:
+            path.write_text(content)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a digest of its content (or its kind), symlinks as links."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            state[key] = "link:" + os.readlink(path)
+        elif path.is_file():
+            state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            state[key] = "dir" if path.is_dir() else "special"
+    return state
+
+
+def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run one catalogue case in ``tmp_path`` and assert everything the catalogue promises."""
+    area, command, files, expected = case
+    make_files(tmp_path, files)
+    before = snapshot(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    proc = subprocess.run(_argv(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(_argv(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, (command, proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     position = 0
@@ -177,9 +207,17 @@ def test_bad_input(number, tmp_path):
         found = proc.stderr.find(line, position)
         assert found >= 0, f"{command}: expected {line!r} in stderr:\n{proc.stderr}"
         position = found + len(line)
-    # Nothing half-written left behind (the lock/probe files of a refused run included).
-    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    assert after == before, (command, set(after) - set(before))
+    # Nothing half-written left behind (the lock/probe files of a refused run included),
+    # and every file that was there is unchanged.
+    after = snapshot(tmp_path)
+    assert after == before, (command, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
+                                       if before.get(k) != after.get(k)})
+    return proc
+
+
+@pytest.mark.parametrize("number", range(len(CASES)), ids=lambda n: f"case{n + 1:02d}")
+def test_bad_input(number, tmp_path):
+    run_case(CASES[number], tmp_path)
 
 
 def render_catalogue() -> str:
