@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +19,7 @@ from nnlab.data import complete_data_pipeline
 from nnlab.model import AdvancedNeuralNetwork
 from nnlab.training import (
     CheckpointError,
+    RunLockedError,
     list_checkpoints,
     load_latest_checkpoint,
     resume_training,
@@ -74,8 +76,19 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     assert list_checkpoints(run_dir), "a checkpoint every 4 epochs"
     log = pd.read_csv(out / "configuration_log.csv")
     assert log["status"].tolist() == ["running"]
+    status = json.loads((run_dir / "run_status.json").read_text())
+    assert status["status"] == "running" and status["pid"] == proc.pid
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == proc.pid  # a stale lock: taken over
 
-    code, stdout, stderr = finish(main_py("--resume", "latest", "--quiet", "--output-dir", str(out), cwd=tmp_path))
+    resume = main_py("--resume", "latest", "--quiet", "--output-dir", str(out), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while json.loads((run_dir / ".lock").read_text() or "{}").get("pid") != resume.pid:
+        assert resume.poll() is None and time.monotonic() < deadline, resume.communicate()
+        time.sleep(0.1)
+    # A second resume while the first one trains: refused, naming the first.
+    with pytest.raises(RunLockedError, match=f"run {run_dir.name} is being trained by process {resume.pid}"):
+        resume_training(run_dir.name, output_dir=out)
+    code, stdout, stderr = finish(resume)
     assert code == 0, stderr
     assert "resuming run" in stderr and "completed" in stdout
     rows = pd.read_csv(run_dir / "training_results.csv")
@@ -84,6 +97,16 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     log = pd.read_csv(out / "configuration_log.csv")
     assert len(log) == 1 and log["status"].iloc[0] == "completed" and log["epochs_run"].iloc[0] == 24
     assert abs(final_test_r2(run_dir) - final_test_r2(uninterrupted)) < 0.01
+
+
+def test_completed_run_is_not_resumed(uninterrupted):
+    out = uninterrupted.parents[1]
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    code, stdout, stderr = finish(main_py("--resume", uninterrupted.name, "--output-dir", str(out), cwd=out.parent))
+    assert code == 2 and "Traceback" not in stderr
+    assert (f"error: run {uninterrupted.name} completed all 24 epochs (status completed); nothing to resume"
+            in stderr)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
 def test_sigterm_marks_interrupted_and_resumes(tmp_path):
@@ -97,6 +120,7 @@ def test_sigterm_marks_interrupted_and_resumes(tmp_path):
     assert "Traceback" not in stderr
     log = pd.read_csv(out / "configuration_log.csv")
     assert log["status"].tolist() == ["interrupted"]
+    assert json.loads((run_dir / "run_status.json").read_text())["status"] == "interrupted"
     done = int(pd.read_csv(run_dir / "training_results.csv")["epoch"].iloc[-1])
     assert load_latest_checkpoint(run_dir).epoch == done  # the interrupted epoch was checkpointed
 
@@ -105,6 +129,7 @@ def test_sigterm_marks_interrupted_and_resumes(tmp_path):
     assert code == 0, stderr
     assert f"from ckpt_{done:04d}" in stderr
     assert pd.read_csv(run_dir / "training_results.csv")["epoch"].tolist() == list(range(1, 25))
+    assert pd.read_csv(run_dir / "loss_history.csv")["epoch"].tolist() == list(range(24))
     assert pd.read_csv(out / "configuration_log.csv")["status"].tolist() == ["completed"]
 
 
@@ -114,19 +139,30 @@ CONFIG = {"hidden_layers": [16], "epochs": 4, "batch_size": 64, "checkpoint_ever
           "jit_compile": False, "constraint_interval": 1}
 
 
+class StopAfter(keras.callbacks.Callback):
+    """Ends training after ``epochs`` epochs the way an interruption does (status ``interrupted``)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs, self.run_status = epochs, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+            self.run_status = "interrupted"
+
+
 @pytest.fixture
 def finished_run(tmp_path):
+    """A run of 6 epochs interrupted after 4 (checkpoints at 2 and 4): something to resume."""
+    config = {**CONFIG, "epochs": 6}
     data = complete_data_pipeline(num_particles=200, seed=2)
-    model = AdvancedNeuralNetwork((23,), 6, CONFIG)
-    results = train_with_tracking(model, *data, CONFIG, data=data, output_dir=tmp_path, verbose=0,
-                                  data_source={"num_particles": 200, "seed": 2, "random_state": 42})
-    run_dir = Path(results["run_dir"])
-    # Pretend it was meant to run 6 epochs, so there is something to resume.
-    cfg_path = run_dir / "training_config.json"
-    saved = json.loads(cfg_path.read_text())
-    saved["config"]["epochs"] = 6
-    cfg_path.write_text(json.dumps(saved))
-    return tmp_path, run_dir
+    model = AdvancedNeuralNetwork((23,), 6, config)
+    results = train_with_tracking(model, *data, config, data=data, output_dir=tmp_path, verbose=0,
+                                  data_source={"num_particles": 200, "seed": 2, "random_state": 42},
+                                  callbacks=[StopAfter(4)])
+    assert results["status"] == "interrupted"
+    return tmp_path, Path(results["run_dir"])
 
 
 def test_checkpoint_restores_every_component(finished_run):
@@ -199,12 +235,12 @@ def test_unwritable_checkpoints_mid_run_warn_and_training_finishes(tmp_path, mon
     import nnlab.training._state as state_module
 
     def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+        raise OSError(13, "Permission denied")  # (a full disk stops the run instead)
 
     monkeypatch.setattr(state_module, "atomic_write", disk_full)
     data = complete_data_pipeline(num_particles=200, seed=2)
     model = AdvancedNeuralNetwork((23,), 6, CONFIG)
-    with pytest.warns(RuntimeWarning, match="training checkpoint: OSError.*No space left"):
+    with pytest.warns(RuntimeWarning, match="training checkpoint: .*Permission denied"):
         results = train_with_tracking(model, *data, CONFIG, data=data, output_dir=tmp_path, verbose=0)
     assert results["status"] == "completed" and results["training"]["epochs_run"] == 4
     # epochs 2 and 4, and the retry at the end of training (epoch 4 was never saved)

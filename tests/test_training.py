@@ -208,10 +208,13 @@ def test_loss_weights_follow_strategy(first_run):
 
 
 def test_unwritable_weights_dir_is_reported_not_fatal(data, tmp_path, monkeypatch):
-    def refuse(self, *args, **kwargs):
+    import nnlab.training._weights
+
+    def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "weights")
 
-    monkeypatch.setattr(keras.Model, "save_weights", refuse)
+    # Weight files are built in memory and written by atomic_write (see WeightCheckpoint).
+    monkeypatch.setattr(nnlab.training._weights, "atomic_write", refuse)
     with pytest.warns(RuntimeWarning, match="checkpoint"):
         _, results = run(data, tmp_path, epochs=2)
     assert results["status"] == "completed"

@@ -29,7 +29,16 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse already exits 2 on bad arguments; keep its message short."""
+    """argparse already exits 2 on bad arguments; keep its message short.
+
+    Abbreviations are off for every parser (subparsers are built through this
+    class too): ``--conf x.json`` must be an error, not silently ``--config``,
+    and adding an option must never change what an existing prefix meant.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess
         self.print_usage(sys.stderr)
@@ -117,16 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate = data_commands.add_parser("generate", help="simulate particles and write a CSV")
     generate.add_argument("--num-particles", type=positive_int, metavar="N",
                           help="number of particles (default: num_particles_default of the config)")
-    generate.add_argument("--out", required=True, metavar="FILE", help="CSV file to write")
+    generate.add_argument("--out", required=True, metavar="FILE",
+                          help="CSV file to write, with its provenance sidecar FILE.meta.json; "
+                               "missing parent directories are created")
     generate.add_argument("--seed", type=int, help="random seed (default: random_seed of the config)")
-    generate.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    generate.add_argument("--force", action="store_true",
+                          help="replace FILE and FILE.meta.json if they exist")
     _add_config_arguments(generate)
     generate.set_defaults(handler=_cmd_data_generate)
 
     validate = data_commands.add_parser("validate", help="check a particle CSV (exit 0 valid, 2 invalid)")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--drop-invalid", metavar="CLEAN_FILE",
-                          help="write the valid rows to CLEAN_FILE instead of failing on bad rows")
+                          help="write the valid rows to CLEAN_FILE (and CLEAN_FILE.meta.json) instead of "
+                               "failing on bad rows; missing parent directories are created")
+    validate.add_argument("--force", action="store_true",
+                          help="with --drop-invalid: replace CLEAN_FILE and its sidecar if they exist")
     validate.set_defaults(handler=_cmd_data_validate)
 
     config = commands.add_parser("config", help="show the resolved configuration")
@@ -154,19 +169,29 @@ def _plug(parser: argparse.ArgumentParser, module_name: str) -> None:
     parser.set_defaults(handler=module.run)
 
 
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    from nnlab.errors import ConfigError
+def _refuse_overwrite(path: str, force: bool, option: str = "--out") -> None:
+    """Fail before any work when ``path`` (or its ``.meta.json`` sidecar) cannot or may not be written.
 
-    if path.exists() and not force:
-        raise ConfigError(f"--out: '{path}' already exists; choose another file or pass --force to replace it")
+    Args:
+        path: the CSV to write, as given (a trailing '/' means a directory).
+        force: allow replacing an existing CSV and sidecar.
+        option: the option that named ``path``, for the message.
+    """
+    from nnlab.data import check_output_file
+
+    check_output_file(path, force=force, option=option)
 
 
 def _cmd_data_generate(args: argparse.Namespace) -> int:
     from nnlab.data import generate_particle_data, save_particle_data
 
     cfg = _load_config(args)
+    _refuse_overwrite(args.out, args.force)  # before simulating: nothing is computed for nothing
+    from nnlab._memory import check_memory  # before simulating: refuse what cannot fit in memory
+
+    check_memory(cfg, num_particles=args.num_particles or cfg.generation.num_particles_default, network=False,
+                 source="--num-particles" if args.num_particles else "num_particles_default")
     out = Path(args.out)
-    _refuse_overwrite(out, args.force)
     n = args.num_particles or cfg.generation.num_particles_default
     seed = args.seed if args.seed is not None else cfg.generation.random_seed
     df = generate_particle_data(n, cfg.generation, seed=seed)
@@ -180,14 +205,22 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_validate(args: argparse.Namespace) -> int:
-    from nnlab.data import load_particle_data, save_particle_data, validate_particle_data
+    from nnlab.data import check_data_file, load_particle_data, save_particle_data, validate_particle_data
+    from nnlab.errors import ConfigError
 
     path = Path(args.file)
+    if args.force and not args.drop_invalid:
+        raise ConfigError("--force only applies with --drop-invalid CLEAN_FILE (validate never writes FILE)")
+    check_data_file(path)  # a pipe or device is named, not opened
+    if args.drop_invalid:
+        _refuse_overwrite(args.drop_invalid, args.force, option="--drop-invalid")
     df = load_particle_data(path)
     if args.drop_invalid:
         clean = Path(args.drop_invalid)
-        _refuse_overwrite(clean, force=False)
-        report = validate_particle_data(df, drop_invalid=True)
+        try:
+            report = validate_particle_data(df, drop_invalid=True)
+        except DataValidationError as exc:
+            raise DataValidationError(f"{path} is invalid:\n{exc}", exc.problems) from None
         print(report.summary())
         save_particle_data(report.data, clean)
         print(f"wrote {len(report.data)} valid rows to {clean}")
@@ -210,6 +243,9 @@ def _finish_training(results: dict, output_dir: str) -> int:
         return EXIT_INTERRUPTED
     if results["status"] == "diverged":
         print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
+        return 1
+    if results.get("failure"):  # the disk filled up: the run stopped, what it wrote is intact
+        print(f"error: {results['failure']}", file=sys.stderr)
         return 1
     return EXIT_OK
 
@@ -241,10 +277,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         extra.update(seed=args.seed, random_seed=args.seed)
     cfg = _load_config(args, extra)
+    from nnlab._memory import check_memory  # before any allocation: refuse what cannot fit in memory
 
-    if args.data is not None and not Path(args.data).is_file():
-        raise DataValidationError(f"--data: particle data file not found: {args.data} "
-                                  "(create one with `nnlab data generate --out FILE`)")
+    check_memory(cfg, num_particles=None if args.data else (args.num_particles or cfg.generation.num_particles_default),
+                 source="--num-particles" if args.num_particles else "num_particles_default")
+
+    if args.data is not None:
+        from nnlab.data import check_data_file
+
+        # Before anything else: a named pipe or device would block or never end.
+        check_data_file(args.data, option="--data", hint=" (create one with `nnlab data generate --out FILE`)")
     from nnlab.training import check_output_dir
 
     check_output_dir(args.output_dir, create=False)  # fail before any data or training work

@@ -17,6 +17,10 @@ Layers are applied in this order, later ones winning::
 
 Every problem raises :class:`~nnlab.errors.ConfigError` naming the source
 (file, preset or ``--set``), the key, the bad value and what is allowed.
+Configuration files must be regular files of at most :data:`MAX_CONFIG_BYTES`
+holding strict JSON: no NaN/Infinity, no duplicate keys, at most
+:data:`MAX_JSON_DEPTH` levels of nesting. Values echoed in messages are
+shortened (see :func:`shorten`).
 
 Example:
     >>> from nnlab.config import load_config
@@ -30,6 +34,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +67,15 @@ __all__ = [
     "load_config",
     "parse_override",
     "parse_overrides",
+    "read_json_object",
+    "shorten",
+    "show_value",
+    "special_file_kind",
+    "parse_json",
+    "read_config_text",
+    "MAX_CONFIG_BYTES",
+    "MAX_JSON_DEPTH",
+    "SEED_MAX",
 ]
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "prelu")
@@ -82,13 +96,26 @@ TRAINING_CONFIG_FILE = "training_config.json"
 GENERATION_CONFIG_FILE = "particle_generation_config.json"
 PRESETS_DIR = "model_presets"
 
+# Limits on what a configuration source may hold. Real configurations are a few
+# kilobytes and two or three levels deep; anything far beyond is a mistake (or a
+# hostile file) that would otherwise exhaust memory or the recursion limit.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+# NumPy's legacy seeding and scikit-learn's random_state take 0 <= seed < 2**32.
+SEED_MAX = 2**32 - 1
+# Error messages show at most this many characters of a value, and this many problems.
+MAX_SHOWN_CHARS = 80
+MAX_LISTED_PROBLEMS = 20
+
 Range = tuple[float, float]
 
 
 class _Section(BaseModel):
     # extra="forbid" is a safety net: unknown keys are normally caught earlier
     # by Config.from_flat, which can also name the file and suggest a key.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN/inf that slipped past the JSON reader (1e999, the
+    # string "inf" from --set) is rejected like any invalid number.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -97,6 +124,13 @@ class _Section(BaseModel):
         if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
             raise ValueError("expected a number, not true/false")
         return value
+
+
+def _seed_in_range(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise ValueError(f"a seed must be an integer from 0 to 2**32 - 1 = {SEED_MAX} "
+                         "(what NumPy and scikit-learn accept), or null")
+    return value
 
 
 class ModelConfig(_Section):
@@ -144,8 +178,10 @@ class ModelConfig(_Section):
     def _positive_widths(cls, value: list[int]) -> list[int]:
         bad = [w for w in value if w < 1]
         if bad:
-            raise ValueError(f"every layer width must be >= 1, got {bad}")
+            raise ValueError(f"every layer width must be >= 1, got {shorten(str(bad))}")
         return value
+
+    _seed_range = field_validator("seed")(_seed_in_range)
 
 
 class TrainingConfig(_Section):
@@ -221,8 +257,10 @@ class GenerationConfig(_Section):
     @classmethod
     def _finite_charges(cls, value: list[float]) -> list[float]:
         if not all(map(_is_finite, value)):
-            raise ValueError(f"charges must be finite numbers, got {value}")
+            raise ValueError(f"charges must be finite numbers, got {shorten(str(value))}")
         return value
+
+    _seed_range = field_validator("random_seed")(_seed_in_range)
 
 
 def _is_finite(x: float) -> bool:
@@ -284,15 +322,18 @@ class Config(BaseModel):
         for key, value in values.items():
             grouped[_KEY_SECTION[key]][key] = value
         sections: dict[str, _Section] = {}
-        problems: list[str] = []
+        errors: list[tuple[dict[str, Any], Mapping[str, Any]]] = []
         for name, section_cls in _SECTIONS.items():
             try:
                 sections[name] = section_cls.model_validate(grouped[name])
             except ValidationError as exc:
-                problems.extend(
-                    _describe(err, grouped[name], sources, source) for err in exc.errors()
-                )
-        if problems:
+                errors.extend((err, grouped[name]) for err in exc.errors(include_url=False))
+        if errors:
+            # A list of a million bad items gives a million errors: list the first few.
+            shown: dict[str, str] = {}  # each value is serialised once, however many errors name it
+            problems = [_describe(err, given, sources, source, shown) for err, given in errors[:MAX_LISTED_PROBLEMS]]
+            if len(errors) > MAX_LISTED_PROBLEMS:
+                problems.append(f"... and {len(errors) - MAX_LISTED_PROBLEMS} more problems")
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return cls(**sections)
 
@@ -321,27 +362,48 @@ def _check_known_keys(values: Iterable[str], source_of) -> None:
     if not unknown:
         return
     lines = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), ALL_KEYS, n=1, cutoff=0.6)
+    for key in unknown[:MAX_LISTED_PROBLEMS]:
+        close = difflib.get_close_matches(str(key)[:MAX_SHOWN_CHARS], ALL_KEYS, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "see README 'Configuration reference' for the keys"
-        lines.append(f"{source_of(key)}: unknown key '{key}'; {hint}")
+        lines.append(f"{source_of(key)}: unknown key '{shorten(str(key))}'; {hint}")
+    if len(unknown) > MAX_LISTED_PROBLEMS:
+        lines.append(f"... and {len(unknown) - MAX_LISTED_PROBLEMS} more unknown keys")
     raise ConfigError("\n".join(lines))
 
 
-def _describe(error: Mapping[str, Any], given: Mapping[str, Any], sources, source: str) -> str:
+def shorten(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and its length, for error messages.
+
+    Example:
+        >>> shorten("[" + "64, " * 1000 + "64]", 12)
+        '[64, 64, 64,… (4004 characters)'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def show_value(value: Any) -> str:
+    """A value as JSON for an error message, shortened (see :func:`shorten`)."""
+    return shorten(json.dumps(value, default=str))
+
+
+def _describe(error: Mapping[str, Any], given: Mapping[str, Any], sources, source: str,
+              shown: dict[str, str] | None = None) -> str:
+    shown = {} if shown is None else shown
     loc = error.get("loc", ())
     if not loc:  # a rule across several keys: the message names them
         return str(error.get("msg", "invalid combination of values")).removeprefix("Value error, ")
     key = str(loc[0])
     where = sources.get(key, source)
     path = key + "".join(f"[{part}]" for part in loc[1:])
-    value = given.get(key, error.get("input"))
+    if key not in shown:
+        shown[key] = show_value(given.get(key, error.get("input")))
     message = error.get("msg", "invalid value")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if key.endswith("_range") and (len(loc) > 1 or error.get("type") in ("tuple_type", "too_long")):
+    if key.endswith("_range") and error.get("type") != "finite_number" and (
+            len(loc) > 1 or error.get("type") in ("tuple_type", "too_long")):
         path, message = key, "must be a list of two numbers [low, high]"
-    return f"{where}: {path} = {json.dumps(value, default=str)} is invalid: {message}"
+    return f"{where}: {path} = {shown[key]} is invalid: {message}"
 
 
 # ---------------------------------------------------------------------------
@@ -367,17 +429,128 @@ def find_config_dir(config_dir: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
-    """Read a JSON file that must hold one object; errors name the file and position."""
+def special_file_kind(mode: int) -> str | None:
+    """What a ``st_mode`` describes when it is not a regular file (``"a named pipe"``), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_config_text(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a configuration file, refusing anything but a small regular file.
+
+    A named pipe would block the read forever and ``/dev/zero`` never ends, so
+    the file type and size are checked before reading, and the read is bounded.
+
+    Raises:
+        ConfigError: missing, not a regular file, larger than ``max_bytes`` or not UTF-8.
+    """
     label = label or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        kind = special_file_kind(os.stat(path).st_mode)
+        if kind is None:
+            # O_NONBLOCK: should a pipe be swapped in after the stat, opening it does not wait.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                kind = special_file_kind(os.fstat(fh.fileno()).st_mode)
+                data = fh.read(max_bytes + 1) if kind is None else b""
     except FileNotFoundError:
         raise ConfigError(f"{label}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{label}: cannot read file ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+    if kind is not None:
+        raise ConfigError(f"{label}: is {kind}, not a regular file")
+    if len(data) > max_bytes:
+        raise ConfigError(f"{label}: is larger than {max_bytes} bytes ({max_bytes >> 20} MiB), the limit for "
+                          "a configuration file")
     try:
-        data = json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: cannot read file ({exc})") from None
+
+
+class _NonFinite:
+    """Stands for a NaN/Infinity literal until its position can be reported."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+class _DuplicateKey(Exception):
+    # Not a ValueError, so that it is not mistaken for a JSON syntax error.
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of duplicate keys silently; in a configuration one of them is a mistake.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def parse_json(text: str, label: str, *, key: str | None = None) -> Any:
+    """``json.loads`` for configuration: strict JSON, nesting at most :data:`MAX_JSON_DEPTH` deep.
+
+    Args:
+        text: the JSON text.
+        label: the source in messages (a file name, ``--set``).
+        key: the configuration key ``text`` is the value of, if it is one value.
+
+    Raises:
+        json.JSONDecodeError: ``text`` is not JSON (the caller decides what that means).
+        ConfigError: NaN/Infinity literals, a duplicate key, or too deep nesting.
+    """
+    where = f"{label} {key}" if key is not None else label
+    too_deep = f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep (the limit for a configuration)"
+    try:
+        data = json.loads(text, parse_constant=_NonFinite, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ConfigError(too_deep) from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: key '{shorten(exc.key)}' appears more than once in one JSON object; "
+                          "keep one") from None
+    # Iterative walk: the structure may be as deep as the recursion limit allowed.
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (key,) if key is not None else (), 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, _NonFinite):
+            name = str(path[0]) + "".join(f"[{part}]" for part in path[1:]) if path else ""
+            where = f"{label}: {name} = {value.literal} is invalid" if name else f"{label}: {value.literal}"
+            raise ConfigError(f"{where}: JSON NaN/Infinity is not allowed; configuration values must be "
+                              "finite numbers")
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise ConfigError(too_deep)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            # reversed: the first problem in the text is the one reported
+            stack.extend((child, path + (part,), depth + 1) for part, child in reversed(list(items)))
+    return data
+
+
+def read_json_object(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """Read a JSON file that must hold one object; errors name the file and position.
+
+    The file must be a regular file of at most ``max_bytes`` holding strict
+    JSON (see :func:`parse_json`).
+    """
+    label = label or str(path)
+    text = read_config_text(path, label, max_bytes=max_bytes)
+    try:
+        data = parse_json(text, label)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{label}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -416,7 +589,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. learning_rate=0.001), got '{text}'")
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. learning_rate=0.001), got '{shorten(text)}'")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set: {shorten(key)}: the value is {len(raw)} characters long; at most "
+                          f"{MAX_CONFIG_BYTES} are accepted")
     raw = raw.strip()
     lowered = raw.lower()
     if lowered in ("true", "false"):
@@ -424,7 +600,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if lowered in ("null", "none"):
         return key, None
     try:
-        return key, json.loads(raw)
+        return key, parse_json(raw, "--set", key=shorten(key))
     except json.JSONDecodeError:
         return key, raw
 

@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
 from nnlab.constraints import build_constraint_callback
 from nnlab.errors import ConfigError, DataValidationError
@@ -18,6 +19,8 @@ from nnlab.tracking import ErrorRecorder
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer"]
 
 METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
+# R² compares the error with the spread of the targets: one row has none.
+MIN_ROWS_FOR_R2 = 2
 
 
 def build_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -81,6 +84,8 @@ class AdvancedNeuralNetwork:
             raise ConfigError(f"output_dim must be >= 1, got {output_dim!r}")
         self.input_shape = shape
         self.output_dim = int(output_dim)
+        # Refuse before allocating: a network beyond memory would be killed, or swap for hours.
+        check_network_fits(self.config, n_features=shape[0], n_targets=self.output_dim)
         self.errors = ErrorRecorder()
         seed = self.config.model.seed
         if seed is not None:
@@ -162,17 +167,21 @@ class AdvancedNeuralNetwork:
         callbacks += [cb for cb in (self.reduce_lr, self.early_stopping) if cb is not None]
         return callbacks
 
-    def standard_callback_states(self) -> dict[str, Any]:
-        """Checkpointable state of the LR-plateau and early-stopping callbacks."""
-        from nnlab.training import CallbackAttributes
+    def standard_callback_states(self) -> dict[str, tuple[keras.callbacks.Callback, tuple[str, ...]]]:
+        """The LR-plateau and early-stopping callbacks and the attributes that are their state.
 
-        states: dict[str, Any] = {}
+        Returns:
+            ``{"reduce_lr": (callback, ("wait", "best", "cooldown_counter")), "early_stopping": ...}``
+            for the configured ones; whoever checkpoints a run saves and restores
+            these attributes.
+        """
+        states: dict[str, tuple[keras.callbacks.Callback, tuple[str, ...]]] = {}
         if self.reduce_lr is not None:
-            states["reduce_lr"] = CallbackAttributes(self.reduce_lr, ("wait", "best", "cooldown_counter"))
+            states["reduce_lr"] = (self.reduce_lr, ("wait", "best", "cooldown_counter"))
         if self.early_stopping is not None:
-            # The early-stopping best weights are not checkpointed: after a resume
+            # The early-stopping best weights are not state here: after a resume
             # it restores the best weights seen since the resume.
-            states["early_stopping"] = CallbackAttributes(self.early_stopping, ("wait", "best", "best_epoch"))
+            states["early_stopping"] = (self.early_stopping, ("wait", "best", "best_epoch"))
         return states
 
     def train_with_custom_constraints(
@@ -220,6 +229,8 @@ class AdvancedNeuralNetwork:
         if not self._compiled:
             self.compile_model()
         all_callbacks = [*self.lab_callbacks(), *callbacks, *self.standard_callbacks(), *final_callbacks]
+        if len(X_val) < MIN_ROWS_FOR_R2:
+            all_callbacks.insert(0, _UnavailableValidationR2())
         start = time.perf_counter()
         fit = self.model.fit(
             X_train,
@@ -296,16 +307,37 @@ class AdvancedNeuralNetwork:
         return self.errors.summary()
 
 
+class _UnavailableValidationR2(keras.callbacks.Callback):
+    """With fewer than two validation rows R² is undefined: log NaN, not Keras' 0.0.
+
+    Runs first, so the tracker, checkpoints and history all see NaN.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_r2_score" in logs:
+            logs["val_r2_score"] = float("nan")
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """mse, mae, rmse and R² (mean over targets, and per target) of 2-D arrays."""
+    """mse, mae, rmse and R² (mean over targets, and per target) of 2-D arrays.
+
+    R² needs at least two rows (:data:`MIN_ROWS_FOR_R2`) and a target that
+    varies; otherwise it is NaN (unavailable), as are all metrics of zero rows.
+    """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.ndim == 1:
+        y_true, y_pred = y_true[:, None], y_pred.reshape(-1, 1)
+    if len(y_true) == 0:
+        nan_t = [float("nan")] * y_true.shape[1]
+        return {"mse": float("nan"), "mae": float("nan"), "rmse": float("nan"), "r2": float("nan"),
+                "mse_per_target": nan_t, "mae_per_target": nan_t, "rmse_per_target": nan_t, "r2_per_target": nan_t}
     err = y_pred - y_true
     mse_t = np.mean(err**2, axis=0)
     mae_t = np.mean(np.abs(err), axis=0)
     var_t = np.var(y_true, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r2_t = np.where(var_t > 0, 1.0 - mse_t / var_t, np.nan)
+        r2_t = np.where((var_t > 0) & (len(y_true) >= MIN_ROWS_FOR_R2), 1.0 - mse_t / var_t, np.nan)
     return {
         "mse": float(np.mean(mse_t)),
         "mae": float(np.mean(mae_t)),

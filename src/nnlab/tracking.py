@@ -2,10 +2,13 @@
 
 * :class:`ErrorRecorder` -- the error summary of a run: optional parts that failed
   (a file that could not be written, a failing hook) are recorded here with a
-  warning, and training goes on.
+  warning, and training goes on -- except for a full disk, which ends the run
+  (:attr:`ErrorRecorder.disk_full`): every later write would fail too.
 * :class:`CSVRowWriter` -- appends rows to a CSV and flushes each one as it is
   written (like Keras' ``CSVLogger``), degrading to a warning if the file
-  cannot be written.
+  cannot be written; a row that fails half-way is taken back, so the file
+  always ends with a whole row. Text cells are neutralised against
+  spreadsheet formulas.
 * :class:`PerformanceTracker` -- a Keras callback writing one row per epoch
   (time, memory, losses, R², learning rate, loss weights, constraint statistics)
   and computing the run's summary.
@@ -15,7 +18,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
 import os
 import time
@@ -29,6 +34,8 @@ from typing import Any
 import keras
 import numpy as np
 import psutil
+
+from nnlab._files import is_disk_full, neutralise_csv_value, with_filename
 
 __all__ = [
     "TRACKER_COLUMNS",
@@ -68,7 +75,11 @@ class ErrorRecorder:
     """Collects the failures of optional components of one run.
 
     Each :meth:`record` issues a ``RuntimeWarning`` (so the user sees it) and
-    keeps an entry for the run's error summary.
+    keeps an entry for the run's error summary. A full disk (``ENOSPC`` or
+    ``EDQUOT``, from any writer) is not a degradation: the first one is kept in
+    :attr:`disk_full` and every function in :attr:`on_disk_full` is called with
+    its entry (the training pipeline stops training there); later ones are
+    recorded without another warning.
 
     Example:
         >>> errors = ErrorRecorder()
@@ -79,6 +90,8 @@ class ErrorRecorder:
 
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
+        self.disk_full: dict[str, Any] | None = None
+        self.on_disk_full: list[Callable[[dict[str, Any]], None]] = []
 
     def record(self, component: str, error: BaseException | str, *, warn: bool = True) -> None:
         """Record that ``component`` failed with ``error`` (and warn about it)."""
@@ -91,6 +104,16 @@ class ErrorRecorder:
         if isinstance(error, BaseException) and error.__traceback__ is not None:
             entry["where"] = traceback.format_tb(error.__traceback__)[-1].strip()
         self.entries.append(entry)
+        if isinstance(error, BaseException) and is_disk_full(error):
+            entry.update(disk_full=True, path=error.filename, reason=error.strerror)
+            if self.disk_full is not None:
+                return  # one warning for a full disk, not one per writer
+            self.disk_full = entry
+            if warn:
+                warnings.warn(f"{component}: {message} (disk full: training stops)", RuntimeWarning, stacklevel=2)
+            for listener in list(self.on_disk_full):
+                listener(entry)
+            return
         if warn:
             warnings.warn(f"{component}: {message} (training continues)", RuntimeWarning, stacklevel=2)
 
@@ -98,11 +121,13 @@ class ErrorRecorder:
         return len(self.entries)
 
     def summary(self) -> dict[str, Any]:
-        """``error_count``, counts ``by_component`` and the ``errors`` themselves."""
+        """``error_count``, counts ``by_component``, the ``errors`` themselves and
+        ``disk_full`` (the first disk-full entry, or None)."""
         by_component: dict[str, int] = {}
         for entry in self.entries:
             by_component[entry["component"]] = by_component.get(entry["component"], 0) + 1
-        return {"error_count": len(self.entries), "by_component": by_component, "errors": list(self.entries)}
+        return {"error_count": len(self.entries), "by_component": by_component, "errors": list(self.entries),
+                "disk_full": self.disk_full}
 
 
 class CSVRowWriter:
@@ -112,7 +137,10 @@ class CSVRowWriter:
     outside them are ignored, missing ones left empty). When ``append`` is true
     and the file already has the same header, rows are added after the existing
     ones. Write failures are recorded in ``errors`` and further rows are still
-    attempted, so a transient problem loses only the rows it hit.
+    attempted, so a transient problem loses only the rows it hit; a row that
+    could only be written in part (a full disk) is cut off again, so the rows
+    before it still parse. Text cells are neutralised against spreadsheet
+    formulas (:func:`nnlab._files.neutralise_csv_value`).
 
     Args:
         path: the CSV file.
@@ -151,25 +179,39 @@ class CSVRowWriter:
         """Append one row; returns False (and records why) if it could not be written."""
         if self.columns is None:
             self.columns = list(row)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="ignore")
+        if not self._header_written:
+            writer.writeheader()
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
         try:
-            with open(self.path, "a", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
-                if not self._header_written:
-                    writer.writeheader()
-                    self._header_written = True
-                writer.writerow({k: _csv_value(v) for k, v in row.items()})
-                fh.flush()
+            _append_whole(self.path, text.getvalue().encode("utf-8"))
         except OSError as exc:
-            self.errors.record(self.component, exc)
+            self.errors.record(self.component, with_filename(exc, self.path))
             return False
+        self._header_written = True
         self.rows_written += 1
         return True
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` unbuffered; if it fails part-way, cut the file back."""
+    with open(path, "ab", buffering=0) as fh:
+        start = fh.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                fh.truncate(start)
+            raise
 
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    return value
+    return neutralise_csv_value(value)
 
 
 def _float(logs: Mapping[str, Any], *keys: str) -> float:
@@ -295,7 +337,7 @@ class PerformanceTracker(keras.callbacks.Callback):
         times = np.array([float(r.get("epoch_time", "nan")) for r in self.rows], dtype=float)
         out: dict[str, Any] = {
             "total_epochs": len(self.rows),
-            "current_r2": float(r2[-1]) if len(r2) else None,
+            "current_r2": float(r2[-1]) if len(r2) and np.isfinite(r2[-1]) else None,
             "best_r2": None,
             "best_epoch": None,
             "greatest_r2_improvement": None,

@@ -14,6 +14,8 @@ Example:
 from nnlab.data._io import (
     DATA_FORMAT_VERSION,
     GENERATOR_NAME,
+    check_data_file,
+    check_output_file,
     load_particle_data,
     save_particle_data,
 )
@@ -35,7 +37,7 @@ from nnlab.data._simulate import (
     add_derived_features,
     generate_particle_data,
 )
-from nnlab.data._validate import ValidationReport, validate_particle_data
+from nnlab.data._validate import MAX_ABS_VALUE, ValidationReport, validate_particle_data
 
 __all__ = [
     "DATA_FORMAT_VERSION",
@@ -45,11 +47,14 @@ __all__ = [
     "FINAL_COLUMNS",
     "GENERATOR_NAME",
     "INITIAL_COLUMNS",
+    "MAX_ABS_VALUE",
     "REQUIRED_COLUMNS",
     "PreparedData",
     "Scalers",
     "ValidationReport",
     "add_derived_features",
+    "check_data_file",
+    "check_output_file",
     "complete_data_pipeline",
     "generate_particle_data",
     "load_particle_data",

@@ -1,24 +1,157 @@
-"""Particle CSV files: reading, atomic writing and the ``.meta.json`` provenance sidecar."""
+"""Particle CSV files: reading, atomic writing and the ``.meta.json`` provenance sidecar.
+
+Paths are checked with ``os.stat`` before anything is opened: opening a named pipe
+blocks until a writer appears and ``/dev/zero`` never ends, so a user who passes
+one must get an error, not a hang.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import stat
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nnlab._files import atomic_write
-from nnlab.errors import DataValidationError
+from nnlab.data._validate import separator_hint
+from nnlab.errors import ConfigError, DataValidationError
 
 DATA_FORMAT_VERSION = 1
 GENERATOR_NAME = "nnlab.generate_particle_data"
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a named pipe", ...), or None for a regular file."""
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "a special file"
+
+
+def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint: str = "") -> Path:
+    """Check that ``path`` is an existing regular file, without opening it.
+
+    Args:
+        path: the particle CSV to read.
+        option: the command-line option that named it (``"--data"``), put in front of
+            the message.
+        hint: appended to the "not found" message (e.g. how to create the file).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        DataValidationError: the file is missing, or is a directory, named pipe, device
+            or socket (named as such), or cannot be looked up.
+
+    Example:
+        >>> check_data_file("/dev/zero")  # doctest: +SKIP
+        DataValidationError: particle data file /dev/zero is a character device, not a regular file
+    """
+    p = Path(path)
+    prefix = f"{option}: " if option else ""
+    try:
+        mode = os.stat(p).st_mode  # follows symlinks: a link to a pipe is a pipe
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataValidationError(f"{prefix}particle data file not found: {p}{hint}") from None
+    except OSError as exc:
+        raise DataValidationError(f"{prefix}cannot read particle data file {p}: {exc.strerror}") from None
+    kind = _file_kind(mode)
+    if kind is not None:
+        raise DataValidationError(f"{prefix}particle data file {p} is {kind}, not a regular file")
+    return p
+
+
+def check_output_file(path: str | os.PathLike, *, force: bool = False, option: str | None = None) -> None:
+    """Refuse, before any work is done, a particle CSV destination that cannot be written.
+
+    The CSV and its ``.meta.json`` sidecar are both checked: an existing one is only
+    replaced with ``force``; a directory, named pipe or device is never replaced. Missing
+    parent directories are allowed (``save_particle_data`` creates them) when the nearest
+    existing one is a directory in which files can be created; that is probed with a
+    temporary file, removed at once, so nothing is left behind.
+
+    Args:
+        path: the CSV file to write.
+        force: allow replacing an existing CSV and sidecar.
+        option: the command-line option that named it (``"--out"``), put in front of
+            the message and of the ``--force`` advice.
+
+    Raises:
+        ConfigError: naming the path and why it cannot be written.
+
+    Example:
+        >>> check_output_file("notes.txt/particles.csv")  # doctest: +SKIP
+        ConfigError: cannot write 'notes.txt/particles.csv': 'notes.txt' is not a directory
+    """
+    text = os.fspath(path)
+    p = Path(path)
+    prefix = f"{option}: " if option else ""
+    if not text or text.endswith(("/", os.sep)):
+        raise ConfigError(f"{prefix}'{text}' names a directory; give a file name (e.g. {text or './'}"
+                          "particles.csv)")
+    sidecar = _sidecar_path(p)
+    for target, role in ((p, ""), (sidecar, f" (the metadata sidecar of '{p}')")):
+        try:
+            mode = os.stat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the parent is checked below
+        except OSError as exc:
+            raise ConfigError(f"{prefix}cannot write '{target}': {exc.strerror}") from None
+        kind = _file_kind(mode)
+        if kind is not None:
+            raise ConfigError(f"{prefix}'{target}'{role} is {kind}, not a regular file; "
+                              "give the name of a file to write")
+        if not force:
+            advice = "pass --force to replace it" if option else "use force=True to replace it"
+            raise ConfigError(f"{prefix}'{target}'{role} already exists; choose another file or {advice}")
+    existing = p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{prefix}cannot write '{p}': '{existing}' is not a directory")
+    try:
+        # Permission bits do not stop root, and read-only mounts or /proc only refuse at
+        # creation time: try it.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{prefix}cannot write '{p}': cannot create files in '{existing}' "
+                          f"({exc.strerror})") from None
+
+
+def _read_header(path: Path) -> list[str] | None:
+    """The first non-blank record of a CSV as the csv module splits it (None if unreadable).
+
+    pandas renames a repeated header name (``mass`` -> ``mass.1``), so duplicates can
+    only be seen in the raw header.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:  # BOM: as pandas
+            for record in csv.reader(fh):
+                if record:
+                    return record
+    except (OSError, csv.Error):  # pandas reports an unreadable file in its own terms
+        return None
+    return None
+
+
 def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
     """Read a particle CSV; raise ``DataValidationError`` naming the file if it cannot.
 
+    Only regular files are opened (a named pipe or device is refused by name, see
+    ``check_data_file``). The header must be comma-separated with distinct names.
     Does not check the physics: pass the result to ``validate_particle_data``.
 
     Args:
@@ -27,17 +160,21 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
     Returns:
         The DataFrame as read by ``pandas.read_csv``.
 
+    Raises:
+        DataValidationError: the file is missing, not a regular file, empty, not CSV,
+            ';'- or tab-separated, or has a repeated column name.
+
     Example:
         >>> df = load_particle_data("data/particles.csv")  # doctest: +SKIP
     """
-    p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"particle data file not found: {p}")
-    if p.is_dir():
-        raise DataValidationError(f"particle data path {p} is a directory, expected a CSV file")
+    p = check_data_file(path)
+    header = None
     try:
         if p.stat().st_size == 0:
             raise DataValidationError(f"particle data file {p} is empty (0 bytes)")
+        header = _read_header(p)
+        if header is not None and len(header) == 1 and (hint := separator_hint(header)):
+            raise DataValidationError(f"particle data file {p} {hint}")
         df = pd.read_csv(p)
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"particle data file {p} is empty (no header)") from None
@@ -45,6 +182,14 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
         raise DataValidationError(f"particle data file {p} is not valid CSV: {exc}") from exc
     except OSError as exc:
         raise DataValidationError(f"cannot read particle data file {p}: {exc}") from exc
+    # Compare with what pandas read, so that only the record pandas took as the header counts.
+    if header is not None and len(header) == len(df.columns):
+        repeated = [name for name, count in Counter(header).items() if count > 1 and name.strip()]
+        if repeated:
+            where = "; ".join(f"'{name}' (columns " + ", ".join(
+                str(i + 1) for i, h in enumerate(header) if h == name) + ")" for name in repeated)
+            raise DataValidationError(f"particle data file {p}: column name(s) repeated in the header: "
+                                      f"{where}; every column name must be unique")
     if len(df) == 0:
         raise DataValidationError(f"particle data file {p} has a header but no data rows")
     return df
@@ -58,9 +203,12 @@ def save_particle_data(df: pd.DataFrame, path: str | os.PathLike, *,
                        metadata: dict[str, Any] | None = None) -> Path:
     """Write ``df`` to CSV atomically, with a ``<path>.meta.json`` sidecar.
 
+    An existing CSV and sidecar are replaced: call ``check_output_file`` first to
+    refuse that (and unwritable places) before doing the work that produces ``df``.
+
     Args:
         df: the particle data.
-        path: the CSV file; parent directories are created.
+        path: the CSV file; missing parent directories are created.
         metadata: JSON-serialisable provenance (generation config, num_particles, seed).
             ``format_version``, ``num_rows`` and ``csv_bytes`` are added.
 

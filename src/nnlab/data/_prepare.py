@@ -24,6 +24,7 @@ from nnlab.data._io import (
     GENERATOR_NAME,
     _sidecar_path,
     _stale_reason,
+    check_output_file,
     load_particle_data,
     save_particle_data,
 )
@@ -156,12 +157,18 @@ class PreparedData(_TargetScaling):
 
 def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.2,
                             random_state: int | None = 42, *, targets: Sequence[str] | None = None,
-                            features: Sequence[str] | None = None) -> PreparedData:
+                            features: Sequence[str] | None = None,
+                            source: str | os.PathLike | None = None) -> PreparedData:
     """Split into train/val/test and standardise X and y with scalers fit on train only.
 
     The test set is split off first (``test_size`` of all rows); the validation set is
     then ``val_size`` of the *remaining* rows, so the defaults give 64/16/20 %.
-    Derived features are added when any is missing.
+
+    Derived features (``DERIVED_FEATURES``) are always recomputed from the initial
+    columns with ``add_derived_features``. Columns of those names already in ``df``
+    (e.g. from a CSV written by another tool) are never trusted: they are ignored, with
+    a ``UserWarning`` naming them, so a stale or edited feature column cannot reach
+    the model.
 
     Args:
         df: particle data (validated).
@@ -170,13 +177,18 @@ def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: 
         random_state: seed of both splits.
         targets: target columns (default ``DEFAULT_TARGETS``).
         features: feature columns (default ``FEATURE_COLUMNS``).
+        source: file name to mention in warnings and errors.
 
     Returns:
         A ``PreparedData`` of float32 arrays and the fitted scalers.
 
     Raises:
         ConfigError: sizes outside (0, 1).
-        DataValidationError: unknown/overlapping columns, non-finite values, too few rows.
+        DataValidationError: unknown/overlapping columns, non-finite values, values too
+            large to standardise into float32, too few rows.
+
+    Warns:
+        UserWarning: ``df`` holds derived-feature columns (they are recomputed).
 
     Example:
         >>> prepared = preprocess_for_training(generate_particle_data(100, seed=0))
@@ -202,23 +214,35 @@ def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: 
             f"too few rows ({n}) to split with test_size={test_size}, val_size={val_size}: "
             f"would give {n - n_test - n_val} train / {n_val} val / {n_test} test rows; "
             "need at least 2 training rows and 1 validation row")
-    if any(c not in df.columns for c in DERIVED_FEATURES):
-        df = add_derived_features(df)
+    where = f" in {source}" if source else ""
+    given = [c for c in DERIVED_FEATURES if c in df.columns]
+    if given:
+        warnings.warn(f"particle data{where} holds derived-feature column(s) {', '.join(given)}; they are "
+                      "ignored and recomputed from the initial columns", UserWarning, stacklevel=2)
+    df = add_derived_features(df)  # replaces any such columns
     missing = [c for c in [*feature_names, *target_names] if c not in df.columns]
     if missing:
-        raise DataValidationError(f"particle data lacks column(s) {missing}")
+        raise DataValidationError(f"particle data{where} lacks column(s) {missing}")
     X = df[feature_names].to_numpy(dtype=np.float64)
     y = df[target_names].to_numpy(dtype=np.float64)
     finite = np.concatenate([np.isfinite(X).all(axis=0), np.isfinite(y).all(axis=0)])
     bad = [c for c, ok in zip([*feature_names, *target_names], finite) if not ok]
     if bad:
-        raise DataValidationError(f"non-finite values in column(s) {bad}; validate the data first")
+        raise DataValidationError(f"non-finite values in column(s) {bad}{where}; validate the data first")
     rest, test = train_test_split(np.arange(n), test_size=test_size, random_state=random_state)
     train, val = train_test_split(rest, test_size=val_size, random_state=random_state)
-    x_scaler = StandardScaler().fit(X[train])
-    y_scaler = StandardScaler().fit(y[train])
-    xs = x_scaler.transform(X).astype(np.float32)
-    ys = y_scaler.transform(y).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by column
+        x_scaler = StandardScaler().fit(X[train])
+        y_scaler = StandardScaler().fit(y[train])
+        xs = x_scaler.transform(X).astype(np.float32)
+        ys = y_scaler.transform(y).astype(np.float32)
+    # A variance that overflows float64 leaves scale 1, and the huge values become inf in
+    # float32: refuse rather than train on them.
+    scaled_ok = np.concatenate([np.isfinite(xs).all(axis=0), np.isfinite(ys).all(axis=0)])
+    bad = [c for c, ok in zip([*feature_names, *target_names], scaled_ok) if not ok]
+    if bad:
+        raise DataValidationError(f"column(s) {bad}{where} hold values too large to standardise "
+                                  "into float32 (overflow); validate the data first")
     return PreparedData(xs[train], xs[val], xs[test], ys[train], ys[val], ys[test],
                         x_scaler, y_scaler, feature_names, target_names)
 
@@ -267,6 +291,9 @@ def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
     if path is None:
         df = generate()
     elif not path.exists():
+        # Before generating, so nothing is simulated for nothing; a leftover sidecar of
+        # this cache is the pipeline's own, hence force.
+        check_output_file(path, force=True)
         df = generate()
         save_particle_data(df, path, metadata=expected)
         logger.info("saved %d particles to %s", n, path)
@@ -291,7 +318,8 @@ def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
             save_particle_data(df, path, metadata=expected)
             logger.info("saved %d particles to %s", n, path)
     report = validate_particle_data(df, drop_invalid=drop_invalid, source=path)
-    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets)
+    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets,
+                                   source=path)
 
 
 def prepare_csv(csv_path: str | os.PathLike, test_size: float = 0.2, val_size: float = 0.2,
@@ -300,11 +328,24 @@ def prepare_csv(csv_path: str | os.PathLike, test_size: float = 0.2, val_size: f
     """Load, validate and split a particle CSV as it is -- never regenerated or rewritten.
 
     This is ``--data FILE``: unlike :func:`complete_data_pipeline` it ignores any
-    cache sidecar, so a file is trained on exactly as found.
+    cache sidecar, so a file is trained on exactly as found -- except derived-feature
+    columns, which are recomputed (see :func:`preprocess_for_training`).
+
+    Args:
+        csv_path: the particle CSV (a regular file).
+        test_size, val_size, random_state, targets: see ``preprocess_for_training``.
+        drop_invalid: see ``validate_particle_data``.
+
+    Returns:
+        The ``PreparedData``.
 
     Raises:
         DataValidationError: naming the file, for a missing/unreadable/invalid CSV.
+
+    Warns:
+        UserWarning: the CSV holds derived-feature columns (ignored, recomputed).
     """
     path = Path(csv_path)
     report = validate_particle_data(load_particle_data(path), drop_invalid=drop_invalid, source=path)
-    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets)
+    return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets,
+                                   source=path)

@@ -9,10 +9,39 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nnlab.data._simulate import REQUIRED_COLUMNS
+from nnlab.data._simulate import DERIVED_FEATURES, INITIAL_COLUMNS, REQUIRED_COLUMNS, add_derived_features
 from nnlab.errors import DataValidationError
 
 logger = logging.getLogger("nnlab.data")
+
+# Largest |value| accepted in a column or derived feature. The physics checks, the
+# features and the scalers square and sum values; beyond ~1e154 a square overflows
+# float64 and the result (inf, or a variance of inf) would silently become NaN or inf
+# in the float32 training arrays. 1e150 leaves room for sums over many rows.
+MAX_ABS_VALUE = 1e150
+
+_SEPARATORS = ((";", "';'"), ("\t", "tab"), ("|", "'|'"))
+
+
+def separator_hint(names: list[str]) -> str | None:
+    """A hint when header names look joined by another separator than ',' (else None).
+
+    A ';'- or tab-separated file read as CSV gives one column named
+    ``particle_id;mass;...``; say so instead of only listing every column as missing.
+
+    Args:
+        names: the column names as read.
+
+    Returns:
+        ``"looks ';'-separated; nnlab reads comma-separated CSV ..."`` or None.
+    """
+    for name in map(str, names):
+        for sep, label in _SEPARATORS:
+            parts = [part.strip() for part in name.split(sep)]
+            if len(parts) >= 2 and any(part in REQUIRED_COLUMNS for part in parts):
+                return (f"looks {label}-separated (header starts {name[:40]!r}); nnlab reads "
+                        "comma-separated CSV: save it again with ',' between the values")
+    return None
 
 
 @dataclass
@@ -54,12 +83,17 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
                            ) -> ValidationReport:
     """Check particle data for structure, sanity and physical consistency.
 
-    Every problem is collected before raising: missing or non-numeric columns, an empty
-    frame, NaN/inf values, mass <= 0, negative simulation time, and rows where
-    kinetic_energy != m|v_final|²/2, |v_final| != |v_initial|, displacement !=
-    |r_final - r_initial| or trajectory_length != |v_initial|·t beyond
-    ``|a - b| <= atol + rtol * max(|a|, |b|, scale)``. Row numbers in messages are
-    0-based positions in ``df`` (for a loaded CSV: data rows, header excluded).
+    Every problem is collected before raising: missing or non-numeric columns (with a
+    hint when the header looks ';'- or tab-separated), an empty frame, NaN/inf values,
+    values out of range (|value| > ``MAX_ABS_VALUE``), mass <= 0, negative simulation
+    time, and rows where kinetic_energy != m|v_final|²/2, |v_final| != |v_initial|,
+    displacement != |r_final - r_initial| or trajectory_length != |v_initial|·t beyond
+    ``|a - b| <= atol + rtol * max(|a|, |b|, scale)``. A check whose computed side
+    overflows float64 (e.g. mass 1e308 makes m|v|²/2 infinite) is a problem of its own,
+    never a pass; so are derived features (``add_derived_features``) that overflow or
+    fall out of range, so that data accepted here can be trained on. Row numbers in
+    messages are 0-based positions in ``df`` (for a loaded CSV: data rows, header
+    excluded).
 
     Args:
         df: the particle data.
@@ -88,7 +122,9 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
         structural.append("the data has no rows")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        structural.append(f"missing required column(s): {', '.join(missing)}")
+        hint = separator_hint(list(df.columns))
+        structural.append(f"missing required column(s): {', '.join(missing)}"
+                          + (f"; the header {hint}" if hint else ""))
     cols: dict[str, np.ndarray] = {}
     for name in (c for c in REQUIRED_COLUMNS if c in df.columns):
         col = df[name]
@@ -117,12 +153,28 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
         with np.errstate(invalid="ignore", over="ignore"):
             return np.abs(a - b) > atol + rtol * scale  # NaN compares False: reported once
 
+    def consistent(label: str, expr: str, inputs: list[np.ndarray], value: np.ndarray,
+                   computed: np.ndarray, *scales: np.ndarray, broken: str = "") -> None:
+        # Rows with a non-finite input are reported once, by the NaN/inf rule. Where the
+        # inputs are finite but a side of the comparison is not, the check overflowed:
+        # inf - inf is NaN and inf > inf is False, so differ() alone would let it pass.
+        finite_in = np.logical_and.reduce([np.isfinite(a) for a in inputs])
+        overflow = finite_in & ~(np.isfinite(value) & np.isfinite(computed))
+        check(label, f"overflow: {expr} is out of the float64 range", overflow)
+        check(label, broken or f"differ from {expr}",
+              finite_in & ~overflow & differ(value, computed, *scales))
+
     def have(*names: str) -> bool:
         return all(n in cols for n in names)
 
-    with np.errstate(invalid="ignore", over="ignore"):
+    # Overflow and division by zero (mass 0) are what the rules below report, by row.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for name, values in cols.items():
             check(f"column '{name}'", "are NaN or infinite", ~np.isfinite(values))
+            if name != "particle_id":  # an identifier, never squared or trained on
+                check(f"column '{name}'", f"are out of range (|value| > {MAX_ABS_VALUE:g}: squares and "
+                      "sums of such values overflow float64)",
+                      np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE))
         if have("mass"):
             check("column 'mass'", "have mass <= 0", cols["mass"] <= 0)
         if have("simulation_time"):
@@ -131,21 +183,40 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
             speed0 = np.hypot(cols["initial_velocity_x"], cols["initial_velocity_y"])
         if have("final_velocity_x", "final_velocity_y"):
             speed2 = cols["final_velocity_x"] ** 2 + cols["final_velocity_y"] ** 2
-        if have("kinetic_energy", "mass", "final_velocity_x", "final_velocity_y"):
-            check("column 'kinetic_energy'", "differ from mass * |v_final|^2 / 2",
-                  differ(cols["kinetic_energy"], 0.5 * cols["mass"] * speed2))
-        if have("final_velocity_x", "final_velocity_y", "initial_velocity_x", "initial_velocity_y"):
-            check("columns 'final_velocity_x', 'final_velocity_y'",
-                  "break speed conservation (|v_final| != |v_initial|)",
-                  differ(np.sqrt(speed2), speed0))
+        vel0 = ("initial_velocity_x", "initial_velocity_y")
+        vel1 = ("final_velocity_x", "final_velocity_y")
+        if have("kinetic_energy", "mass", *vel1):
+            consistent("column 'kinetic_energy'", "mass * |v_final|^2 / 2",
+                       [cols[c] for c in ("kinetic_energy", "mass", *vel1)],
+                       cols["kinetic_energy"], 0.5 * cols["mass"] * speed2)
+        if have(*vel1, *vel0):
+            consistent("columns 'final_velocity_x', 'final_velocity_y'",
+                       "the speed |v_final| or |v_initial|", [cols[c] for c in (*vel1, *vel0)],
+                       np.sqrt(speed2), speed0,
+                       broken="break speed conservation (|v_final| != |v_initial|)")
         pos = ("initial_position_x", "initial_position_y", "final_position_x", "final_position_y")
         if have("displacement", *pos):
             x0, y0, x1, y1 = (cols[c] for c in pos)
-            check("column 'displacement'", "differ from |r_final - r_initial|",
-                  differ(cols["displacement"], np.hypot(x1 - x0, y1 - y0), x0, y0, x1, y1))
-        if have("trajectory_length", "simulation_time", "initial_velocity_x", "initial_velocity_y"):
-            check("column 'trajectory_length'", "differ from |v_initial| * simulation_time",
-                  differ(cols["trajectory_length"], speed0 * cols["simulation_time"]))
+            consistent("column 'displacement'", "|r_final - r_initial|",
+                       [cols["displacement"], x0, y0, x1, y1],
+                       cols["displacement"], np.hypot(x1 - x0, y1 - y0), x0, y0, x1, y1)
+        if have("trajectory_length", "simulation_time", *vel0):
+            consistent("column 'trajectory_length'", "|v_initial| * simulation_time",
+                       [cols[c] for c in ("trajectory_length", "simulation_time", *vel0)],
+                       cols["trajectory_length"], speed0 * cols["simulation_time"])
+        if have(*INITIAL_COLUMNS):
+            # Training recomputes these features; rows where that overflows must fail here,
+            # not later as inf in the training arrays.
+            initial = np.column_stack([cols[c] for c in INITIAL_COLUMNS])
+            usable = (np.isfinite(initial) & (np.abs(initial) <= MAX_ABS_VALUE)).all(axis=1) & (cols["mass"] > 0)
+            derived = add_derived_features(pd.DataFrame(dict(zip(INITIAL_COLUMNS, initial.T)), copy=False))
+            broken = {name: usable & ~(np.abs(derived[name].to_numpy()) <= MAX_ABS_VALUE)
+                      for name in DERIVED_FEATURES}
+            names = [name for name, mask in broken.items() if mask.any()]
+            if names:
+                check(f"derived feature(s) {', '.join(names)}",
+                      f"overflow (not finite or |value| > {MAX_ABS_VALUE:g}) when computed from the "
+                      "initial columns", np.logical_or.reduce([broken[n] for n in names]))
 
     problems = structural + [msg for _, msg in rules]
     if structural or (rules and not drop_invalid):

@@ -2,19 +2,33 @@
 
 All three are rebuilt from the study itself (so rows written by other workers
 are never lost) under a file lock, and each is replaced atomically.
+
+Ownership: a search replaces only files its own study wrote. ``hpo_study.json``
+records the study, the storage and the SHA-256 of each file written beside it;
+an existing results CSV or ``best_config.json`` is replaced only when that
+record names this study and storage and the file's digest matches -- anything
+else (a particle CSV, a hand-edited ``best_config.json``, another study's
+results) is refused before the search starts. The record is written first,
+naming both the old and the new digests, so a search killed between two writes
+still recognises all of its files.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import math
+import os
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnlab._files import atomic_write_json, locked, write_csv_rows
-from nnlab.config import read_json_object
+from nnlab._files import atomic_write, atomic_write_json, locked
+from nnlab.config import read_json_object, special_file_kind
 from nnlab.errors import ConfigError
 from nnlab.hpo._study import OUTCOME_ATTR, counts_towards_budget
 
@@ -41,12 +55,18 @@ class ResultPaths:
 
     Args:
         results: the CSV (``--output``).
+
+    Raises:
+        ConfigError: ``results`` has the name of one of the two JSON files.
     """
 
     def __init__(self, results: str | Path) -> None:
         self.results = Path(results)
         self.best_config = self.results.parent / "best_config.json"
         self.study_file = self.results.parent / "hpo_study.json"
+        if self.results.name in (self.best_config.name, self.study_file.name):
+            raise ConfigError(f"--output: '{self.results}' has the name of a file the search writes beside the "
+                              "results; choose another file name for the results CSV")
 
 
 def _cell(value: Any) -> Any:
@@ -100,27 +120,47 @@ def _best_summary(best: Any) -> dict[str, Any]:
     }
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    # Built in memory so that the digest recorded is that of the exact bytes written.
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
 def write_results(study: Any, paths: ResultPaths, *, storage_label: str) -> Any | None:
     """Rewrite the CSV, ``best_config.json`` and ``hpo_study.json`` from the study.
 
     ``best_config.json`` holds only configuration keys (the best trial's whole
     resolved configuration), so ``python main.py --config best_config.json``
-    retrains it; the trial's metadata goes to ``hpo_study.json``.
+    retrains it; the trial's metadata goes to ``hpo_study.json``, with the
+    SHA-256 of the two other files (see the module docstring).
 
     Returns:
         The best trial, or None if no trial has completed.
+
+    Raises:
+        ConfigError: a file there is not this study's own (see :func:`check_results_owner`).
     """
     paths.results.parent.mkdir(parents=True, exist_ok=True)
     with locked(paths.results):
+        # Checked again under the lock: a file may have appeared since the search started.
+        recorded, current = _owned_files(paths, study.study_name, storage_label)
         finished = _finished(study)
-        write_csv_rows(paths.results, [trial_row(t) for t in finished], RESULT_COLUMNS)
+        outputs = {paths.results: _csv_bytes([trial_row(t) for t in finished])}
         best = best_trial(study)
         if best is not None and "config" in best.user_attrs:
-            atomic_write_json(paths.best_config, best.user_attrs["config"])
+            text = json.dumps(best.user_attrs["config"], indent=2) + "\n"
+            outputs[paths.best_config] = text.encode("utf-8")
         states = [t.user_attrs.get(OUTCOME_ATTR) for t in finished]
         interrupted = sum(1 for t in study.get_trials(deepcopy=False)
                           if t.state.is_finished() and not counts_towards_budget(t))
-        atomic_write_json(paths.study_file, {
+        record = {
             "study_name": study.study_name,
             "storage": storage_label,
             "settings": study.user_attrs.get("nnlab_settings", {}),
@@ -129,24 +169,114 @@ def write_results(study: Any, paths: ResultPaths, *, storage_label: str) -> Any 
             "best_trial": _best_summary(best) if best is not None else None,
             "best_config": str(paths.best_config) if best is not None else None,
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        }
+        new = {path.name: _sha256(data) for path, data in outputs.items()}
+        # Results of this study under another --output in the same directory stay
+        # recognised while they exist.
+        kept = {name: digests for name, digests in recorded.items()
+                if name not in (paths.results.name, paths.best_config.name)
+                and Path(name).name == name and (paths.study_file.parent / name).is_file()}
+        final = {**kept, **{name: [digest] for name, digest in current.items()},
+                 **{name: [digest] for name, digest in new.items()}}
+        # The claim first, naming the old and the new content of each file about
+        # to be replaced: killed anywhere below, every file still matches it.
+        claim = {**final, **{name: sorted({current[name], new[name]}) for name in new if name in current}}
+        atomic_write_json(paths.study_file, {**record, "files": claim})
+        for path, data in outputs.items():
+            atomic_write(path, lambda fh, data=data: fh.write(data), binary=True)
+        atomic_write_json(paths.study_file, {**record, "files": final})
     return best
 
 
 def check_results_owner(paths: ResultPaths, study_name: str, storage_label: str) -> None:
-    """Refuse to overwrite results that another study wrote.
+    """Refuse, before a search, to replace any file that this study did not write.
+
+    Reads only (no lock file is created), so a refused search leaves nothing behind.
 
     Raises:
-        ConfigError: ``hpo_study.json`` next to the CSV names another study or storage.
+        ConfigError: naming the file: the results CSV or ``best_config.json``
+            exists but is not recorded with its digest by this study's
+            ``hpo_study.json``; ``hpo_study.json`` is not a study record or names
+            another study or storage; or one of them is not a regular file.
     """
-    if not paths.study_file.exists():
-        return
-    info = read_json_object(paths.study_file)
-    if (info.get("study_name"), info.get("storage")) != (study_name, storage_label):
+    _owned_files(paths, study_name, storage_label)
+
+
+_BESIDE = " (written beside the results)"
+
+
+def _owned_files(paths: ResultPaths, study_name: str,
+                 storage_label: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Check ownership (see :func:`check_results_owner`).
+
+    Returns:
+        The digests the record holds by file name, and the digests of the
+        results CSV and ``best_config.json`` now there (absent ones omitted).
+    """
+    present: list[Path] = []
+    for path in (paths.results, paths.best_config, paths.study_file):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"--output: cannot check '{path}': {exc.strerror or exc}") from None
+        # A link could point anywhere; the search never creates one.
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else special_file_kind(mode)
+        if kind is not None:
+            where = "" if path == paths.results else _BESIDE
+            raise ConfigError(f"--output: '{path}'{where} is {kind}, not a file this study wrote; "
+                              "choose another --output or move it")
+        present.append(path)
+    if paths.study_file not in present:
+        if present:  # results without the record of who wrote them: not ours
+            raise _not_ours(present[0], paths, study_name, storage_label)
+        return {}, {}
+    record = _read_record(paths.study_file)
+    if (record["study_name"], record["storage"]) != (study_name, storage_label):
         raise ConfigError(
-            f"--output: {paths.results} holds the results of study '{info.get('study_name')}' "
-            f"({info.get('storage')}), not '{study_name}' ({storage_label}); pass another --output "
+            f"--output: {paths.results} holds the results of study '{record['study_name']}' "
+            f"({record['storage']}), not '{study_name}' ({storage_label}); pass another --output "
             "(or --output-dir) to keep them")
+    recorded: dict[str, list[str]] = record["files"]
+    current: dict[str, str] = {}
+    for path in (paths.results, paths.best_config):
+        if path in present:
+            digest = _sha256(path.read_bytes())
+            if path.name in recorded and digest not in recorded[path.name]:
+                # Ours once, edited since: replacing it would lose the edit.
+                where = "" if path == paths.results else _BESIDE
+                raise ConfigError(f"--output: '{path}'{where} was changed after study '{study_name}' "
+                                  f"({storage_label}) wrote it; choose another --output or move the file")
+            if digest not in recorded.get(path.name, ()):
+                raise _not_ours(path, paths, study_name, storage_label)
+            current[path.name] = digest
+    return recorded, current
+
+
+def _not_ours(path: Path, paths: ResultPaths, study_name: str, storage_label: str) -> ConfigError:
+    where = "" if path == paths.results else _BESIDE
+    return ConfigError(f"--output: '{path}'{where} exists and was not written by study '{study_name}' "
+                       f"({storage_label}); choose another --output or move the file")
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """``hpo_study.json``, if it is a study record with file digests; else refuse."""
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(f"--output: '{path}'{_BESIDE} exists and is not a study record of nnlab hpo "
+                           f"({reason}); choose another --output or move the file")
+
+    try:
+        record = read_json_object(path, str(path))
+    except ConfigError as exc:
+        raise refuse(str(exc).removeprefix(f"{path}: ")) from None
+    files = record.get("files")
+    if not (isinstance(record.get("study_name"), str) and isinstance(record.get("storage"), str)
+            and isinstance(files, dict)
+            and all(isinstance(digests, list) and all(isinstance(d, str) for d in digests)
+                    for digests in files.values())):
+        raise refuse("it lacks the study name, storage and file digests")
+    return record
 
 
 def _r2(value: Any) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from nnlab.errors import ConfigError
 from nnlab.hpo._study import (
     StorageSpec,
     budget_lock_path,
+    check_storage,
     counts_towards_budget,
     fail_interrupted_trials,
     open_storage,
@@ -24,7 +26,7 @@ from nnlab.hpo._study import (
     storage_spec,
 )
 
-__all__ = ["SearchSettings", "SearchSummary", "run_search", "DEFAULT_PRESETS"]
+__all__ = ["SearchSettings", "SearchSummary", "run_search", "DEFAULT_PRESETS", "available_cpus", "cap_workers"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
 DEFAULT_STUDY_NAME = "nnlab-hpo"
@@ -57,7 +59,8 @@ class SearchSettings:
             ``<output_dir>/analysis/hpo_journal.log``.
         study_name: default ``nnlab-hpo`` (``nnlab-benchmark`` with benchmarking),
             so rerunning a command continues its study.
-        workers: processes running trials in parallel on the shared storage.
+        workers: processes running trials in parallel on the shared storage;
+            capped at the CPUs available and at the trials left (see :func:`cap_workers`).
         space: a ``--space`` JSON file, a dict in the same format, or None for
             the default space.
         config_dir: the ``ml_config`` directory.
@@ -145,8 +148,12 @@ def plan_search(settings: SearchSettings) -> _Plan:
         _positive(name.replace("_", "-"), getattr(s, name))
     if s.startup_trials is not None:
         _positive("startup-trials", s.startup_trials)
-    if isinstance(s.seed, bool) or not isinstance(s.seed, int):
-        raise ConfigError(f"seed must be an integer, got {s.seed!r}")
+    from nnlab.config import SEED_MAX
+
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed <= SEED_MAX:
+        # NumPy, scikit-learn and Optuna's samplers take 0 <= seed < 2**32.
+        raise ConfigError(f"--seed must be an integer from 0 to 2**32 - 1 = {SEED_MAX} "
+                          f"(what NumPy and scikit-learn accept), got {s.seed!r}")
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
     pruner = s.pruner or ("median" if s.sampler == "tpe" else "none")
@@ -174,15 +181,27 @@ def plan_search(settings: SearchSettings) -> _Plan:
             raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
                               "the data is prepared once per search, so presets must share it")
 
+    from nnlab.hpo._results import ResultPaths
+
     output_dir = Path(s.output_dir)
     results = Path(s.output) if s.output else output_dir / "analysis" / "hpo_results.csv"
     if results.is_dir():
         raise ConfigError(f"--output: '{results}' is a directory; give the results CSV file name")
+    paths = ResultPaths(results)
     spec = storage_spec(s.storage, output_dir)
     _probe_writable("--output-dir", output_dir)
     _probe_writable("--output", results.parent)
+    check_storage(spec)  # before resolving, so that the message names the file as given
     if spec.kind == "journal":
         spec = StorageSpec("journal", str(Path(spec.location).resolve()))
+    _check_no_collision(paths, spec, output_dir)
+    if spec.per_process:
+        if s.workers > 1:
+            raise ConfigError(f"--storage: '{spec.location}' is an in-memory database that each process opens "
+                              f"empty, so --workers {s.workers} could not share it; use a journal FILE or "
+                              "sqlite:///FILE")
+        # Its study vanishes with this search: results written by an earlier one are another study's.
+        spec = dataclasses.replace(spec, instance=f"process {os.getpid()}, search {secrets.token_hex(4)}")
     study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
     fingerprint = json.loads(json.dumps({
         "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
@@ -199,6 +218,53 @@ def plan_search(settings: SearchSettings) -> _Plan:
         startup_trials=s.startup_trials or max(2, min(10, s.max_trials // 3)),
         fingerprint=fingerprint,
     )
+
+
+def _check_no_collision(paths: Any, spec: StorageSpec, output_dir: Path) -> None:
+    """The results, the storage file and the runs' configuration log must be different files."""
+    storage_file = spec.location if spec.kind == "journal" else spec.sqlite_path
+    written = {"--output": paths.results, "best_config.json": paths.best_config, "hpo_study.json": paths.study_file}
+    for name, path in written.items():
+        if storage_file is not None and path.resolve() == Path(storage_file).resolve():
+            raise ConfigError(f"--storage: '{storage_file}' is also where the search writes {name}; "
+                              "choose another --storage or --output")
+    if paths.results.resolve() == (output_dir / "configuration_log.csv").resolve():
+        raise ConfigError(f"--output: '{paths.results}' is the runs' configuration log of --output-dir "
+                          f"'{output_dir}'; choose another --output")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int, remaining: int, cpus: int | None = None) -> tuple[int, str]:
+    """How many workers to start: at most one per CPU and one per trial left.
+
+    More would only compete for the cores (each worker trains with TensorFlow)
+    or sit idle, each having loaded TensorFlow and prepared the data first.
+
+    Returns:
+        The number, and why it is below ``requested`` ("" when it is not).
+
+    Example:
+        >>> cap_workers(8, 3, cpus=2)
+        (2, 'this machine has 2 CPUs available')
+        >>> cap_workers(4, 1, cpus=16)
+        (1, 'only 1 trial is left to run')
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    workers, reasons = requested, []
+    if workers > cpus:
+        workers = cpus
+        reasons.append(f"this machine has {cpus} CPU{'s' if cpus > 1 else ''} available")
+    if workers > max(remaining, 1):
+        workers = max(remaining, 1)
+        reasons.append(f"only {workers} trial{' is' if workers == 1 else 's are'} left to run")
+    return workers, "; ".join(reasons)
 
 
 def _probe_writable(option: str, directory: Path) -> None:
@@ -241,7 +307,7 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
     plan = plan_search(settings)
     say = _printer(settings.verbose)
     paths = ResultPaths(plan.results)
-    check_results_owner(paths, plan.study_name, plan.storage.label)
+    check_results_owner(paths, plan.study_name, plan.storage.label)  # before the storage is even created
     storage = open_storage(plan.storage)
     study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
     plan.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +316,11 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         interrupted = fail_interrupted_trials(study)
     counts = _counts(study)
     finished = sum(counts.values())
+    workers, why = cap_workers(settings.workers, plan.budget - finished) if finished < plan.budget else (0, "")
+    if why:
+        say(f"--workers {settings.workers} capped to {workers}: {why}")
+        settings = dataclasses.replace(settings, workers=workers)
+        plan = dataclasses.replace(plan, settings=settings)
     mode = "benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
         f"sampler {settings.sampler}, pruner {plan.pruner}, presets {', '.join(plan.presets)}, "
         f"space: {plan.space_source}")
@@ -265,7 +336,7 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         if settings.workers == 1:
             from nnlab.hpo._worker import run_worker
 
-            run_worker(plan, 0, n_existing)
+            run_worker(plan, 0, n_existing, storage=storage)  # one process: the storage already open
         else:
             failed_workers = _run_workers(plan, n_existing)
 

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnlab.config import ALL_KEYS, Config, GenerationConfig, ModelConfig, TrainingConfig, read_json_object
+from nnlab.config import (
+    ALL_KEYS,
+    Config,
+    GenerationConfig,
+    ModelConfig,
+    TrainingConfig,
+    read_json_object,
+    show_value,
+)
 from nnlab.errors import ConfigError
 
 __all__ = ["DEFAULT_SEARCH_SPACE", "DATA_KEYS", "SearchSpace", "load_search_space"]
@@ -175,7 +183,7 @@ class SearchSpace:
                 raise ConfigError(f"{key}: the list of choices is empty")
             texts = [json.dumps(c, sort_keys=True) for c in value]
             if len(set(texts)) != len(texts):
-                raise ConfigError(f"{key}: choices must be distinct, got {json.dumps(value)}")
+                raise ConfigError(f"{key}: choices must be distinct, got {show_value(value)}")
             for choice in value:
                 self._check_value(key, choice, "choice")
             return _Choice(tuple(value))
@@ -188,25 +196,25 @@ class SearchSpace:
         extra = sorted(set(spec) - _RANGE_FIELDS)
         if extra or not {"low", "high"} <= set(spec):
             raise ConfigError(f"{key}: a range is {{\"low\": L, \"high\": H}} with optional \"log\" and "
-                              f"\"step\", got {json.dumps(spec)}")
+                              f"\"step\", got {show_value(spec)}")
         kind = _numeric_kind(key)
         if kind is None:
             raise ConfigError(f"{key}: is not a numeric key, so it takes a list of choices, not a range")
         low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
         if not (_is_number(low) and _is_number(high)):
-            raise ConfigError(f"{key}: low and high must be finite numbers, got {json.dumps(spec)}")
+            raise ConfigError(f"{key}: low and high must be finite numbers, got {show_value(spec)}")
         if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
-            raise ConfigError(f"{key}: an integer key needs integer bounds, got {json.dumps(spec)}")
+            raise ConfigError(f"{key}: an integer key needs integer bounds, got {show_value(spec)}")
         if low > high:
             raise ConfigError(f"{key}: low must be <= high, got low={low}, high={high}")
         if not isinstance(log, bool):
-            raise ConfigError(f"{key}: log must be true or false, got {json.dumps(log)}")
+            raise ConfigError(f"{key}: log must be true or false, got {show_value(log)}")
         if log and low <= 0:
             raise ConfigError(f"{key}: a log range needs low > 0, got low={low}")
         if step is not None:
             if not _is_number(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
                 raise ConfigError(f"{key}: step must be a positive {'integer' if kind == 'int' else 'number'}, "
-                                  f"got {json.dumps(step)}")
+                                  f"got {show_value(step)}")
             if log:
                 raise ConfigError(f"{key}: step cannot be combined with log")
         self._check_value(key, low, "low")

@@ -14,6 +14,7 @@ them may then ask at the same moment, overshooting by at most one trial each.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -32,6 +33,7 @@ __all__ = [
     "JOURNAL_FILE",
     "StorageSpec",
     "storage_spec",
+    "check_storage",
     "open_storage",
     "open_study",
     "make_sampler",
@@ -56,6 +58,9 @@ HEARTBEAT_GRACE_S = 120
 UNOWNED_GRACE_S = 300
 SETTINGS_ATTR = "nnlab_settings"
 OUTCOME_ATTR = "outcome"  # set by nnlab on every trial it finishes itself
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+# The first line of a journal is the study's creation, well under this size.
+JOURNAL_HEAD_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,29 @@ class StorageSpec:
 
     kind: str
     location: str
+    # Set for a per-process database (see per_process): which process's study it is.
+    instance: str = ""
 
     @property
     def label(self) -> str:
         """For messages and files: the path, or the URL without its password."""
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.location)
+        label = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.location)
+        return f"{label} [{self.instance}]" if self.instance else label
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a ``sqlite:///FILE`` URL; None for other storages and in-memory SQLite."""
+        if self.kind != "rdb" or not self.location.split("://", 1)[0].lower().startswith("sqlite"):
+            return None
+        path, _, query = self.location.split("://", 1)[1].partition("?")
+        path = path[1:]  # sqlite:///x.db -> x.db, sqlite:////abs/x.db -> /abs/x.db
+        return None if path in ("", ":memory:") or "mode=memory" in query else path
+
+    @property
+    def per_process(self) -> bool:
+        """An in-memory database (``sqlite://``, ``sqlite:///:memory:``): each process opens its own, empty."""
+        return (self.kind == "rdb" and self.location.split("://", 1)[0].lower().startswith("sqlite")
+                and self.sqlite_path is None)
 
 
 def storage_spec(storage: str | None, output_dir: str | os.PathLike) -> StorageSpec:
@@ -86,6 +109,56 @@ def storage_spec(storage: str | None, output_dir: str | os.PathLike) -> StorageS
                               "or a URL starting sqlite:///, postgresql:// or mysql://")
         return StorageSpec("rdb", storage)
     return StorageSpec("journal", storage)
+
+
+def check_storage(spec: StorageSpec) -> None:
+    """Refuse a storage file that exists but is not an Optuna storage, before it is opened.
+
+    Optuna would append journal lines to any file (a particle CSV, a SQLite
+    database) or fail with a traceback on it. A journal's lines are JSON objects;
+    a SQLite database starts with ``SQLite format 3``; an empty or absent file
+    is a new storage.
+
+    Raises:
+        ConfigError: naming the file and what it is instead.
+    """
+    from nnlab.config import special_file_kind  # here: building the CLI parser must not load pydantic
+
+    path = spec.location if spec.kind == "journal" else spec.sqlite_path
+    if path is None:
+        return
+    what = "an Optuna journal file" if spec.kind == "journal" else "a SQLite database"
+    try:
+        info = os.stat(path)
+        kind = special_file_kind(info.st_mode)
+        head = b""
+        if kind is None and info.st_size > 0:
+            # O_NONBLOCK: a pipe swapped in after the stat must not block the read.
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+                head = fh.readline(JOURNAL_HEAD_BYTES)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"--storage: cannot use '{path}': {exc.strerror or exc}") from None
+    if kind is not None:
+        raise ConfigError(f"--storage: '{path}' is {kind}, not {what}")
+    if not head:
+        return  # empty: a new storage
+    if spec.kind == "rdb":
+        if not head.startswith(SQLITE_MAGIC):
+            raise ConfigError(f"--storage: '{path}' is not a SQLite database (it does not start with "
+                              "'SQLite format 3'); choose another --storage or move the file")
+        return
+    if head.startswith(SQLITE_MAGIC):
+        raise ConfigError(f"--storage: '{path}' is a SQLite database, not an Optuna journal file; "
+                          f"pass --storage sqlite:///{path}")
+    try:
+        first = json.loads(head)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        first = None
+    if not (isinstance(first, dict) and "op_code" in first):
+        raise ConfigError(f"--storage: '{path}' is not an Optuna journal file (a journal's lines are Optuna's "
+                          "JSON records; its first line is not one); choose another --storage or move the file")
 
 
 def open_storage(spec: StorageSpec) -> Any:
@@ -152,9 +225,10 @@ def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, la
     return study
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(value: Any) -> str:
+    from nnlab.config import shorten
+
+    return shorten(str(value))
 
 
 def make_sampler(kind: str, *, seed: int, startup_trials: int) -> Any:

@@ -86,14 +86,19 @@ def _next_preset(presets: tuple[str, ...]):
     return choose
 
 
-def run_worker(plan: Any, worker: int, n_existing: int) -> int:
-    """Run trials of the plan's study until its budget is reached; returns how many this worker ran."""
+def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) -> int:
+    """Run trials of the plan's study until its budget is reached; returns how many this worker ran.
+
+    ``storage``: the storage already opened by this process (an in-memory
+    database exists only there); a spawned worker opens its own.
+    """
     import optuna
 
     s = plan.settings
     if s.workers > 1:
         _limit_threads(s.workers)
-    storage = open_storage(plan.storage)
+    if storage is None:
+        storage = open_storage(plan.storage)
     study = optuna.load_study(
         study_name=plan.study_name, storage=storage,
         sampler=make_sampler(s.sampler, seed=sampler_seed(s.seed, worker, n_existing),

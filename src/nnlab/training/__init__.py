@@ -3,7 +3,10 @@
 Every run gets its own directory ``<output_dir>/runs/<run_id>/`` (never reused)
 and one row in ``<output_dir>/configuration_log.csv``::
 
-    training_config.json   resolved configuration, seed, data source, library versions
+    training_config.json   resolved configuration, seed, data source (with SHA-256 digests of the
+                           data) and library versions; ``settings_sha256`` guards them for resume
+    run_status.json        status (running/interrupted/completed/...), owner pid and host, updated
+    .lock                  flock-ed by the one process training the run (names the owner)
     training_results.csv   one row per epoch (PerformanceTracker), flushed each epoch
     loss_history.csv       adaptive-loss weights per epoch, flushed each epoch
     weights/               epoch_NNNN / best / final ``.weights.h5``
@@ -13,16 +16,23 @@ and one row in ``<output_dir>/configuration_log.csv``::
     training_log.txt       human-readable summary
 """
 
+from nnlab.training._lock import RunLock, RunLockedError, locked_by
 from nnlab.training._pipeline import resume_training, train_with_tracking
 from nnlab.training._runs import (
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,
     DEFAULT_OUTPUT_DIR,
+    RUN_STATUS_NAME,
     check_output_dir,
     config_log_row,
     create_run_dir,
+    find_resumable_run,
     find_run_dir,
     library_versions,
+    list_run_dirs,
+    read_run_status,
+    resume_refusal,
+    write_run_status,
 )
 from nnlab.training._state import (
     CallbackAttributes,
@@ -42,22 +52,31 @@ __all__ = [
     "CONFIG_LOG_COLUMNS",
     "CONFIG_LOG_NAME",
     "DEFAULT_OUTPUT_DIR",
+    "RUN_STATUS_NAME",
     "CallbackAttributes",
     "CheckpointError",
     "InterruptRequest",
     "ModelState",
+    "RunLock",
+    "RunLockedError",
     "TrainingCheckpoint",
     "TrainingState",
     "WeightCheckpoint",
     "check_output_dir",
     "config_log_row",
     "create_run_dir",
+    "find_resumable_run",
     "find_run_dir",
     "format_summary",
     "library_versions",
     "list_checkpoints",
+    "list_run_dirs",
     "load_latest_checkpoint",
+    "locked_by",
+    "read_run_status",
+    "resume_refusal",
     "resume_training",
     "save_checkpoint",
     "train_with_tracking",
+    "write_run_status",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,27 +16,47 @@ from typing import Any
 import keras
 import numpy as np
 
-from nnlab._files import atomic_write_json, atomic_write_text, read_csv_rows, upsert_csv_row, write_csv_rows
+from nnlab._files import (
+    atomic_write_json,
+    atomic_write_text,
+    clean_orphan_temp_files,
+    is_disk_full,
+    probe_writable,
+    read_csv_rows,
+    upsert_csv_row,
+    write_csv_rows,
+)
 from nnlab.config import Config, read_json_object, resolve_config
 from nnlab.errors import ConfigError, NnlabError
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
+from nnlab.training._lock import RunLock, lock_for_resume, lock_new_run
 from nnlab.training._runs import (
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,
     DEFAULT_OUTPUT_DIR,
+    RESUMABLE_STATUSES,
+    RUN_STATUS_NAME,
+    arrays_digest,
     config_log_row,
     create_run_dir,
-    find_run_dir,
+    file_digest,
+    find_resumable_run,
     library_versions,
+    read_run_status,
+    resume_refusal,
+    settings_digest,
+    write_run_status,
 )
 from nnlab.training._state import (
     CallbackAttributes,
+    CheckpointError,
     InterruptRequest,
     ModelState,
     TrainingCheckpoint,
     TrainingState,
+    list_checkpoints,
     load_latest_checkpoint,
     restore,
 )
@@ -76,6 +98,43 @@ class _Run:
     output_dir: Path
     row: dict[str, Any]
     resume: TrainingState | None = None
+    lock: RunLock | None = None
+    initial_rows: list[dict[str, str]] = field(default_factory=list)  # training_results.csv kept on resume
+
+
+def _record_status(run: _Run, errors: ErrorRecorder, status: str, **fields: Any) -> None:
+    try:
+        write_run_status(run.run_dir, status, run_id=run.run_id, **fields)
+    except (OSError, TypeError, ValueError) as exc:
+        errors.record(RUN_STATUS_NAME, exc)
+
+
+def _train_recorded(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, **kwargs: Any
+                    ) -> dict[str, Any]:
+    """:func:`_train`, then the run's final status in run_status.json; the run's lock is released at the end."""
+    errors = model.errors
+    fields: dict[str, Any] = {"epochs": cfg.training.epochs}
+    if run.resume is not None:
+        fields["resumed_from_epoch"] = run.resume.epoch
+    try:
+        try:
+            results = _train(model, arrays, cfg, run, **kwargs)
+        except KeyboardInterrupt:
+            # Aborted at once (second Ctrl-C): the last checkpoint is there to resume from.
+            _record_status(run, errors, "interrupted", **fields)
+            raise
+        except Exception as exc:
+            # _train may have named the failure ("failed: disk full" can be resumed); else plain "failed".
+            status = str(run.row.get("status", ""))
+            _record_status(run, errors, status if status.startswith("failed") else "failed", **fields,
+                           error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        summary = results.get("performance_summary") or {}
+        _record_status(run, errors, results["status"], **fields, epochs_run=summary.get("total_epochs"))
+        return results
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def train_with_tracking(
@@ -139,6 +198,10 @@ def train_with_tracking(
         # The network was built from its own config; training keys come from `config`.
         cfg = Config(model=model.config.model, training=cfg.training, generation=cfg.generation)
     run_id, run_dir = create_run_dir(output_dir)
+    errors = model.errors
+    errors.disk_full = None  # a model trained again starts with room: each run finds out for itself
+    # Locked and marked running before anything else is written in it.
+    lock = lock_new_run(run_dir, errors)
     row: dict[str, Any] = dict.fromkeys(CONFIG_LOG_COLUMNS, "")
     row.update({
         "run_id": run_id,
@@ -150,18 +213,22 @@ def train_with_tracking(
         **{k: cfg.get(k) for k in _LOGGED_KEYS},
         "run_dir": str(run_dir),
     })
-    run = _Run(run_id, run_dir, Path(output_dir), row)
-    errors = model.errors
+    run = _Run(run_id, run_dir, Path(output_dir), row, lock=lock)
+    _record_status(run, errors, "running", epochs=cfg.training.epochs)
     _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, run.output_dir / CONFIG_LOG_NAME, row, key="run_id")
-    _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", {
-        "run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
-        "versions": library_versions(), "command": sys.argv,
-        "data": {"n_rows": int(len(X_train) + len(X_val) + len(X_test)), **(data_source or {})},
-    })
+    # Digests of the data let a resume prove it continues on the same data.
+    source: dict[str, Any] = {"n_rows": int(len(X_train) + len(X_val) + len(X_test)), **(data_source or {})}
+    if source.get("csv_path"):
+        source["csv_sha256"] = _safe(errors, "training_config.json", file_digest, source["csv_path"])
+    source["arrays_sha256"] = arrays_digest((X_train, X_val, X_test, y_train, y_val, y_test))
+    saved = {"run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
+             "versions": library_versions(), "command": sys.argv, "data": source}
+    saved["settings_sha256"] = settings_digest(saved)
+    _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", saved)
     if data is not None and hasattr(data, "save_scalers"):
         _safe(errors, "scalers.json", data.save_scalers, run_dir)
-    return _train(model, (X_train, X_val, X_test, y_train, y_val, y_test), cfg, run, data=data,
-                  verbose=verbose, callbacks=callbacks)
+    return _train_recorded(model, (X_train, X_val, X_test, y_train, y_val, y_test), cfg, run, data=data,
+                           verbose=verbose, callbacks=callbacks)
 
 
 def resume_training(
@@ -178,6 +245,14 @@ def resume_training(
     run's CSVs are cut back to the checkpoint's epoch and continued, so they end
     with exactly one row per epoch; its configuration_log.csv row is updated.
 
+    Only a run whose status (run_status.json) is ``interrupted``, or ``running``
+    with its process gone, is resumed; ``"latest"`` is the newest such run. Every
+    check comes before anything is written, so a refused resume changes nothing:
+    the status, the lock (one process per run), training_config.json against the
+    digest recorded when the run started, the data against its recorded digests,
+    and each checkpoint against a model built from the configuration (a checkpoint
+    that does not fit is skipped like a corrupt one, with a ``RuntimeWarning``).
+
     Args:
         run_id: a run id, or ``"latest"``.
         output_dir: the training output root.
@@ -187,46 +262,190 @@ def resume_training(
         The same dictionary as :func:`train_with_tracking`.
 
     Raises:
-        NnlabError: no such run, a run already completed, or no usable checkpoint.
+        NnlabError: no such run; a run that cannot be resumed (completed, failed,
+            diverged, pruned, being trained by another process); an edited
+            training_config.json; data that changed; no usable checkpoint.
     """
-    from nnlab.data import complete_data_pipeline, prepare_csv
-
-    run_dir = find_run_dir(output_dir, run_id)
-    saved = read_json_object(run_dir / "training_config.json")
-    cfg = Config.from_flat(saved.get("config", {}), source=f"{run_dir / 'training_config.json'}")
-    state = load_latest_checkpoint(run_dir)
+    run_dir = find_resumable_run(output_dir, run_id)
+    config_path = run_dir / "training_config.json"
+    saved = read_json_object(config_path)
+    recorded = saved.get("settings_sha256")
+    if recorded is not None and recorded != settings_digest(saved):
+        raise NnlabError(
+            f"{config_path}: its configuration or data source was edited after run {run_dir.name} started "
+            "(it no longer matches the SHA-256 recorded then); a resume continues a run exactly as it was "
+            "started: undo the edit, or start a new run with the changed settings")
+    cfg = Config.from_flat(saved.get("config", {}), source=str(config_path))
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"run directory '{run_dir}' has no checkpoint to resume from")
+    try:
+        probe_writable(run_dir)
+    except OSError as exc:
+        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
+    data = _rebuild_data(run_dir, saved, cfg)
+    n_features, n_targets = data.X_train.shape[1], data.y_train.shape[1]
+    state = load_latest_checkpoint(run_dir, check=lambda s: _check_restorable(s, cfg, n_features, n_targets))
     if state.epoch >= cfg.training.epochs:
         raise NnlabError(f"run '{run_dir.name}' already trained {state.epoch} of {cfg.training.epochs} epochs; "
                          "nothing to resume")
+    model = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
+    try:
+        row = config_log_row(output_dir, run_dir.name)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        row = None  # the shared log is secondary; the run's row is written anew at the end
+    row = {**dict.fromkeys(CONFIG_LOG_COLUMNS, ""), **(row or {"run_id": run_dir.name, "run_dir": str(run_dir)}),
+           "status": "running"}
+    lock = lock_for_resume(run_dir, model.errors)
+    try:
+        # Another process may have resumed the run while it was being checked.
+        record = read_run_status(run_dir, output_dir)
+        if record.get("status") not in (None, "running", *RESUMABLE_STATUSES):
+            raise NnlabError(resume_refusal(run_dir, record) or f"run {run_dir.name} cannot be resumed")
+        if list_checkpoints(run_dir) != checkpoints:
+            raise NnlabError(f"run {run_dir.name} was trained by another process while this one checked it; "
+                             "resume again")
+        if lock is not None:
+            lock.label()
+        # Epochs after the checkpoint are redone: drop their rows (each file replaced atomically).
+        initial_rows = _cut_csv(run_dir / "training_results.csv", 1, state.epoch)
+        _cut_csv(run_dir / "loss_history.csv", 0, state.epoch)
+    except OSError as exc:
+        if lock is not None:
+            lock.release()
+        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state, lock=lock, initial_rows=initial_rows)
+    _record_status(run, model.errors, "running", epochs=cfg.training.epochs, resumed_from_epoch=state.epoch)
+    print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
+          file=sys.stderr, flush=True)
+    return _train_recorded(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
+
+
+_SOURCE_TYPES = {"num_particles": int, "seed": int, "random_state": int, "test_size": float, "val_size": float,
+                 "csv_path": str}
+
+
+def _rebuild_data(run_dir: Path, saved: Mapping[str, Any], cfg: Config) -> Any:
+    """The run's data, rebuilt from its recorded source and proven equal to what it was trained on."""
+    from nnlab.data import complete_data_pipeline, prepare_csv
+
+    where = f"{run_dir / 'training_config.json'}: data"
     source = saved.get("data") or {}
+    if not isinstance(source, dict):
+        raise ConfigError(f"{where} must be an object, got {type(source).__name__}")
+    for key, kind in _SOURCE_TYPES.items():
+        value = source.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
+                                                                             else kind)):
+            raise ConfigError(f"{where}.{key} = {json.dumps(value)} is invalid: expected {kind.__name__}")
     csv_path = source.get("csv_path")
-    if csv_path is not None and not Path(csv_path).is_file():
-        raise NnlabError(f"run '{run_dir.name}' was trained on '{csv_path}', which no longer exists")
     split = dict(test_size=source.get("test_size", cfg.training.test_size),
                  val_size=source.get("val_size", cfg.training.val_size),
                  random_state=source.get("random_state", 42))
     if csv_path is not None:
+        if not Path(csv_path).is_file():
+            raise NnlabError(f"run '{run_dir.name}' was trained on '{csv_path}', which no longer exists")
+        recorded = source.get("csv_sha256")
+        if recorded is not None:
+            now = file_digest(csv_path)
+            if now != recorded:
+                raise NnlabError(
+                    f"run {run_dir.name} was trained on '{csv_path}' (SHA-256 {str(recorded)[:12]}...), which has "
+                    f"changed since (now {now[:12]}...); resuming would continue on different data: restore the "
+                    "file, or start a new run on the changed one")
         data = prepare_csv(csv_path, **split)
+        described = f"'{csv_path}'"
     else:
-        data = complete_data_pipeline(
-            None, num_particles=source.get("num_particles") or cfg.generation.num_particles_default,
-            config=cfg.generation, seed=source.get("seed", cfg.generation.random_seed), **split,
-        )
-    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
-    row = config_log_row(output_dir, run_dir.name) or {"run_id": run_dir.name, "run_dir": str(run_dir)}
-    row = {**dict.fromkeys(CONFIG_LOG_COLUMNS, ""), **row, "status": "running"}
-    run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state)
-    print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
-          file=sys.stderr, flush=True)
-    return _train(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
+        num_particles = source.get("num_particles") or cfg.generation.num_particles_default
+        seed = source.get("seed", cfg.generation.random_seed)
+        data = complete_data_pipeline(None, num_particles=num_particles, config=cfg.generation, seed=seed, **split)
+        described = f"{num_particles} particles simulated with seed {seed}"
+    recorded = source.get("arrays_sha256")
+    if recorded is not None:
+        now = arrays_digest(tuple(data))
+        if now != recorded:
+            unseeded = " (the data was generated without a seed, so it cannot be rebuilt)" if (
+                csv_path is None and source.get("seed", cfg.generation.random_seed) is None) else ""
+            raise NnlabError(
+                f"the data rebuilt for run {run_dir.name} ({described}, split with random_state "
+                f"{split['random_state']}) is not the data it was trained on (SHA-256 of the prepared arrays "
+                f"{str(recorded)[:12]}... recorded, {now[:12]}... now){unseeded}; resuming would continue on "
+                "different data: start a new run")
+    return data
 
 
-def _cut_csv(path: Path, keep) -> list[dict[str, str]]:
-    """Keep the rows of a CSV for which ``keep(row)`` holds; returns them."""
+def _checkpointed_components(model: AdvancedNeuralNetwork, weights: WeightCheckpoint) -> dict[str, Any]:
+    """What a training checkpoint captures and restores, by name."""
+    components: dict[str, Any] = {"model": ModelState(model.model), "loss": model.loss_callback,
+                                  "best_weights": weights}
+    if model.constraint_callback is not None:
+        components["constraints"] = model.constraint_callback
+    for name, (callback, attributes) in model.standard_callback_states().items():
+        components[name] = CallbackAttributes(callback, attributes)
+    return components
+
+
+def _check_restorable(state: TrainingState, cfg: Config, n_features: int, n_targets: int) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` restores cleanly into a model built from ``cfg``.
+
+    The state is restored into a scratch model (never the one that trains), so a
+    checkpoint that does not fit is found before any file of the run is touched.
+    """
+    scratch = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
+    scratch.compile_model()
+    weights = WeightCheckpoint(os.devnull, errors=scratch.errors)  # never saves: no callback runs
+    components = _checkpointed_components(scratch, weights)
+    unknown = sorted((set(state.meta) | set(state.arrays)) - set(components))
+    if unknown:
+        raise CheckpointError(f"{state.path.stem} holds state for {', '.join(unknown)}, which the run's "
+                              "configuration does not use")
+    if not any(k.startswith("w") for k in state.arrays.get("model", {})):
+        raise CheckpointError(f"{state.path.stem} holds no model weights")
+    shapes = [tuple(int(d) for d in w.shape) for w in scratch.model.weights]
+    best = state.arrays.get("best_weights", {})
+    if best and [tuple(best[k].shape) for k in sorted(best)] != shapes:
+        raise CheckpointError(f"{state.path.stem}: its best weights do not fit the model built from the run's "
+                              "configuration")
+    try:
+        restore(state, components)
+        for component in components.values():
+            if hasattr(component, "apply_pending"):
+                component.apply_pending()
+        if scratch.constraint_callback is not None:
+            # The constraint state is assigned when training begins: do that here.
+            scratch.constraint_callback.set_model(scratch.model)
+            scratch.constraint_callback.on_train_begin()
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{state.path.stem} does not fit the model built from the run's configuration "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _cut_csv(path: Path, first: int, count: int) -> list[dict[str, str]]:
+    """Cut a per-epoch CSV back to the epochs ``first .. first + count - 1``, one row each, in order.
+
+    Rows of later epochs (redone after the resume), a row half-written when the
+    process was killed, and any repeated epoch are dropped. Returns the rows kept.
+    """
     rows = read_csv_rows(path)
     if not rows:
         return []
-    kept = [r for r in rows if keep(r)]
+    by_epoch: dict[int, dict[str, str]] = {}
+    for row in rows:
+        if None in row.values() or None in row:  # cut short by a kill, or a stray field
+            continue
+        try:
+            epoch = int(row["epoch"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if first <= epoch < first + count:
+            by_epoch[epoch] = row
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
     write_csv_rows(path, kept, list(rows[0].keys()))
     return kept
 
@@ -239,52 +458,55 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
     started = time.perf_counter()
     start_epoch = run.resume.epoch if run.resume is not None else 0
 
-    initial_rows: list[dict[str, str]] = []
-    if run.resume is not None:
-        # Epochs after the checkpoint are redone: drop their rows.
-        initial_rows = _cut_csv(run_dir / "training_results.csv", lambda r: int(r["epoch"]) <= start_epoch)
-        _cut_csv(run_dir / "loss_history.csv", lambda r: int(r["epoch"]) < start_epoch)
-    resuming = run.resume is not None
+    resuming = run.resume is not None  # the CSVs were cut back to the checkpoint by resume_training
     tracker = PerformanceTracker(run_dir / "training_results.csv", errors=errors, append=resuming,
-                                 initial_rows=initial_rows)
+                                 initial_rows=run.initial_rows)
     loss_writer = RowsCallbackWriter(run_dir / "loss_history.csv", lambda: model.loss_callback.history,
                                      HISTORY_COLUMNS, errors=errors, append=resuming)
     weights = WeightCheckpoint(run_dir / "weights", every=t.checkpoint_every, errors=errors)
     interrupt = InterruptRequest()
-    components: dict[str, Any] = {"model": ModelState(model.model), "loss": model.loss_callback,
-                                  "best_weights": weights}
-    if model.constraint_callback is not None:
-        components["constraints"] = model.constraint_callback
-    for name, callback in model.standard_callback_states().items():
-        components[name] = callback
+    components = _checkpointed_components(model, weights)
     state_checkpoint = TrainingCheckpoint(run_dir, components, every=t.checkpoint_every, interrupt=interrupt,
                                           errors=errors)
     run_callbacks = [tracker, loss_writer, weights, *callbacks]
+    disk_full_stop = _StopOnDiskFull(errors)
     try:
+        _clean_temp_files(run)
         model.compile_model()
         if run.resume is not None:
             restore(run.resume, components)
             loss_writer.skip_existing()
             if cfg.model.seed is not None:
                 # Fresh shuffles and dropout masks for the remaining epochs.
-                keras.utils.set_random_seed(cfg.model.seed + start_epoch)
+                keras.utils.set_random_seed((cfg.model.seed + start_epoch) % 2**32)
         with interrupt:
             training = model.train_with_custom_constraints(
                 X_train, y_train, X_val, y_val, epochs=t.epochs, batch_size=t.batch_size,
-                callbacks=run_callbacks, verbose=verbose, initial_epoch=start_epoch,
+                callbacks=[*run_callbacks, disk_full_stop], verbose=verbose, initial_epoch=start_epoch,
                 final_callbacks=[state_checkpoint],
             )
-    except Exception:
-        run.row.update(status="failed", total_time_s=round(time.perf_counter() - started, 3),
-                       error_count=len(errors) + 1)
+    except Exception as exc:
+        full = is_disk_full(exc)
+        run.row.update(status=DISK_FULL_STATUS if full else "failed",
+                       total_time_s=round(time.perf_counter() - started, 3), error_count=len(errors) + 1)
         _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, log_path, run.row, key="run_id")
+        if full:  # a writer that raised instead of recording: the same message, no traceback
+            raise NnlabError(_disk_full_message({"path": exc.filename, "reason": exc.strerror}, run,
+                                                len(tracker.rows), t.epochs)) from None
         raise
+    finally:
+        disk_full_stop.detach()
     requested = [getattr(cb, "run_status", None) for cb in (*callbacks, state_checkpoint)]
     status = "diverged" if training["diverged"] else next((r for r in requested if r), "completed")
     if status != "interrupted" and not np.isfinite(model.predict(X_test)).all():
         # A loss that grew huge but stayed finite: the network predicts inf/NaN.
         training["diverged"] = True
         status = "diverged"
+    failure = None
+    if errors.disk_full is not None and status != "diverged":
+        # Whatever else happened, the run's files stop at the full disk.
+        status = DISK_FULL_STATUS
+        failure = _disk_full_message(errors.disk_full, run, len(tracker.rows), t.epochs)
 
     summary = tracker.summary()
     summary.update(
@@ -296,7 +518,7 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         error_count=len(errors), resumed_from_epoch=start_epoch if run.resume is not None else None,
     )
     test_report: dict[str, Any] | None = None
-    if status not in ("interrupted", "diverged"):
+    if status not in ("interrupted", "diverged", DISK_FULL_STATUS):
         test = model.evaluate_model(X_test, y_test)
         target_names = list(getattr(data, "target_names", [])) or [f"target_{i}" for i in range(model.output_dim)]
         test_report = {
@@ -310,9 +532,13 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
             physical = regression_metrics(data.inverse_transform_targets(np.asarray(y_test)),
                                           data.inverse_transform_targets(model.predict(X_test)))
             test_report["per_target_physical"] = _per_target(physical, target_names)
+        # Unavailable metrics (R² of fewer than two rows) are null: NaN is not JSON.
+        test_report = _finite_or_none(test_report)
         _safe(errors, "test_metrics.json", atomic_write_json, run_dir / "test_metrics.json", test_report)
+        scaled = test_report["scaled"]
         summary.update(inference_time_s=test["inference_time"], samples_per_second=test["samples_per_second"],
-                       test_mse=test["mse"], test_mae=test["mae"], test_rmse=test["rmse"], test_r2=test["r2"])
+                       test_mse=scaled["mse"], test_mae=scaled["mae"], test_rmse=scaled["rmse"],
+                       test_r2=scaled["r2"])
     results = {
         "run_id": run.run_id,
         "run_dir": str(run_dir),
@@ -322,6 +548,8 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         "performance_summary": summary,
         "error_summary": errors.summary(),
     }
+    if failure is not None:
+        results["failure"] = failure
     results["training"]["errors"] = errors.summary()
     _safe(errors, "training_log.txt", atomic_write_text, run_dir / "training_log.txt", format_summary(results))
     run.row.update(
@@ -332,6 +560,75 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         total_time_s=round(summary["total_time_s"], 3), peak_memory_mb=round(summary["peak_memory_mb"], 1),
         error_count=len(errors),
     )
+    # Best effort: on a full disk the log (often on the same disk) may not take the row either.
     _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, log_path, run.row, key="run_id")
     results["error_summary"] = errors.summary()
     return results
+
+
+# --- a full disk ends the run --------------------------------------------------------
+
+DISK_FULL_STATUS = "failed: disk full"
+
+
+class _StopOnDiskFull(keras.callbacks.Callback):
+    """Stop training at the first disk-full error of any writer: every later write would fail too.
+
+    The run's :class:`~nnlab.tracking.ErrorRecorder` calls :meth:`stop` when a
+    writer records ``ENOSPC``/``EDQUOT``; Keras ends the epoch and stops. A
+    disk that filled before training began (the run's first files) stops it
+    after the first batch.
+    """
+
+    def __init__(self, errors: ErrorRecorder) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def stop(self, entry: Mapping[str, Any] | None = None) -> None:
+        if self.model is not None:
+            self.model.stop_training = True
+
+    def on_train_begin(self, logs=None):
+        if self.stop not in self.errors.on_disk_full:
+            self.errors.on_disk_full.append(self.stop)
+        if self.errors.disk_full is not None:
+            self.stop()
+
+    def detach(self) -> None:
+        if self.stop in self.errors.on_disk_full:
+            self.errors.on_disk_full.remove(self.stop)
+
+
+def _disk_full_message(entry: Mapping[str, Any], run: _Run, epochs_done: int, epochs: int) -> str:
+    """The one paragraph that ends a run on a full disk: what, where, what is kept, what next."""
+    path = Path(entry["path"]) if entry.get("path") else None
+    if path is None:
+        what, where = f"a file ({entry.get('component', 'unknown writer')})", run.run_dir
+    elif path.is_relative_to(run.run_dir):
+        what, where = path.relative_to(run.run_dir).as_posix(), run.run_dir
+    else:
+        what, where = path.name, path.parent
+    if list_checkpoints(run.run_dir):
+        next_step = (f"Free space and resume with `python main.py --resume {run.run_id} "
+                     f"--output-dir {run.output_dir}`.")
+    else:
+        next_step = "No checkpoint was written, so there is nothing to resume: free space and start the run again."
+    return (f"disk full: could not write {what} in {where} ({entry.get('reason') or 'No space left on device'}). "
+            f"Training stopped after epoch {epochs_done} of {epochs}; what was written before is intact. "
+            f"{next_step}")
+
+
+def _clean_temp_files(run: _Run) -> None:
+    """Remove what killed writes left in the directories this run writes to (see clean_orphan_temp_files)."""
+    log_dir = Path(os.path.realpath(run.output_dir / CONFIG_LOG_NAME)).parent
+    for directory in dict.fromkeys((run.output_dir, log_dir, run.run_dir, run.run_dir / "weights",
+                                    run.run_dir / "checkpoints")):
+        clean_orphan_temp_files(directory)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -1,20 +1,32 @@
-"""Run directories, the configuration log and library versions."""
+"""Run directories, run statuses, the configuration log and library versions."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import os
 import platform
+import socket
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from nnlab._files import probe_writable, read_csv_rows
+from nnlab._files import atomic_write_json, probe_writable, read_csv_rows
 from nnlab.errors import ConfigError, NnlabError
+from nnlab.training._lock import RunLockedError, locked_by
+from nnlab.training._state import list_checkpoints
 
 DEFAULT_OUTPUT_DIR = "training_output"
 CONFIG_LOG_NAME = "configuration_log.csv"
+RUN_STATUS_NAME = "run_status.json"
+# Statuses of a run that stopped before its end and can go on from its last checkpoint
+# ("failed: disk full": stopped by a full disk, see _pipeline.DISK_FULL_STATUS).
+RESUMABLE_STATUSES = ("interrupted", "failed: disk full")
 CONFIG_LOG_COLUMNS = (
     "run_id", "timestamp", "status", "preset", "loss_weighting_strategy", "constraints",
     "hidden_layers", "activation", "optimizer", "learning_rate", "dropout_rate", "use_batch_norm",
@@ -63,24 +75,212 @@ def create_run_dir(output_dir: str | os.PathLike) -> tuple[str, Path]:
     raise ConfigError(f"could not create a unique run directory under '{runs}'")  # pragma: no cover
 
 
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True for a run directory: one holding ``training_config.json`` (stray folders are not runs)."""
+    return (Path(path) / "training_config.json").is_file()
+
+
+def list_run_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """The run directories under ``<output_dir>/runs``, oldest first (ids sort by start time)."""
+    runs = Path(output_dir) / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted((p for p in runs.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.name)
+
+
 def find_run_dir(output_dir: str | os.PathLike, run_id: str = "latest") -> Path:
     """The directory of run ``run_id`` (or the newest run for ``"latest"``).
+
+    Folders and files in ``runs/`` that are not run directories are ignored.
 
     Raises:
         NnlabError: if there are no runs, or no run with that id (the message
             lists the available ones).
     """
     runs = Path(output_dir) / "runs"
-    available = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    available = [p.name for p in list_run_dirs(output_dir)]
     if not available:
         raise NnlabError(f"no runs in '{runs}': run `python main.py` first")
     if run_id == "latest":
         return runs / available[-1]
     if run_id not in available:
+        if (runs / run_id).is_dir():
+            raise NnlabError(f"'{runs / run_id}' is not a run directory (it has no training_config.json)")
         shown = ", ".join(available[-10:])
         more = f" (and {len(available) - 10} older)" if len(available) > 10 else ""
         raise NnlabError(f"unknown run id '{run_id}' in '{runs}'; available: {shown}{more}")
     return runs / run_id
+
+
+# --- run status -------------------------------------------------------------------
+
+def write_run_status(run_dir: str | os.PathLike, status: str, **fields: Any) -> Path:
+    """Record a run's status in ``<run_dir>/run_status.json`` (atomically), with this process as its owner.
+
+    Written when training starts, on every status change and at the end; it is
+    what resuming trusts (configuration_log.csv is shared and may be edited or missing).
+    """
+    return atomic_write_json(Path(run_dir) / RUN_STATUS_NAME, {
+        "status": status, "pid": os.getpid(), "hostname": socket.gethostname(),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields,
+    })
+
+
+def read_run_status(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A run's recorded status: ``run_status.json``, else its configuration_log.csv row, else ``{}``.
+
+    The result has ``status`` and ``source`` (the file it came from) and, when
+    known, ``epochs_run``, ``epochs``, ``pid``, ``hostname``, ``error``.
+
+    Raises:
+        NnlabError: ``run_status.json`` exists but is not a JSON object with a ``status``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_STATUS_NAME
+    if path.exists():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NnlabError(f"{path}: unreadable run status ({exc}); the run's state is unknown") from None
+        if not isinstance(record, dict) or not isinstance(record.get("status"), str):
+            raise NnlabError(f"{path}: no 'status' recorded; the run's state is unknown")
+        return {**record, "source": RUN_STATUS_NAME}
+    try:
+        row = config_log_row(output_dir if output_dir is not None else run_dir.parent.parent, run_dir.name)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        row = None  # the shared log is secondary: unreadable, it just tells nothing
+    if row and row.get("status"):
+        return {k: v for k, v in row.items() if k in ("status", "epochs_run", "epochs")} | {"source": CONFIG_LOG_NAME}
+    if (run_dir / "test_metrics.json").is_file():  # written only when a run completes
+        return {"status": "completed", "source": "test_metrics.json"}
+    return {}
+
+
+def _epochs_text(record: Mapping[str, Any]) -> str:
+    try:
+        done, total = int(record["epochs_run"]), int(record["epochs"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f" after {done} of {total} epochs"
+
+
+def resume_refusal(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> str | None:
+    """Why a run with status ``record`` (:func:`read_run_status`) cannot be resumed now; None if it can.
+
+    Resumable: ``interrupted`` (or stopped by a full disk), or ``running`` with
+    nobody holding the run's lock (its process is gone), or no recorded status at
+    all (runs from before statuses were recorded: the checkpoint decides).
+    """
+    name = Path(run_dir).name
+    status = record.get("status")
+    source = record.get("source", RUN_STATUS_NAME)
+    if status is None or status in RESUMABLE_STATUSES:
+        return None
+    if status == "running":
+        return locked_by(run_dir)
+    if status == "completed":
+        try:
+            done, total = int(record["epochs_run"]), int(record["epochs"])
+        except (KeyError, TypeError, ValueError):
+            return f"run {name} completed (status completed in {source}); nothing to resume"
+        if done >= total:
+            return f"run {name} completed all {total} epochs (status completed); nothing to resume"
+        return (f"run {name} completed after {done} of {total} epochs: early stopping ended it "
+                "(status completed); nothing to resume")
+    if status == "diverged":
+        return (f"run {name} diverged (the loss became NaN/inf){_epochs_text(record)} (status diverged); "
+                "start a new run with a smaller learning_rate")
+    if status == "pruned":
+        return (f"run {name} was pruned by the hyperparameter search{_epochs_text(record)} (status pruned); "
+                "nothing to resume")
+    if status.startswith("failed"):
+        error = record.get("error")
+        because = f": {error}" if error else ""
+        return f"run {name} failed (status {status}){because}; fix the cause and start a new run"
+    return (f"run {name} has status '{status}' (in {source}); only an interrupted run, or a running one whose "
+            "process is gone, can be resumed")
+
+
+def find_resumable_run(output_dir: str | os.PathLike, run_id: str = "latest") -> Path:
+    """The run to resume: ``run_id``, or for ``"latest"`` the newest run that can be resumed
+    (and has a checkpoint).
+
+    Nothing is written. See :func:`resume_refusal` for what can be resumed.
+
+    Raises:
+        NnlabError: no such run, the run cannot be resumed (the message says why;
+            :class:`RunLockedError` when another process trains it), or, for
+            ``"latest"``, no run can.
+    """
+    if run_id != "latest":
+        run_dir = find_run_dir(output_dir, run_id)
+        record = read_run_status(run_dir, output_dir)
+        refusal = resume_refusal(run_dir, record)
+        if refusal:
+            raise (RunLockedError if record.get("status") == "running" else NnlabError)(refusal)
+        return run_dir
+    candidates = list_run_dirs(output_dir)
+    if not candidates:
+        find_run_dir(output_dir)  # raises "no runs"
+    statuses: dict[str, int] = {}
+    for run_dir in reversed(candidates):
+        try:
+            record = read_run_status(run_dir, output_dir)
+        except NnlabError:
+            statuses["unreadable"] = statuses.get("unreadable", 0) + 1
+            continue
+        refusal = resume_refusal(run_dir, record)
+        if refusal is None and list_checkpoints(run_dir):
+            return run_dir
+        status = record.get("status", "unknown")
+        if refusal is None:
+            status += " without a checkpoint"
+        elif status == "running":
+            status += " (being trained)"
+        statuses[status] = statuses.get(status, 0) + 1
+    runs = Path(output_dir) / "runs"
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    raise NnlabError(f"no resumable run in '{runs}': {len(candidates)} run{'s' * (len(candidates) != 1)}, "
+                     f"all {'/'.join(sorted(statuses))} ({counts}); start a new run with `python main.py`, "
+                     "or pass a run id to --resume to see why that run cannot be resumed")
+
+
+# --- digests: what a resume checks to prove it continues the same run ---------------------
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def settings_digest(saved: Mapping[str, Any]) -> str:
+    """SHA-256 of what defines a run in training_config.json: configuration, seed and data source.
+
+    Canonical JSON after a round trip, so the digest of the dict written at the
+    start equals the digest of the same dict read back at resume.
+    """
+    settings = {"config": saved.get("config"), "seed": saved.get("seed"),
+                "data": {k: v for k, v in (saved.get("data") or {}).items()}}
+    canonical = json.dumps(json.loads(json.dumps(settings, default=_plain)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (e.g. the CSV a run was trained on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def arrays_digest(arrays: Sequence[Any]) -> str:
+    """SHA-256 of the prepared splits (X/y of train, validation, test): dtype, shape and bytes of each."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def config_log_row(output_dir: str | os.PathLike, run_id: str) -> dict[str, str] | None:

@@ -13,8 +13,11 @@ atomically (temporary name, fsync, rename)::
     ckpt_0010.json   manifest: epoch, SHA-256 and size of the .npz, JSON state
 
 The manifest is written after the arrays, so a checkpoint without a manifest
-never counts. :func:`load_latest_checkpoint` verifies the digest and falls back
-to the previous good checkpoint, with a warning naming what was wrong.
+never counts. :func:`load_latest_checkpoint` verifies the digest and the
+contents (plain numeric arrays only, never pickled objects; shapes against the
+model through its ``check``) and falls back to the previous good checkpoint,
+with a warning naming what was wrong. The digest alone proves nothing against a
+crafted checkpoint: whoever writes the ``.npz`` can rewrite its manifest.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,26 +98,44 @@ class ModelState:
             arrays.update({f"o{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
         return {"n_weights": len(self.model.weights)}, arrays
 
-    def set_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        weights = [arrays[k] for k in sorted(arrays) if k.startswith("w")]
-        if len(weights) != len(self.model.weights):
-            raise CheckpointError(
-                f"checkpoint holds {len(weights)} weight tensors, the model has {len(self.model.weights)}"
-            )
-        try:
-            self.model.set_weights(weights)
-        except ValueError as exc:
-            raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
+    def check_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`CheckpointError` unless every array fits this model and optimizer, by number and shape.
+
+        Changes no weight (it builds the optimizer's variables if need be).
+        """
+        unknown = sorted(k for k in arrays if k[:1] not in ("w", "o"))
+        if unknown:
+            raise CheckpointError(f"unknown model arrays {', '.join(unknown[:5])}")
+        self._check_shapes("weight", [arrays[k] for k in sorted(arrays) if k.startswith("w")], self.model.weights)
         slots = [arrays[k] for k in sorted(arrays) if k.startswith("o")]
         if slots:
             optimizer = self.model.optimizer
+            if optimizer is None:
+                raise CheckpointError("checkpoint holds optimizer state, but the model is not compiled")
             optimizer.build(self.model.trainable_variables)
-            if len(slots) != len(optimizer.variables):
-                raise CheckpointError(
-                    f"checkpoint holds {len(slots)} optimizer variables, the optimizer has {len(optimizer.variables)}"
-                )
-            for variable, value in zip(optimizer.variables, slots):
-                variable.assign(value)
+            self._check_shapes("optimizer variable", slots, optimizer.variables)
+
+    @staticmethod
+    def _check_shapes(what: str, values: Sequence[np.ndarray], variables: Sequence[Any]) -> None:
+        if len(values) != len(variables):
+            raise CheckpointError(f"checkpoint holds {len(values)} {what}s, the model built from the run's "
+                                  f"configuration has {len(variables)}")
+        for i, (value, variable) in enumerate(zip(values, variables)):
+            expected = tuple(int(d) for d in variable.shape)
+            if tuple(value.shape) != expected:
+                name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+                raise CheckpointError(f"{what} {i} ({name}) has shape {tuple(value.shape)} in the checkpoint, "
+                                      f"the model built from the run's configuration expects {expected}")
+
+    def set_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.check_state(meta, arrays)
+        try:
+            self.model.set_weights([arrays[k] for k in sorted(arrays) if k.startswith("w")])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
+        slots = [arrays[k] for k in sorted(arrays) if k.startswith("o")]
+        for variable, value in zip(self.model.optimizer.variables if slots else (), slots):
+            variable.assign(value)
 
 
 class CallbackAttributes:
@@ -189,10 +211,18 @@ def _read_checkpoint(manifest_path: Path) -> TrainingState:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         epoch = int(manifest["epoch"])
-        arrays_path = manifest_path.with_name(manifest["arrays"])
-        expected, size = manifest["sha256"], int(manifest["size"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{manifest_path.name}: unreadable manifest ({exc})") from None
+        arrays_name = str(manifest["arrays"])
+        expected, size = str(manifest["sha256"]), int(manifest["size"])
+        meta = manifest.get("state", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{manifest_path.name}: unreadable manifest ({type(exc).__name__}: {exc})") from None
+    if Path(arrays_name).name != arrays_name or not arrays_name.endswith(".npz"):
+        raise CheckpointError(f"{manifest_path.name}: names '{arrays_name}', not an .npz file beside it")
+    if epoch < 1:
+        raise CheckpointError(f"{manifest_path.name}: epoch {epoch} is not a completed epoch")
+    if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
+        raise CheckpointError(f"{manifest_path.name}: 'state' is not an object of component states")
+    arrays_path = manifest_path.with_name(arrays_name)
     try:
         payload = arrays_path.read_bytes()
     except OSError as exc:
@@ -201,19 +231,36 @@ def _read_checkpoint(manifest_path: Path) -> TrainingState:
         raise CheckpointError(f"{arrays_path.name}: truncated ({len(payload)} of {size} bytes)")
     if hashlib.sha256(payload).hexdigest() != expected:
         raise CheckpointError(f"{arrays_path.name}: contents do not match the recorded SHA-256 (corrupt)")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
-        flat = {key: npz[key] for key in npz.files}
-    state = TrainingState(epoch=epoch, path=manifest_path, meta=dict(manifest.get("state", {})))
+    # The digest proves the file is the one the manifest describes, not that a
+    # trainer wrote it: whoever can write the .npz can rewrite the manifest too.
+    # So the contents are checked as well (here, and against the model by the caller).
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            flat = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{arrays_path.name}: not a checkpoint archive ({type(exc).__name__}: {exc})") from None
+    state = TrainingState(epoch=epoch, path=manifest_path, meta=dict(meta))
     for key, value in flat.items():
         component, _, name = key.partition("/")
+        if not component or not name:
+            raise CheckpointError(f"{arrays_path.name}: array '{key}' is not named component/array")
+        if value.dtype.kind not in "biuf":
+            raise CheckpointError(f"{arrays_path.name}: array '{key}' has dtype {value.dtype}, not numbers")
         state.arrays.setdefault(component, {})[name] = value
     return state
 
 
-def load_latest_checkpoint(run_dir: str | os.PathLike) -> TrainingState:
+def load_latest_checkpoint(run_dir: str | os.PathLike, *,
+                           check: Callable[[TrainingState], None] | None = None) -> TrainingState:
     """The newest checkpoint of a run that verifies; older ones are tried in turn.
 
     Each checkpoint skipped gives a ``RuntimeWarning`` naming it and why.
+
+    Args:
+        run_dir: the run directory.
+        check: called with each loaded checkpoint; it raises :class:`CheckpointError`
+            if the checkpoint does not fit (e.g. shapes against the model to restore
+            into), and that checkpoint is then skipped like a corrupt one.
 
     Raises:
         CheckpointError: if the run has no checkpoint, or none verifies.
@@ -225,6 +272,8 @@ def load_latest_checkpoint(run_dir: str | os.PathLike) -> TrainingState:
     for manifest in reversed(manifests):
         try:
             state = _read_checkpoint(manifest)
+            if check is not None:
+                check(state)
         except CheckpointError as exc:
             problems.append(str(exc))
             warnings.warn(f"checkpoint {manifest.stem} is unusable: {exc}; trying the previous one",

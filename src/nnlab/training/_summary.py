@@ -9,6 +9,7 @@ import numpy as np
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
+    # None/NaN: not measured, or unavailable (R² of fewer than two rows) -- never 0.0000.
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
@@ -39,11 +40,16 @@ def format_summary(results: Mapping[str, Any]) -> str:
     ]
     if s.get("resumed_from_epoch") is not None:
         lines.insert(1, f"  resumed from epoch   {s['resumed_from_epoch']}")
+    test = results.get("test") or {}
+    if test.get("n_samples") is not None and test["n_samples"] < 2:
+        lines.append(f"  (R² needs at least 2 rows; the test set has {test['n_samples']}: unavailable)")
     per_target = (results.get("test") or {}).get("per_target_physical")
     if per_target:
         lines.append("  test per target (physical units): R² / RMSE")
         lines += [f"    {name:<20} {_fmt(m['r2'])} / {_fmt(m['rmse'], '.4g')}" for name, m in per_target.items()]
     for entry in results.get("error_summary", {}).get("errors", []):
         lines.append(f"  ! {entry['component']}: {entry['message']}")
+    if results.get("failure"):
+        lines.append(f"  stopped              {results['failure']}")
     lines.append(f"  artifacts            {s['run_dir']}")
     return "\n".join(lines) + "\n"

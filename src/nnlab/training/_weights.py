@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import inspect
+import io
 import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from nnlab._files import atomic_write, with_filename, writer_tag
 from nnlab.tracking import ErrorRecorder
+
+
+def weights_file_bytes(model: keras.Model) -> bytes:
+    """The ``.weights.h5`` file of ``model`` (what ``model.save_weights`` writes), built in memory.
+
+    HDF5 then never writes to the disk itself: on a full disk it would print its
+    error stack, leak open file ids and can crash the interpreter at exit. The
+    bytes are written by :func:`nnlab._files.atomic_write`, which fails cleanly.
+    """
+    from keras.src.saving.saving_lib import H5IOStore, _save_state
+
+    buffer = io.BytesIO()
+    store = H5IOStore(buffer, mode="w")
+    try:
+        _save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()
+
+
+def _in_memory_supported() -> bool:
+    try:
+        from keras.src.saving.saving_lib import H5IOStore, _save_state  # noqa: F401
+    except ImportError:  # a Keras whose private saving API moved: save through the public one
+        return False
+    return "path_or_io" in inspect.signature(H5IOStore).parameters
+
+
+_IN_MEMORY = _in_memory_supported()
 
 
 class WeightCheckpoint(keras.callbacks.Callback):
@@ -20,7 +52,12 @@ class WeightCheckpoint(keras.callbacks.Callback):
     is snapshotted in memory when it happens and written at the next periodic
     checkpoint and at the end -- a file per improvement would cost more than
     the epoch itself on small models. A failed save is recorded in ``errors``
-    (with a warning) and training goes on.
+    (with a warning) and training goes on -- unless the disk is full, which the
+    recorder turns into the end of the run. The file is built in memory
+    (:func:`weights_file_bytes`) and written by :func:`nnlab._files.atomic_write`,
+    whose temporary name carries the writer's host and pid, so the next run can
+    tell an orphan of a killed process from a write in progress
+    (:func:`nnlab._files.clean_orphan_temp_files`).
 
     Args:
         directory: where the weight files go (created if needed).
@@ -47,14 +84,20 @@ class WeightCheckpoint(keras.callbacks.Callback):
 
     def _save(self, name: str) -> Path | None:
         target = self.directory / name
-        tmp = self.directory / f".tmp-{os.getpid()}-{name}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.model.save_weights(tmp)
-            os.replace(tmp, target)
+            if _IN_MEMORY:
+                payload = weights_file_bytes(self.model)
+                atomic_write(target, lambda fh: fh.write(payload), binary=True)
+            else:
+                tmp = self.directory / f".tmp-{writer_tag()}-{name}"
+                try:
+                    self.model.save_weights(tmp)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            self.errors.record("checkpoint", exc)
+            self.errors.record("checkpoint", with_filename(exc, target))
             return None
         self.saved.append(target)
         return target
@@ -101,3 +144,4 @@ class WeightCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._write_best()
         self._save("final.weights.h5")
+
