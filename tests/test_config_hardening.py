@@ -282,8 +282,9 @@ def test_abbreviated_options_are_errors(argv, expected, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--set", "epochs=NaN"], f"error: --set: epochs = NaN is invalid: {NON_FINITE}"),
-    (["--seed", "4294967296"], "seed = 4294967296 is invalid: a seed must be an integer from 0 to 2**32 - 1"),
-    (["--seed", "-3"], "seed = -3 is invalid: a seed must be an integer from 0 to 2**32 - 1"),
+    (["--seed", "4294967296"], "argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got 4294967296"),
+    (["--seed", "-3"], "argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got -3"),
+    (["--seed", "x"], "argument --seed: expected an integer seed, got 'x'"),
     (["--config", "/dev/zero"], "error: /dev/zero: is a character device, not a regular file"),
 ])
 def test_main_refuses_before_any_work(argv, expected, tmp_path):

@@ -382,7 +382,7 @@ def listing(root: Path) -> dict[str, bytes | str]:
      "error: --storage: 'data.csv' is not a SQLite database"),
     (["--storage", "sqlite:///:memory:", "--workers", "2"], {},
      "error: --storage: 'sqlite:///:memory:' is an in-memory database"),
-    (["--seed", "-1"], {}, "error: --seed must be an integer from 0 to 2**32 - 1 = 4294967295"),
+    (["--seed", "-1"], {}, "argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got -1"),
 ])
 def test_cli_refusals_change_nothing(tmp_path, args, files, expected):
     for name, content in files.items():
@@ -396,3 +396,10 @@ def test_cli_refusals_change_nothing(tmp_path, args, files, expected):
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert listing(tmp_path) == before
+
+
+def test_results_csv_cells_cannot_start_a_formula():
+    text = _results._csv_bytes([{"trial_number": 0, "preset": "=HYPERLINK(\"x\")", "error": "@SUM(A1)",
+                                 "test_r2": -0.5}]).decode()
+    row = text.splitlines()[1]
+    assert "'=HYPERLINK" in row and "'@SUM(A1)" in row and ",-0.5," in row

@@ -56,6 +56,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a seed NumPy and scikit-learn accept (0 .. 2**32 - 1)."""
+    from nnlab.config import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text[:80]}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX} (2**32 - 1), got {value}")
+    return value
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config-dir",
@@ -98,7 +111,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on this particle CSV (validated; never modified)")
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root (default: training_output)")
-    parser.add_argument("--seed", type=int, help="seed for data generation, weights and shuffling (repeatable runs)")
+    parser.add_argument("--seed", type=seed_int, help="seed for data generation, weights and shuffling (repeatable runs)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
     parser.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",
                         help="continue an interrupted run (a run id, or 'latest') from its last checkpoint; "
@@ -129,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, metavar="FILE",
                           help="CSV file to write, with its provenance sidecar FILE.meta.json; "
                                "missing parent directories are created")
-    generate.add_argument("--seed", type=int, help="random seed (default: random_seed of the config)")
+    generate.add_argument("--seed", type=seed_int, help="random seed (default: random_seed of the config)")
     generate.add_argument("--force", action="store_true",
                           help="replace FILE and FILE.meta.json if they exist")
     _add_config_arguments(generate)

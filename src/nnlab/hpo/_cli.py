@@ -6,6 +6,7 @@ import argparse
 import json
 
 from nnlab.cli import positive_int as _positive_int
+from nnlab.cli import seed_int as _seed_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default: 64)")
     add("--num-particles", type=_positive_int, default=3000, metavar="N",
         help="particles simulated once per worker and shared by its trials (default: 3000)")
-    add("--seed", type=int, default=42, help="seed of the data, initial weights and samplers (default: 42)")
+    add("--seed", type=_seed_int, default=42, help="seed of the data, initial weights and samplers (default: 42)")
     add("--output-dir", default="training_output", metavar="DIR",
         help="training output root: runs/<run_id>/ per trial (default: training_output)")
     add("--output", metavar="FILE",

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnlab._files import atomic_write, atomic_write_json, locked
+from nnlab._files import atomic_write, atomic_write_json, locked, neutralised_row
 from nnlab.config import read_json_object, special_file_kind
 from nnlab.errors import ConfigError
 from nnlab.hpo._study import OUTCOME_ATTR, counts_towards_budget
@@ -129,7 +129,7 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(neutralised_row(row) for row in rows)  # no cell may start a spreadsheet formula
     return buffer.getvalue().encode("utf-8")
 
 

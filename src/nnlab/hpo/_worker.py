@@ -224,6 +224,9 @@ def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str
         return "failed", None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"
     if results["status"] == "pruned":
         return "pruned", None, ""
+    if str(results["status"]).startswith("failed"):
+        # e.g. "failed: disk full": the run stopped itself and says why.
+        return "failed", None, _one_line(results.get("failure") or results["status"])
     if metrics["best_r2"] is None:
         return "failed", None, "no finite validation R² was reached"
     return "complete", float(metrics["best_r2"]), ""
