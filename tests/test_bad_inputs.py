@@ -10,6 +10,7 @@ is generated from CASES, so the document and the tests cannot drift apart:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,26 @@ GOOD_ROW = ("0,1.0,1.0,0.0,0.0,0.0,1.0,1.0,1.0,0.5403023058681398,-0.84147098480
 HEADER = ("particle_id,mass,initial_velocity_x,initial_velocity_y,initial_position_x,initial_position_y,charge,"
           "magnetic_field_strength,simulation_time,final_velocity_x,final_velocity_y,final_position_x,"
           "final_position_y,kinetic_energy,displacement,trajectory_length")
+
+NON_FINITE = "JSON NaN/Infinity is not allowed; configuration values must be finite numbers"
+SEED_RANGE = "a seed must be an integer from 0 to 2**32 - 1 = 4294967295 (what NumPy and scikit-learn accept), or null"
+_LONG = [64] * 5000 + ["wide"]
+_LONG_SHOWN = json.dumps(_LONG)[:80] + f"… ({len(json.dumps(_LONG))} characters)"
+_PARTICLES = HEADER + "\n" + GOOD_ROW + "\n"
+
+GOOD_CSV = HEADER + "\n" + GOOD_ROW + "\n"
+# mass 1e308: out of range, and m|v|^2/2 = 2e308 overflows float64 (inf) while the column holds 1e308.
+HEAVY_CSV = HEADER + "\n" + "0,1e308,2.0,0.0,0.0,0.0,1.0,1.0,1.0,2.0,0.0,0.0,0.0,1e308,0.0,2.0\n"
+# |v| = 1e200: |v|^2 overflows.
+FAST_CSV = HEADER + "\n" + "0,1.0,1e200,0.0,0.0,0.0,1.0,1.0,1.0,1e200,0.0,0.0,0.0,1e100,0.0,1e200\n"
+
+RUN = "o/runs/20260101-000000-000000-p1"
+OLDER = "o/runs/20251231-000000-000000-p1"
+
+
+def _status(status, **fields):
+    return json.dumps({"status": status, "pid": 1, "hostname": "h", "updated": "2026-01-01T00:00:00+00:00",
+                       **fields})
 
 # Special "files": a named pipe and a directory (content is a str for a plain file).
 FIFO = "<named pipe>"
@@ -151,6 +172,236 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
       "loss_and_constraints"]),
     ("analysis arguments", "nnlab analyze --sample-size 0", {},
      ["nnlab analyze: error: argument --sample-size: expected an integer >= 1, got 0"]),
+
+    # --- configuration files: size, depth, strict JSON, file type, seed range
+    ("configuration file", "nnlab config show --config-dir cfg", {"cfg/model_config.json": "[" * 100000},
+     ["error: model_config.json: JSON nested more than 32 levels deep (the limit for a configuration)"]),
+    ("configuration file", "nnlab config show --config-dir cfg",
+     {"cfg/training_config.json": '{"epochs": 5' + " " * (1 << 20) + "}"},
+     ["error: training_config.json: is larger than 1048576 bytes (1 MiB), the limit for a configuration file"]),
+    ("configuration file", "nnlab config show --config-dir cfg", {"cfg/model_config.json": '{"learning_rate": NaN}'},
+     [f"error: model_config.json: learning_rate = NaN is invalid: {NON_FINITE}"]),
+    ("configuration file", "python main.py --config best.json", {"best.json": '{"mass_range": [0.1, Infinity]}'},
+     [f"error: best.json: mass_range[1] = Infinity is invalid: {NON_FINITE}"]),
+    ("configuration file", "nnlab config show --config-dir cfg", {"cfg/model_config.json": '{"l2_regularization": 1e999}'},
+     ["error: invalid configuration:",
+      "model_config.json: l2_regularization = Infinity is invalid: Input should be a finite number"]),
+    ("configuration file", "nnlab config show --config-dir cfg",
+     {"cfg/training_config.json": '{"epochs": 5, "batch_size": 32, "epochs": 10}'},
+     ["error: training_config.json: key 'epochs' appears more than once in one JSON object; keep one"]),
+    ("configuration file", "python main.py --config best.json",
+     {"best.json": '{"hidden_layers": [' + "64, " * 5000 + '"wide"]}'},
+     [f"best.json: hidden_layers[5000] = {_LONG_SHOWN} is invalid: Input should be a valid integer"]),
+    ("configuration file", "nnlab config show --config-dir cfg",
+     {"cfg/particle_generation_config.json": '{"random_seed": -1}'},
+     [f"particle_generation_config.json: random_seed = -1 is invalid: {SEED_RANGE}"]),
+    ("configuration file", "python main.py --config pipe.json", {"pipe.json": FIFO},
+     ["error: pipe.json: is a named pipe, not a regular file"]),
+    ("configuration file", "python main.py --config /dev/zero", {},
+     ["error: /dev/zero: is a character device, not a regular file"]),
+    ("configuration file", "nnlab config show --config-dir cfg", {"cfg/model_config.json": DIRECTORY},
+     ["error: model_config.json: is a directory, not a regular file"]),
+    ("configuration file", "nnlab config show --config-dir cfg --preset mine", {"cfg/model_presets/mine.json": FIFO},
+     ["error: preset 'mine' (cfg/model_presets/mine.json): is a named pipe, not a regular file"]),
+    # --- --set
+    ("--set", "python main.py --set epochs=NaN", {},
+     [f"error: --set: epochs = NaN is invalid: {NON_FINITE}"]),
+    ("--set", "python main.py --set learning_rate=Infinity", {},
+     [f"error: --set: learning_rate = Infinity is invalid: {NON_FINITE}"]),
+    ("--set", "python main.py --set learning_rate=inf", {},
+     ["--set: learning_rate = \"inf\" is invalid: Input should be a finite number"]),
+    ("--set", "python main.py --set seed=-1", {},
+     [f"--set: seed = -1 is invalid: {SEED_RANGE}"]),
+    ("--set", "python main.py --set hidden_layers=" + "[" * 40 + "]" * 40, {},
+     ["error: --set hidden_layers: JSON nested more than 32 levels deep (the limit for a configuration)"]),
+    # --- CLI arguments
+    ("CLI arguments", "python main.py --conf x.json", {"x.json": '{"epochs": 1}'},
+     ["error: unrecognized arguments: --conf x.json"]),
+    ("CLI arguments", "python main.py --seed 4294967296", {},
+     ["nnlab train: error: argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got 4294967296"]),
+    ("CLI arguments", "nnlab data generate --out x.csv --seed -5", {},
+     ["nnlab data generate: error: argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got -5"]),
+    ("CLI arguments", "python hpo_agent.py --max 3", {},
+     ["error: unrecognized arguments: --max 3"]),
+    # --- HPO: never replace a file the study did not write
+    ("HPO arguments", "python hpo_agent.py --output data.csv", {"data.csv": _PARTICLES},
+     ["error: --output: 'data.csv' exists and was not written by study 'nnlab-hpo' (",
+      "); choose another --output or move the file"]),
+    ("HPO arguments", "python hpo_agent.py --output old/configuration_log.csv",
+     {"old/configuration_log.csv": "run_id,preset,status\n20260101-000000-000000-p1,baseline,completed\n"},
+     ["error: --output: 'old/configuration_log.csv' exists and was not written by study 'nnlab-hpo' ("]),
+    ("HPO arguments", "python hpo_agent.py --output-dir o", {"o/analysis/best_config.json": '{"epochs": 300}\n'},
+     ["error: --output: 'o/analysis/best_config.json' (written beside the results) exists and was not written by "
+      "study 'nnlab-hpo' ("]),
+    ("HPO arguments", "python hpo_agent.py --output-dir o", {"o/analysis/hpo_study.json": "my notes"},
+     ["error: --output: 'o/analysis/hpo_study.json' (written beside the results) exists and is not a study record "
+      "of nnlab hpo (not valid JSON at line 1, column 1: Expecting value); choose another --output or move the file"]),
+    ("HPO arguments", "python hpo_agent.py --output-dir o",
+     {"o/analysis/hpo_results.csv": "trial_number,preset\n0,baseline\n",
+      "o/analysis/hpo_study.json": '{"study_name": "nnlab-hpo", "storage": "o/analysis/hpo_journal.log"}'},
+     ["error: --output: 'o/analysis/hpo_study.json' (written beside the results) exists and is not a study record "
+      "of nnlab hpo (it lacks the study name, storage and file digests)"]),
+    ("HPO arguments", "python hpo_agent.py --output best_config.json", {},
+     ["error: --output: 'best_config.json' has the name of a file the search writes beside the results; "
+      "choose another file name for the results CSV"]),
+    # --- HPO: --storage must be a storage
+    ("HPO arguments", "python hpo_agent.py --storage data.csv", {"data.csv": _PARTICLES},
+     ["error: --storage: 'data.csv' is not an Optuna journal file (a journal's lines are Optuna's JSON records; "
+      "its first line is not one); choose another --storage or move the file"]),
+    ("HPO arguments", "python hpo_agent.py --storage notes.txt", {"notes.txt": "remember the milk\n"},
+     ["error: --storage: 'notes.txt' is not an Optuna journal file"]),
+    ("HPO arguments", "python hpo_agent.py --storage store", {"store": DIRECTORY},
+     ["error: --storage: 'store' is a directory, not an Optuna journal file"]),
+    ("HPO arguments", "python hpo_agent.py --storage store", {"store": FIFO},
+     ["error: --storage: 'store' is a named pipe, not an Optuna journal file"]),
+    ("HPO arguments", "python hpo_agent.py --storage sqlite:///data.csv", {"data.csv": _PARTICLES},
+     ["error: --storage: 'data.csv' is not a SQLite database (it does not start with 'SQLite format 3'); "
+      "choose another --storage or move the file"]),
+    ("HPO arguments", "python hpo_agent.py --storage sqlite:///:memory: --workers 2", {},
+     ["error: --storage: 'sqlite:///:memory:' is an in-memory database that each process opens empty, so "
+      "--workers 2 could not share it; use a journal FILE or sqlite:///FILE"]),
+    # --- HPO: seed, space file
+    ("HPO arguments", "python hpo_agent.py --seed -1", {},
+     ["nnlab hpo: error: argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got -1"]),
+    ("HPO arguments", "python hpo_agent.py --seed 4294967296", {},
+     ["nnlab hpo: error: argument --seed: expected a seed from 0 to 4294967295 (2**32 - 1), got 4294967296"]),
+    ("HPO arguments", "python hpo_agent.py --space space.json", {"space.json": FIFO},
+     ["error: --space space.json: is a named pipe, not a regular file"]),
+    ("HPO arguments", "python hpo_agent.py --space space.json",
+     {"space.json": '{"activation": ["relu"], "activation": ["tanh"]}'},
+     ["error: --space space.json: key 'activation' appears more than once in one JSON object; keep one"]),
+
+    ("CLI arguments", "nnlab data generate --out new.csv", {"new.csv.meta.json": '{"seed": 1}'},
+     ["error: --out: 'new.csv.meta.json' (the metadata sidecar of 'new.csv') already exists; choose another "
+      "file or pass --force to replace it"]),
+    ("CLI arguments", "nnlab data generate --out blocker/particles.csv", {"blocker": "a file, not a directory"},
+     ["error: --out: cannot write 'blocker/particles.csv': 'blocker' is not a directory"]),
+    ("CLI arguments", "nnlab data generate --out /proc/particles.csv", {},
+     ["error: --out: cannot write '/proc/particles.csv': cannot create files in '/proc'"]),
+    ("CLI arguments", "nnlab data generate --out outdir --force", {"outdir": DIRECTORY},
+     ["error: --out: 'outdir' is a directory, not a regular file; give the name of a file to write"]),
+    ("CLI arguments", "nnlab data generate --out outdir/", {"outdir": DIRECTORY},
+     ["error: --out: 'outdir/' names a directory; give a file name (e.g. outdir/particles.csv)"]),
+    ("CLI arguments", "nnlab data generate --out pipe.csv --force", {"pipe.csv": FIFO},
+     ["error: --out: 'pipe.csv' is a named pipe, not a regular file; give the name of a file to write"]),
+    ("CLI arguments", "nnlab data validate good.csv --drop-invalid clean.csv",
+     {"good.csv": GOOD_CSV, "clean.csv.meta.json": "{}"},
+     ["error: --drop-invalid: 'clean.csv.meta.json' (the metadata sidecar of 'clean.csv') already exists; "
+      "choose another file or pass --force to replace it"]),
+    ("CLI arguments", "nnlab data validate good.csv --drop-invalid taken.csv",
+     {"good.csv": GOOD_CSV, "taken.csv": "precious"},
+     ["error: --drop-invalid: 'taken.csv' already exists; choose another file or pass --force to replace it"]),
+    ("CLI arguments", "nnlab data validate good.csv --drop-invalid pipe.csv", {"good.csv": GOOD_CSV, "pipe.csv": FIFO},
+     ["error: --drop-invalid: 'pipe.csv' is a named pipe, not a regular file; give the name of a file to write"]),
+    ("CLI arguments", "nnlab data validate good.csv --force", {"good.csv": GOOD_CSV},
+     ["error: --force only applies with --drop-invalid CLEAN_FILE (validate never writes FILE)"]),
+    ("CSV data", "nnlab data validate heavy.csv", {"heavy.csv": HEAVY_CSV},
+     ["error: heavy.csv is invalid:",
+      "column 'mass': 1 row(s) (rows 0) are out of range (|value| > 1e+150: squares and sums of such values "
+      "overflow float64)",
+      "column 'kinetic_energy': 1 row(s) (rows 0) overflow: mass * |v_final|^2 / 2 is out of the float64 range"]),
+    ("CSV data", "python main.py --data heavy.csv", {"heavy.csv": HEAVY_CSV},
+     ["error: particle data in heavy.csv failed validation",
+      "column 'kinetic_energy': 1 row(s) (rows 0) overflow: mass * |v_final|^2 / 2 is out of the float64 range"]),
+    ("CSV data", "nnlab data validate fast.csv", {"fast.csv": FAST_CSV},
+     ["error: fast.csv is invalid:",
+      "columns 'final_velocity_x', 'final_velocity_y': 1 row(s) (rows 0) overflow: the speed |v_final| or "
+      "|v_initial| is out of the float64 range"]),
+    ("CSV data", "nnlab data validate dup.csv",
+     {"dup.csv": HEADER.replace("trajectory_length", "mass") + "\n" + GOOD_ROW + "\n"},
+     ["error: particle data file dup.csv: column name(s) repeated in the header: 'mass' (columns 2, 16); "
+      "every column name must be unique"]),
+    ("CSV data", "nnlab data validate semicolon.csv",
+     {"semicolon.csv": HEADER.replace(",", ";") + "\n" + GOOD_ROW.replace(",", ";") + "\n"},
+     ["error: particle data file semicolon.csv looks ';'-separated", "nnlab reads comma-separated CSV"]),
+    ("CSV data", "nnlab data validate tabs.csv",
+     {"tabs.csv": HEADER.replace(",", "\t") + "\n" + GOOD_ROW.replace(",", "\t") + "\n"},
+     ["error: particle data file tabs.csv looks tab-separated", "nnlab reads comma-separated CSV"]),
+    ("CSV data", "nnlab data validate pipe.csv", {"pipe.csv": FIFO},
+     ["error: particle data file pipe.csv is a named pipe, not a regular file"]),
+    ("CSV data", "nnlab data validate /dev/zero", {},
+     ["error: particle data file /dev/zero is a character device, not a regular file"]),
+    ("CSV data", "nnlab data validate folder.csv", {"folder.csv": DIRECTORY},
+     ["error: particle data file folder.csv is a directory, not a regular file"]),
+    ("CSV data", "python main.py --data pipe.csv", {"pipe.csv": FIFO},
+     ["error: --data: particle data file pipe.csv is a named pipe, not a regular file"]),
+    ("CSV data", "python main.py --data /dev/null", {},
+     ["error: --data: particle data file /dev/null is a character device, not a regular file"]),
+
+    ("resources", "python main.py --set hidden_layers=[200000,200000]", {},
+     ["error: hidden_layers = [200000, 200000] is too large for this machine: the network needs ~894 GiB "
+      "(40,006,600,006 parameters: weights, Adam moments, gradients, constraint state) but ~",
+      "GiB is available; use fewer or narrower hidden_layers"]),
+    ("resources", "python main.py --config big.json", {"big.json": '{"hidden_layers": [100000, 100000, 100000]}'},
+     ["error: hidden_layers = [100000, 100000, 100000] is too large for this machine: the network needs ~447 GiB "
+      "(20,003,500,006 parameters: weights, Adam moments, gradients, constraint state) but ~"]),
+    ("resources", "python main.py --num-particles 1000000000000", {},
+     ["error: --num-particles = 1000000000000 is too large for this machine: the data needs ~894,070 GiB "
+      "(1,000,000,000,000 rows x 60 columns x 8 bytes x 2 copies) but ~", "GiB is available; use at most ~"]),
+    ("resources", "nnlab data generate --num-particles 1000000000000 --out x.csv", {},
+     ["error: --num-particles = 1000000000000 is too large for this machine: the data needs ~238,419 GiB "
+      "(1,000,000,000,000 rows x 16 columns x 8 bytes x 2 copies) but ~", "GiB is available; use at most ~"]),
+    ("resources", "nnlab data generate --config-dir cfg --out x.csv",
+     {"cfg/particle_generation_config.json": '{"num_particles_default": 1000000000000}'},
+     ["error: num_particles_default = 1000000000000 is too large for this machine: the data needs ~238,419 GiB"]),
+
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": _status("completed", epochs=5, epochs_run=5)},
+     ["error: run 20260101-000000-000000-p1 completed all 5 epochs (status completed); nothing to resume"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": _status("completed", epochs=5, epochs_run=2)},
+     ["error: run 20260101-000000-000000-p1 completed after 2 of 5 epochs: early stopping ended it "
+      "(status completed); nothing to resume"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": _status("diverged", epochs=5, epochs_run=3)},
+     ["error: run 20260101-000000-000000-p1 diverged (the loss became NaN/inf) after 3 of 5 epochs "
+      "(status diverged); start a new run with a smaller learning_rate"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}",
+      f"{RUN}/run_status.json": _status("failed", epochs=5, error="DataValidationError: bad rows")},
+     ["error: run 20260101-000000-000000-p1 failed (status failed): DataValidationError: bad rows; "
+      "fix the cause and start a new run"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": _status("pruned", epochs=5, epochs_run=1)},
+     ["error: run 20260101-000000-000000-p1 was pruned by the hyperparameter search after 1 of 5 epochs "
+      "(status pruned); nothing to resume"]),
+    # The shared log (no run_status.json: a run from before it was written) still decides.
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}",
+      "o/configuration_log.csv": "run_id,status,epochs,epochs_run\n20260101-000000-000000-p1,completed,5,5\n"},
+     ["error: run 20260101-000000-000000-p1 completed all 5 epochs (status completed); nothing to resume"]),
+    ("resume", "python main.py --resume --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": _status("completed", epochs=5, epochs_run=5),
+      f"{OLDER}/training_config.json": "{}", f"{OLDER}/run_status.json": _status("failed", epochs=5),
+      "o/runs/zz_notes/todo.txt": "a stray folder", "o/runs/README": "a stray file"},
+     ["error: no resumable run in 'o/runs': 2 runs, all completed/failed (1 completed, 1 failed); "
+      "start a new run with `python main.py`"]),
+    ("resume", "python main.py --resume latest --output-dir o",
+     {"o/runs/zz_notes/todo.txt": "a stray folder, not a run"},
+     ["error: no runs in 'o/runs': run `python main.py` first"]),
+    ("resume", "python main.py --resume zz_notes --output-dir o",
+     {f"{RUN}/training_config.json": "{}", "o/runs/zz_notes/todo.txt": "a stray folder, not a run"},
+     ["error: 'o/runs/zz_notes' is not a run directory (it has no training_config.json)"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p2 --output-dir o",
+     {f"{RUN}/training_config.json": "{}"},
+     ["error: unknown run id '20260101-000000-000000-p2' in 'o/runs'; available: 20260101-000000-000000-p1"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": "{}", f"{RUN}/run_status.json": "{\"status\": "},
+     [f"error: {RUN}/run_status.json: unreadable run status"]),
+    # training_config.json edited after the run started (hidden_layers 16 -> 32): its digest no longer matches.
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": json.dumps({
+         "run_id": "20260101-000000-000000-p1", "config": {"hidden_layers": [32], "epochs": 5}, "seed": 42,
+         "data": {"num_particles": 200, "seed": 42, "random_state": 42},
+         "settings_sha256": "0f5ac3c1f1b24d2d9a5b1c0e6f7d8e9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"}),
+      f"{RUN}/run_status.json": _status("interrupted", epochs=5, epochs_run=2)},
+     [f"error: {RUN}/training_config.json: its configuration or data source was edited after run "
+      "20260101-000000-000000-p1 started (it no longer matches the SHA-256 recorded then); a resume continues "
+      "a run exactly as it was started: undo the edit, or start a new run with the changed settings"]),
+    ("resume", "python main.py --resume 20260101-000000-000000-p1 --output-dir o",
+     {f"{RUN}/training_config.json": json.dumps({"config": {"epochs": 5}}),
+      f"{RUN}/run_status.json": _status("interrupted", epochs=5, epochs_run=2)},
+     [f"error: run directory '{RUN}' has no checkpoint to resume from"]),
 ]
 
 
