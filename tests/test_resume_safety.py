@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +35,7 @@ from nnlab.training import (
     train_with_tracking,
     write_run_status,
 )
+from test_resume import StopAfter  # ends training the way an interruption does
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"hidden_layers": [16], "epochs": 6, "batch_size": 64, "checkpoint_every": 2, "seed": 1,
@@ -60,19 +60,6 @@ def cli(*args: str, cwd: Path) -> tuple[int, str]:
     out, err = proc.communicate(timeout=300)
     assert "Traceback" not in out + err, err
     return proc.returncode, err
-
-
-class StopAfter(keras.callbacks.Callback):
-    """Ends training after ``epochs`` epochs the way an interruption does (status ``interrupted``)."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs, self.run_status = epochs, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.epochs:
-            self.model.stop_training = True
-            self.run_status = "interrupted"
 
 
 def interrupted_run(out: Path, config: dict | None = None, *, data=None, source: dict | None = None) -> Path:

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -175,19 +176,44 @@ def clean_orphan_temp_files(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def probe_writable(directory: str | os.PathLike) -> None:
+def probe_writable(directory: str | os.PathLike) -> Path:
     """Raise ``OSError`` unless ``directory`` could be created and written; writes nothing.
 
     The nearest existing directory on the path is probed with a temporary file
-    that is removed at once.
+    that is removed at once (permission bits do not stop root; read-only mounts
+    and ``/proc`` only refuse at creation time). The ``OSError`` names that
+    directory as its ``filename``.
+
+    Returns:
+        The existing directory that was probed.
     """
     existing = Path(directory)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(20, "Not a directory", str(existing))
-    with tempfile.TemporaryFile(dir=existing):
-        pass
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(existing)) from None
+    return existing
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What an ``st_mode`` describes when it is not a regular file (``"a named pipe"``), else None.
+
+    Opening a named pipe blocks and ``/dev/zero`` never ends: inputs are checked
+    with this before they are opened.
+    """
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -10,33 +10,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import stat
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from nnlab._files import atomic_write
+from nnlab._files import atomic_write, probe_writable, special_file_kind
 from nnlab.data._validate import separator_hint
 from nnlab.errors import ConfigError, DataValidationError
 
 DATA_FORMAT_VERSION = 1
 GENERATOR_NAME = "nnlab.generate_particle_data"
-
-
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is ("a named pipe", ...), or None for a regular file."""
-    for test, kind in _NOT_REGULAR:
-        if test(mode):
-            return kind
-    return None if stat.S_ISREG(mode) else "a special file"
 
 
 def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint: str = "") -> Path:
@@ -67,7 +52,7 @@ def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint:
         raise DataValidationError(f"{prefix}particle data file not found: {p}{hint}") from None
     except OSError as exc:
         raise DataValidationError(f"{prefix}cannot read particle data file {p}: {exc.strerror}") from None
-    kind = _file_kind(mode)
+    kind = special_file_kind(mode)
     if kind is not None:
         raise DataValidationError(f"{prefix}particle data file {p} is {kind}, not a regular file")
     return p
@@ -109,25 +94,19 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
             continue  # the parent is checked below
         except OSError as exc:
             raise ConfigError(f"{prefix}cannot write '{target}': {exc.strerror}") from None
-        kind = _file_kind(mode)
+        kind = special_file_kind(mode)
         if kind is not None:
             raise ConfigError(f"{prefix}'{target}'{role} is {kind}, not a regular file; "
                               "give the name of a file to write")
         if not force:
             advice = "pass --force to replace it" if option else "use force=True to replace it"
             raise ConfigError(f"{prefix}'{target}'{role} already exists; choose another file or {advice}")
-    existing = p.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{prefix}cannot write '{p}': '{existing}' is not a directory")
     try:
-        # Permission bits do not stop root, and read-only mounts or /proc only refuse at
-        # creation time: try it.
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        probe_writable(p.parent)
+    except NotADirectoryError as exc:
+        raise ConfigError(f"{prefix}cannot write '{p}': '{exc.filename}' is not a directory") from None
     except OSError as exc:
-        raise ConfigError(f"{prefix}cannot write '{p}': cannot create files in '{existing}' "
+        raise ConfigError(f"{prefix}cannot write '{p}': cannot create files in '{exc.filename}' "
                           f"({exc.strerror})") from None
 
 

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnlab._files import atomic_write, atomic_write_json, locked, neutralised_row
-from nnlab.config import read_json_object, special_file_kind
+from nnlab._files import atomic_write, atomic_write_json, locked, neutralised_row, special_file_kind
+from nnlab.config import read_json_object
 from nnlab.errors import ConfigError
 from nnlab.hpo._study import OUTCOME_ATTR, counts_towards_budget
 

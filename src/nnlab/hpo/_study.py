@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nnlab._files import locked
+from nnlab._files import locked, special_file_kind
 from nnlab.errors import ConfigError
 
 __all__ = [
@@ -122,7 +122,6 @@ def check_storage(spec: StorageSpec) -> None:
     Raises:
         ConfigError: naming the file and what it is instead.
     """
-    from nnlab.config import special_file_kind  # here: building the CLI parser must not load pydantic
 
     path = spec.location if spec.kind == "journal" else spec.sqlite_path
     if path is None:

@@ -17,7 +17,8 @@ and one row in ``<output_dir>/configuration_log.csv``::
 """
 
 from nnlab.training._lock import RunLock, RunLockedError, locked_by
-from nnlab.training._pipeline import resume_training, train_with_tracking
+from nnlab.training._pipeline import train_with_tracking
+from nnlab.training._resume import resume_training
 from nnlab.training._runs import (
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,

@@ -1,9 +1,7 @@
-"""``train_with_tracking`` and ``resume_training``: one run, start to artifacts."""
+"""``train_with_tracking``: one run, start to artifacts (``resume_training`` continues one: _resume.py)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 import time
@@ -21,43 +19,33 @@ from nnlab._files import (
     atomic_write_text,
     clean_orphan_temp_files,
     is_disk_full,
-    probe_writable,
-    read_csv_rows,
     upsert_csv_row,
-    write_csv_rows,
 )
-from nnlab.config import Config, read_json_object, resolve_config
-from nnlab.errors import ConfigError, NnlabError
+from nnlab.config import Config, resolve_config
+from nnlab.errors import NnlabError
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
-from nnlab.training._lock import RunLock, lock_for_resume, lock_new_run
+from nnlab.training._lock import RunLock, lock_new_run
 from nnlab.training._runs import (
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,
     DEFAULT_OUTPUT_DIR,
-    RESUMABLE_STATUSES,
     RUN_STATUS_NAME,
     arrays_digest,
-    config_log_row,
     create_run_dir,
     file_digest,
-    find_resumable_run,
     library_versions,
-    read_run_status,
-    resume_refusal,
     settings_digest,
     write_run_status,
 )
 from nnlab.training._state import (
     CallbackAttributes,
-    CheckpointError,
     InterruptRequest,
     ModelState,
     TrainingCheckpoint,
     TrainingState,
     list_checkpoints,
-    load_latest_checkpoint,
     restore,
 )
 from nnlab.training._summary import format_summary
@@ -231,153 +219,6 @@ def train_with_tracking(
                            verbose=verbose, callbacks=callbacks)
 
 
-def resume_training(
-    run_id: str = "latest",
-    *,
-    output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
-    verbose: int | str = "auto",
-) -> dict[str, Any]:
-    """Continue an interrupted run from its last good checkpoint.
-
-    The configuration and data source come from the run's training_config.json;
-    model weights, optimizer state, constraint state, adaptive-loss schedule,
-    learning-rate plateau state and the epoch counter from the checkpoint. The
-    run's CSVs are cut back to the checkpoint's epoch and continued, so they end
-    with exactly one row per epoch; its configuration_log.csv row is updated.
-
-    Only a run whose status (run_status.json) is ``interrupted``, or ``running``
-    with its process gone, is resumed; ``"latest"`` is the newest such run. Every
-    check comes before anything is written, so a refused resume changes nothing:
-    the status, the lock (one process per run), training_config.json against the
-    digest recorded when the run started, the data against its recorded digests,
-    and each checkpoint against a model built from the configuration (a checkpoint
-    that does not fit is skipped like a corrupt one, with a ``RuntimeWarning``).
-
-    Args:
-        run_id: a run id, or ``"latest"``.
-        output_dir: the training output root.
-        verbose: Keras progress output.
-
-    Returns:
-        The same dictionary as :func:`train_with_tracking`.
-
-    Raises:
-        NnlabError: no such run; a run that cannot be resumed (completed, failed,
-            diverged, pruned, being trained by another process); an edited
-            training_config.json; data that changed; no usable checkpoint.
-    """
-    run_dir = find_resumable_run(output_dir, run_id)
-    config_path = run_dir / "training_config.json"
-    saved = read_json_object(config_path)
-    recorded = saved.get("settings_sha256")
-    if recorded is not None and recorded != settings_digest(saved):
-        raise NnlabError(
-            f"{config_path}: its configuration or data source was edited after run {run_dir.name} started "
-            "(it no longer matches the SHA-256 recorded then); a resume continues a run exactly as it was "
-            "started: undo the edit, or start a new run with the changed settings")
-    cfg = Config.from_flat(saved.get("config", {}), source=str(config_path))
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CheckpointError(f"run directory '{run_dir}' has no checkpoint to resume from")
-    try:
-        probe_writable(run_dir)
-    except OSError as exc:
-        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
-    data = _rebuild_data(run_dir, saved, cfg)
-    n_features, n_targets = data.X_train.shape[1], data.y_train.shape[1]
-    state = load_latest_checkpoint(run_dir, check=lambda s: _check_restorable(s, cfg, n_features, n_targets))
-    if state.epoch >= cfg.training.epochs:
-        raise NnlabError(f"run '{run_dir.name}' already trained {state.epoch} of {cfg.training.epochs} epochs; "
-                         "nothing to resume")
-    model = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
-    try:
-        row = config_log_row(output_dir, run_dir.name)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        row = None  # the shared log is secondary; the run's row is written anew at the end
-    row = {**dict.fromkeys(CONFIG_LOG_COLUMNS, ""), **(row or {"run_id": run_dir.name, "run_dir": str(run_dir)}),
-           "status": "running"}
-    lock = lock_for_resume(run_dir, model.errors)
-    try:
-        # Another process may have resumed the run while it was being checked.
-        record = read_run_status(run_dir, output_dir)
-        if record.get("status") not in (None, "running", *RESUMABLE_STATUSES):
-            raise NnlabError(resume_refusal(run_dir, record) or f"run {run_dir.name} cannot be resumed")
-        if list_checkpoints(run_dir) != checkpoints:
-            raise NnlabError(f"run {run_dir.name} was trained by another process while this one checked it; "
-                             "resume again")
-        if lock is not None:
-            lock.label()
-        # Epochs after the checkpoint are redone: drop their rows (each file replaced atomically).
-        initial_rows = _cut_csv(run_dir / "training_results.csv", 1, state.epoch)
-        _cut_csv(run_dir / "loss_history.csv", 0, state.epoch)
-    except OSError as exc:
-        if lock is not None:
-            lock.release()
-        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state, lock=lock, initial_rows=initial_rows)
-    _record_status(run, model.errors, "running", epochs=cfg.training.epochs, resumed_from_epoch=state.epoch)
-    print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
-          file=sys.stderr, flush=True)
-    return _train_recorded(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
-
-
-_SOURCE_TYPES = {"num_particles": int, "seed": int, "random_state": int, "test_size": float, "val_size": float,
-                 "csv_path": str}
-
-
-def _rebuild_data(run_dir: Path, saved: Mapping[str, Any], cfg: Config) -> Any:
-    """The run's data, rebuilt from its recorded source and proven equal to what it was trained on."""
-    from nnlab.data import complete_data_pipeline, prepare_csv
-
-    where = f"{run_dir / 'training_config.json'}: data"
-    source = saved.get("data") or {}
-    if not isinstance(source, dict):
-        raise ConfigError(f"{where} must be an object, got {type(source).__name__}")
-    for key, kind in _SOURCE_TYPES.items():
-        value = source.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
-                                                                             else kind)):
-            raise ConfigError(f"{where}.{key} = {json.dumps(value)} is invalid: expected {kind.__name__}")
-    csv_path = source.get("csv_path")
-    split = dict(test_size=source.get("test_size", cfg.training.test_size),
-                 val_size=source.get("val_size", cfg.training.val_size),
-                 random_state=source.get("random_state", 42))
-    if csv_path is not None:
-        if not Path(csv_path).is_file():
-            raise NnlabError(f"run '{run_dir.name}' was trained on '{csv_path}', which no longer exists")
-        recorded = source.get("csv_sha256")
-        if recorded is not None:
-            now = file_digest(csv_path)
-            if now != recorded:
-                raise NnlabError(
-                    f"run {run_dir.name} was trained on '{csv_path}' (SHA-256 {str(recorded)[:12]}...), which has "
-                    f"changed since (now {now[:12]}...); resuming would continue on different data: restore the "
-                    "file, or start a new run on the changed one")
-        data = prepare_csv(csv_path, **split)
-        described = f"'{csv_path}'"
-    else:
-        num_particles = source.get("num_particles") or cfg.generation.num_particles_default
-        seed = source.get("seed", cfg.generation.random_seed)
-        data = complete_data_pipeline(None, num_particles=num_particles, config=cfg.generation, seed=seed, **split)
-        described = f"{num_particles} particles simulated with seed {seed}"
-    recorded = source.get("arrays_sha256")
-    if recorded is not None:
-        now = arrays_digest(tuple(data))
-        if now != recorded:
-            unseeded = " (the data was generated without a seed, so it cannot be rebuilt)" if (
-                csv_path is None and source.get("seed", cfg.generation.random_seed) is None) else ""
-            raise NnlabError(
-                f"the data rebuilt for run {run_dir.name} ({described}, split with random_state "
-                f"{split['random_state']}) is not the data it was trained on (SHA-256 of the prepared arrays "
-                f"{str(recorded)[:12]}... recorded, {now[:12]}... now){unseeded}; resuming would continue on "
-                "different data: start a new run")
-    return data
-
-
 def _checkpointed_components(model: AdvancedNeuralNetwork, weights: WeightCheckpoint) -> dict[str, Any]:
     """What a training checkpoint captures and restores, by name."""
     components: dict[str, Any] = {"model": ModelState(model.model), "loss": model.loss_callback,
@@ -387,67 +228,6 @@ def _checkpointed_components(model: AdvancedNeuralNetwork, weights: WeightCheckp
     for name, (callback, attributes) in model.standard_callback_states().items():
         components[name] = CallbackAttributes(callback, attributes)
     return components
-
-
-def _check_restorable(state: TrainingState, cfg: Config, n_features: int, n_targets: int) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` restores cleanly into a model built from ``cfg``.
-
-    The state is restored into a scratch model (never the one that trains), so a
-    checkpoint that does not fit is found before any file of the run is touched.
-    """
-    scratch = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
-    scratch.compile_model()
-    weights = WeightCheckpoint(os.devnull, errors=scratch.errors)  # never saves: no callback runs
-    components = _checkpointed_components(scratch, weights)
-    unknown = sorted((set(state.meta) | set(state.arrays)) - set(components))
-    if unknown:
-        raise CheckpointError(f"{state.path.stem} holds state for {', '.join(unknown)}, which the run's "
-                              "configuration does not use")
-    if not any(k.startswith("w") for k in state.arrays.get("model", {})):
-        raise CheckpointError(f"{state.path.stem} holds no model weights")
-    shapes = [tuple(int(d) for d in w.shape) for w in scratch.model.weights]
-    best = state.arrays.get("best_weights", {})
-    if best and [tuple(best[k].shape) for k in sorted(best)] != shapes:
-        raise CheckpointError(f"{state.path.stem}: its best weights do not fit the model built from the run's "
-                              "configuration")
-    try:
-        restore(state, components)
-        for component in components.values():
-            if hasattr(component, "apply_pending"):
-                component.apply_pending()
-        if scratch.constraint_callback is not None:
-            # The constraint state is assigned when training begins: do that here.
-            scratch.constraint_callback.set_model(scratch.model)
-            scratch.constraint_callback.on_train_begin()
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"{state.path.stem} does not fit the model built from the run's configuration "
-                              f"({type(exc).__name__}: {exc})") from None
-
-
-def _cut_csv(path: Path, first: int, count: int) -> list[dict[str, str]]:
-    """Cut a per-epoch CSV back to the epochs ``first .. first + count - 1``, one row each, in order.
-
-    Rows of later epochs (redone after the resume), a row half-written when the
-    process was killed, and any repeated epoch are dropped. Returns the rows kept.
-    """
-    rows = read_csv_rows(path)
-    if not rows:
-        return []
-    by_epoch: dict[int, dict[str, str]] = {}
-    for row in rows:
-        if None in row.values() or None in row:  # cut short by a kill, or a stray field
-            continue
-        try:
-            epoch = int(row["epoch"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if first <= epoch < first + count:
-            by_epoch[epoch] = row
-    kept = [by_epoch[e] for e in sorted(by_epoch)]
-    write_csv_rows(path, kept, list(rows[0].keys()))
-    return kept
 
 
 def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, *, data: Any,

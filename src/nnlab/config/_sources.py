@@ -1,0 +1,276 @@
+"""Configuration sources: the ``ml_config`` directory, strict JSON files, presets, ``--set``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nnlab._files import special_file_kind
+from nnlab.config._models import Config, check_known_keys, shorten
+from nnlab.errors import ConfigError
+
+MODEL_CONFIG_FILE = "model_config.json"
+TRAINING_CONFIG_FILE = "training_config.json"
+GENERATION_CONFIG_FILE = "particle_generation_config.json"
+PRESETS_DIR = "model_presets"
+
+# Limits on what a configuration source may hold. Real configurations are a few
+# kilobytes and two or three levels deep; anything far beyond is a mistake (or a
+# hostile file) that would otherwise exhaust memory or the recursion limit.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+def find_config_dir(config_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where ``ml_config/`` is: the argument, ``$NNLAB_CONFIG_DIR``, ``./ml_config``,
+    or the one in the source checkout; ``None`` if there is none (defaults only).
+
+    Raises:
+        ConfigError: if an explicitly given directory does not exist.
+    """
+    explicit = config_dir if config_dir is not None else os.environ.get("NNLAB_CONFIG_DIR")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_dir():
+            raise ConfigError(f"configuration directory '{path}' does not exist or is not a directory")
+        return path
+    for candidate in (Path.cwd() / "ml_config", Path(__file__).resolve().parents[3] / "ml_config"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def read_config_text(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a configuration file, refusing anything but a small regular file.
+
+    A named pipe would block the read forever and ``/dev/zero`` never ends, so
+    the file type and size are checked before reading, and the read is bounded.
+
+    Raises:
+        ConfigError: missing, not a regular file, larger than ``max_bytes`` or not UTF-8.
+    """
+    label = label or str(path)
+    try:
+        kind = special_file_kind(os.stat(path).st_mode)
+        if kind is None:
+            # O_NONBLOCK: should a pipe be swapped in after the stat, opening it does not wait.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                kind = special_file_kind(os.fstat(fh.fileno()).st_mode)
+                data = fh.read(max_bytes + 1) if kind is None else b""
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+    if kind is not None:
+        raise ConfigError(f"{label}: is {kind}, not a regular file")
+    if len(data) > max_bytes:
+        raise ConfigError(f"{label}: is larger than {max_bytes} bytes ({max_bytes >> 20} MiB), the limit for "
+                          "a configuration file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: cannot read file ({exc})") from None
+
+
+class _NonFinite:
+    """Stands for a NaN/Infinity literal until its position can be reported."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+class _DuplicateKey(Exception):
+    # Not a ValueError, so that it is not mistaken for a JSON syntax error.
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of duplicate keys silently; in a configuration one of them is a mistake.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def parse_json(text: str, label: str, *, key: str | None = None) -> Any:
+    """``json.loads`` for configuration: strict JSON, nesting at most :data:`MAX_JSON_DEPTH` deep.
+
+    Args:
+        text: the JSON text.
+        label: the source in messages (a file name, ``--set``).
+        key: the configuration key ``text`` is the value of, if it is one value.
+
+    Raises:
+        json.JSONDecodeError: ``text`` is not JSON (the caller decides what that means).
+        ConfigError: NaN/Infinity literals, a duplicate key, or too deep nesting.
+    """
+    where = f"{label} {key}" if key is not None else label
+    too_deep = f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep (the limit for a configuration)"
+    try:
+        data = json.loads(text, parse_constant=_NonFinite, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ConfigError(too_deep) from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: key '{shorten(exc.key)}' appears more than once in one JSON object; "
+                          "keep one") from None
+    # Iterative walk: the structure may be as deep as the recursion limit allowed.
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (key,) if key is not None else (), 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, _NonFinite):
+            name = str(path[0]) + "".join(f"[{part}]" for part in path[1:]) if path else ""
+            where = f"{label}: {name} = {value.literal} is invalid" if name else f"{label}: {value.literal}"
+            raise ConfigError(f"{where}: JSON NaN/Infinity is not allowed; configuration values must be "
+                              "finite numbers")
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise ConfigError(too_deep)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            # reversed: the first problem in the text is the one reported
+            stack.extend((child, path + (part,), depth + 1) for part, child in reversed(list(items)))
+    return data
+
+
+def read_json_object(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """Read a JSON file that must hold one object; errors name the file and position.
+
+    The file must be a regular file of at most ``max_bytes`` holding strict
+    JSON (see :func:`parse_json`).
+    """
+    label = label or str(path)
+    text = read_config_text(path, label, max_bytes=max_bytes)
+    try:
+        data = parse_json(text, label)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{label}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: must contain a JSON object of key/value pairs, got {type(data).__name__}")
+    return data
+
+
+def list_presets(config_dir: str | os.PathLike | None = None) -> list[str]:
+    """Names of the presets in ``<config_dir>/model_presets/``."""
+    base = find_config_dir(config_dir)
+    if base is None or not (base / PRESETS_DIR).is_dir():
+        return []
+    return sorted(p.stem for p in (base / PRESETS_DIR).glob("*.json"))
+
+
+def load_preset(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The raw key/values of one preset (validated later, with the other layers).
+
+    Raises:
+        ConfigError: if there is no preset of that name; the message lists them.
+    """
+    available = list_presets(config_dir)
+    if name not in available:
+        listing = ", ".join(available) if available else "none found"
+        raise ConfigError(f"unknown preset '{name}'; available presets: {listing}")
+    base = find_config_dir(config_dir)
+    path = base / PRESETS_DIR / f"{name}.json"
+    return read_json_object(path, f"preset '{name}' ({path})")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``KEY=VALUE`` override; VALUE is JSON (``[64,32]``, ``true``,
+    ``1e-3``) or else a plain string (``relu``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. learning_rate=0.001), got '{shorten(text)}'")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set: {shorten(key)}: the value is {len(raw)} characters long; at most "
+                          f"{MAX_CONFIG_BYTES} are accepted")
+    raw = raw.strip()
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered in ("null", "none"):
+        return key, None
+    try:
+        return key, parse_json(raw, "--set", key=shorten(key))
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse several ``KEY=VALUE`` strings (later ones win)."""
+    return dict(parse_override(item) for item in items)
+
+
+def load_config(
+    config_dir: str | os.PathLike | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    override_source: str = "--set",
+    config_file: str | os.PathLike | None = None,
+) -> Config:
+    """Load and validate the configuration of a run.
+
+    Args:
+        config_dir: the ``ml_config`` directory (see :func:`find_config_dir`).
+        preset: a preset name from ``ml_config/model_presets/``.
+        overrides: explicit values that win over everything else.
+        config_file: a JSON file of keys (e.g. an HPO ``best_config.json``),
+            applied after the preset and before ``overrides``.
+        override_source: how overrides are named in error messages.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: naming the file/preset/override, the key, the value and
+            what is allowed.
+
+    Example:
+        >>> load_config(overrides={"max_binary_digits": 16}).model.max_binary_digits
+        16
+    """
+    base = find_config_dir(config_dir)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def apply(layer: Mapping[str, Any], label: str) -> None:
+        check_known_keys(layer, lambda _key: label)
+        values.update(layer)
+        sources.update({key: label for key in layer})
+
+    if base is not None:
+        for filename in (MODEL_CONFIG_FILE, TRAINING_CONFIG_FILE, GENERATION_CONFIG_FILE):
+            path = base / filename
+            if path.exists():
+                apply(read_json_object(path, filename), filename)
+    if preset is not None:
+        apply(load_preset(preset, base), f"preset '{preset}'")
+    if config_file is not None:
+        path = Path(config_file)
+        apply(read_json_object(path, str(path)), str(path))
+    if overrides:
+        apply(dict(overrides), override_source)
+    return Config.from_flat(values, sources=sources, source="defaults")
+
+
+def resolve_config(config: Config | Mapping[str, Any] | None) -> Config:
+    """Accept a :class:`Config`, a flat dict of keys (on top of the defaults) or None."""
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return Config.from_flat(config)
+    raise ConfigError(
+        f"configuration must be a Config or a dict of keys, got {type(config).__name__}"
+    )
