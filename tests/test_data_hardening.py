@@ -405,3 +405,22 @@ def test_cli_refuses_pipes_devices_and_directories(good_csv, tmp_path, args, fra
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "adir").mkdir()
     refused(args, tmp_path, fragment)
+
+
+def test_a_csv_whose_sidecar_cannot_be_written_is_taken_back(tmp_path, monkeypatch):
+    import errno
+
+    from nnlab.data import _io
+
+    real = _io.atomic_write
+
+    def sidecar_fails(path, write, **kwargs):
+        if str(path).endswith(".meta.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write, **kwargs)
+
+    monkeypatch.setattr(_io, "atomic_write", sidecar_fails)
+    with pytest.raises(OSError, match="No space left"):
+        _io.save_particle_data(nnlab.data.generate_particle_data(5, seed=1), tmp_path / "p.csv", metadata={"seed": 1})
+    # Without its sidecar the CSV would later pass for the user's own data.
+    assert list(tmp_path.iterdir()) == []

@@ -471,3 +471,15 @@ def test_model_does_not_import_training():
     states = net.standard_callback_states()
     assert states["reduce_lr"] == (net.reduce_lr, ("wait", "best", "cooldown_counter"))
     assert states["early_stopping"] == (net.early_stopping, ("wait", "best", "best_epoch"))
+
+
+def test_data_generate_on_a_real_full_disk_leaves_nothing(small_disk, tmp_path):
+    # ~2 MB of CSV for a 512 kB disk: the write fails; no traceback, no CSV without its sidecar.
+    out = small_disk / "particles.csv"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-m", "nnlab.cli", "data", "generate", "--num-particles", "20000",
+                           "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: No space left on device ({out})"]
+    assert list(small_disk.iterdir()) == []

@@ -203,7 +203,12 @@ def save_particle_data(df: pd.DataFrame, path: str | os.PathLike, *,
     json.dumps(meta)  # fail on unserialisable metadata before anything is written
     atomic_write(p, lambda fh: df.to_csv(fh, index=False))
     meta.update(format_version=DATA_FORMAT_VERSION, num_rows=len(df), csv_bytes=p.stat().st_size)
-    atomic_write(_sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
+    try:
+        atomic_write(_sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
+    except OSError:
+        # A CSV without its sidecar would pass for the user's own data: take it back.
+        p.unlink(missing_ok=True)
+        raise
     return p
 
 
