@@ -47,6 +47,13 @@ def _status(status, **fields):
     return json.dumps({"status": status, "pid": 1, "hostname": "h", "updated": "2026-01-01T00:00:00+00:00",
                        **fields})
 
+# The original lab's CSV: no displacement column, trajectory_length holding the displacement,
+# velocities turning the other way for B along +z (GOOD_ROW with the rotation mirrored).
+ORIGINAL_HEADER = HEADER.replace(",displacement", "")
+ORIGINAL_ROW = ("0,1.0,1.0,0.0,0.0,0.0,1.0,1.0,1.0,0.5403023058681398,0.8414709848078965,"
+                "0.8414709848078965,0.45969769413186023,0.5,0.958851077208406")
+ORIGINAL_CSV = ORIGINAL_HEADER + "\n" + ORIGINAL_ROW + "\n"
+
 # Special "files": a named pipe and a directory (content is a str for a plain file).
 FIFO = "<named pipe>"
 DIRECTORY = "<directory>"
@@ -402,6 +409,15 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      {f"{RUN}/training_config.json": json.dumps({"config": {"epochs": 5}}),
       f"{RUN}/run_status.json": _status("interrupted", epochs=5, epochs_run=2)},
      [f"error: run directory '{RUN}' has no checkpoint to resume from"]),
+    ("CSV data", "nnlab data validate old.csv", {"old.csv": ORIGINAL_CSV},
+     ["error: old.csv looks like a particle CSV of the original lab (no displacement column",
+      "convert it with `nnlab data resimulate old.csv NEW.csv`"]),
+    ("CSV data", "nnlab data resimulate old.csv new.csv", {"old.csv": ORIGINAL_CSV, "new.csv": "precious"},
+     ["error: NEW: 'new.csv' already exists; choose another file or pass --force to replace it"]),
+    ("CSV data", "nnlab data resimulate old.csv old.csv --force", {"old.csv": ORIGINAL_CSV},
+     ["error: NEW: 'old.csv' is the file being converted"]),
+    ("--set", "nnlab config show --set save_to_file=true", {},
+     ["error: --set: 'save_to_file' is a key of the original project that nnlab does not use"]),
 ]
 
 

@@ -53,6 +53,8 @@ _EXPORTS = {
     "compute_loss_weights": "nnlab.losses",
     "build_adaptive_loss": "nnlab.losses",
     "LossWeightScheduler": "nnlab.losses",
+    "quiet_tensorflow_import": "nnlab._tflog",
+    "resimulate_particle_data": "nnlab.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

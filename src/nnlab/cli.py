@@ -5,7 +5,12 @@ Subcommands::
     nnlab train [options]                              the training pipeline (= python main.py)
     nnlab data generate --num-particles N --out FILE   simulate particles to a CSV
     nnlab data validate FILE                           check a particle CSV
+    nnlab data resimulate OLD.csv NEW.csv              convert a CSV of the original lab
     nnlab config show [--preset NAME] [--set K=V ...]  print the resolved configuration
+    nnlab hpo [options]                                hyperparameter search (= python hpo_agent.py)
+    nnlab analyze [options]                            analyse a run
+
+``python -m nnlab`` is the same command line.
 
 Errors a user can cause (bad configuration, bad CSV, bad arguments) are printed
 as a short message without a traceback, and the exit status is 2.
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run the training pipeline (same as python main.py)")
     add_train_arguments(train)
+    # Also after the subcommand (`python main.py --verbose`); SUPPRESS keeps a `nnlab -v train` intact.
+    train.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="Keras' own per-epoch output instead of nnlab's progress display, and more log output")
 
     # Subcommands owned by other modules: each module defines add_arguments(parser)
     # and run(args) -> exit status, and imports TensorFlow/Optuna only inside run().
@@ -157,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--force", action="store_true",
                           help="with --drop-invalid: replace CLEAN_FILE and its sidecar if they exist")
     validate.set_defaults(handler=_cmd_data_validate)
+
+    resimulate = data_commands.add_parser(
+        "resimulate", help="convert a particle CSV (e.g. of the original lab): recompute every final column "
+                           "from the initial ones into a new CSV")
+    resimulate.add_argument("old", metavar="OLD", help="the particle CSV to convert (never modified)")
+    resimulate.add_argument("new", metavar="NEW", help="the CSV to write, with its provenance sidecar "
+                                                       "NEW.meta.json; missing parent directories are created")
+    resimulate.add_argument("--force", action="store_true", help="replace NEW and NEW.meta.json if they exist")
+    resimulate.set_defaults(handler=_cmd_data_resimulate)
 
     config = commands.add_parser("config", help="show the resolved configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
@@ -247,6 +263,13 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_data_resimulate(args: argparse.Namespace) -> int:
+    from nnlab.data import resimulate_csv
+
+    print(resimulate_csv(args.old, args.new, force=args.force, option="NEW").summary())
+    return EXIT_OK
+
+
 def _finish_training(results: dict, output_dir: str) -> int:
     from nnlab.training import format_summary
 
@@ -264,6 +287,15 @@ def _finish_training(results: dict, output_dir: str) -> int:
     return EXIT_OK
 
 
+def _progress_mode(args: argparse.Namespace) -> int | str:
+    """``verbose`` for training: nothing (--quiet), Keras' own output (--verbose), else nnlab's display."""
+    if args.quiet:
+        return 0
+    if args.verbose:
+        return 1 if sys.stdout.isatty() else 2  # a bar on a terminal, a line per epoch in a log
+    return "progress"  # nnlab.console.ConsoleProgress: a live bar on a terminal, a line per ~10 % otherwise
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from nnlab.errors import ConfigError
     from nnlab.training import resume_training
@@ -275,8 +307,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if given or args.overrides:
         raise ConfigError(f"--resume continues a run with its own configuration and data; "
                           f"drop {', '.join(given + ['--set'] * bool(args.overrides))}")
-    results = resume_training(args.resume, output_dir=args.output_dir,
-                              verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2))
+    results = resume_training(args.resume, output_dir=args.output_dir, verbose=_progress_mode(args))
     return _finish_training(results, args.output_dir)
 
 
@@ -328,7 +359,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
     results = train_with_tracking(
         model, *data, cfg, data=data, output_dir=args.output_dir,
-        preset=args.preset, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
+        preset=args.preset, verbose=_progress_mode(args),
         data_source=source,
     )
     return _finish_training(results, args.output_dir)
@@ -347,15 +378,25 @@ def _cmd_config_presets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_tensorflow() -> None:
+    """Before anything imports TensorFlow: its C++ start-up lines go unless asked for (NNLAB_TF_LOG=1).
+
+    Only a hook: TensorFlow loads when a command first needs it, so commands
+    that fail early or never need it do not pay for the import.
+    """
+    from nnlab._tflog import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # nnlab's own debug messages; third-party DEBUG chatter (matplotlib, h5py...) stays off
+        logging.getLogger("nnlab").setLevel(logging.DEBUG)
     try:
         return args.handler(args)
     except NnlabError as exc:

@@ -231,6 +231,8 @@ class AdvancedNeuralNetwork:
         all_callbacks = [*self.lab_callbacks(), *callbacks, *self.standard_callbacks(), *final_callbacks]
         if len(X_val) < MIN_ROWS_FOR_R2:
             all_callbacks.insert(0, _UnavailableValidationR2())
+        if verbose != 0:
+            all_callbacks.append(_StepCountProgbar())  # Keras uses it instead of its own
         start = time.perf_counter()
         fit = self.model.fit(
             X_train,
@@ -316,6 +318,21 @@ class _UnavailableValidationR2(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "val_r2_score" in logs:
             logs["val_r2_score"] = float("nan")
+
+
+class _StepCountProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar without ``10/6``-style counts.
+
+    With ``steps_per_execution`` Keras reports the last step of each execution
+    as ``begin + steps_per_execution - 1``, past the epoch's end when the steps
+    per epoch are not a multiple of it; the bar would show ``10/6``. Clamped to
+    the epoch's steps, the count is right and training keeps its speed.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super().on_train_batch_end(batch, logs)
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:

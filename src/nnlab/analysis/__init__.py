@@ -11,6 +11,8 @@ neither TensorFlow nor matplotlib):
   :mod:`~nnlab.analysis.heatmap` -- the sections;
 * :mod:`~nnlab.analysis.stats` -- paired tests, effect sizes, bootstrap CIs, decay fits;
 * :mod:`~nnlab.analysis.report` -- the summary JSON and report.html;
+* :mod:`~nnlab.analysis.performance` -- :func:`compute_predictions` (a network on raw particles,
+  physical units) and :func:`summarize_run_performance` (a run's headline figures);
 * :mod:`~nnlab.analysis.cli` -- ``nnlab analyze``.
 
 Example:
@@ -58,6 +60,8 @@ _EXPORTS = {
     "hyperparameter_table": "nnlab.analysis.heatmap",
     "write_summary": "nnlab.analysis.report",
     "write_report": "nnlab.analysis.report",
+    "compute_predictions": "nnlab.analysis.performance",
+    "summarize_run_performance": "nnlab.analysis.performance",
 }
 
 __all__ = sorted(_EXPORTS)

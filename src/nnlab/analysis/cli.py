@@ -62,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the output paths and problems")
 
 
+def _section_bar(total: int):
+    """On a terminal, a live "sections k/N" bar (rich); None elsewhere: the section lines are the progress."""
+    if not sys.stdout.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("sections {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=20),
+                   TimeElapsedColumn(), transient=True)
+    bar.add_task("analysis", total=total)
+    return bar
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the analysis. Exit status 0, or 1 when a section failed unexpectedly (outputs are still written).
 
@@ -77,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
                                   progress=lambda line: say(f"    {line}"))
     say(f"analysing run {analysis.run_id} -> {analysis.analysis_dir}")
 
+    bar = _section_bar(len([name for name in SECTIONS if name not in skip])) if not args.quiet else None
+
     def report(result) -> None:
         line = f"  {result.title}: {result.status} ({result.elapsed_s:.1f} s)"
         if result.reason:
@@ -85,8 +99,14 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         else:
             say(line)
+        if bar is not None:
+            bar.advance(bar.task_ids[0])
 
-    analysis.run(skip, on_section=report)
+    if bar is None:
+        analysis.run(skip, on_section=report)
+    else:
+        with bar:  # the section lines print above it
+            analysis.run(skip, on_section=report)
     paths = analysis.write_outputs()
     print(f"summary: {paths['summary']}")
     print(f"report:  {paths['report']}")

@@ -32,6 +32,7 @@ Example:
 from nnlab.config._models import (
     ACTIVATIONS,
     ALL_KEYS,
+    LEGACY_KEYS,
     LOSS_WEIGHTING_STRATEGIES,
     MAX_LISTED_PROBLEMS,
     MAX_SHOWN_CHARS,
@@ -66,6 +67,7 @@ from nnlab.config._sources import (
 __all__ = [
     "ACTIVATIONS",
     "ALL_KEYS",
+    "LEGACY_KEYS",
     "OPTIMIZERS",
     "LOSS_WEIGHTING_STRATEGIES",
     "ModelConfig",

@@ -211,6 +211,19 @@ _KEY_SECTION: dict[str, str] = {
 }
 ALL_KEYS: tuple[str, ...] = tuple(_KEY_SECTION)
 
+# Keys of the original project's ml_config/*.json that nnlab has no use for, each with
+# why. In a configuration file they are dropped with one warning, so that the original
+# files load as they are; anywhere else (--set, a dict) they are an error, since
+# asking for one explicitly means expecting an effect it does not have.
+LEGACY_KEYS: dict[str, str] = {
+    "save_to_file": "nnlab always writes every run's artifacts to its run directory",
+    "output_dir": "the output root is the --output-dir option (default training_output)",
+    "results_dir": "the output root is the --output-dir option (default training_output)",
+    "verbose": "output is set on the command line (-v, --quiet)",
+    "log_level": "output is set on the command line (-v, --quiet)",
+    "plot_results": "figures are made by `nnlab analyze RUN`",
+}
+
 
 class Config(BaseModel):
     """The whole validated configuration of one run.
@@ -297,6 +310,10 @@ def check_known_keys(values: Iterable[str], source_of) -> None:
         return
     lines = []
     for key in unknown[:MAX_LISTED_PROBLEMS]:
+        if key in LEGACY_KEYS:
+            lines.append(f"{source_of(key)}: '{key}' is a key of the original project that nnlab does not use "
+                         f"({LEGACY_KEYS[key]}); remove it")
+            continue
         close = difflib.get_close_matches(str(key)[:MAX_SHOWN_CHARS], ALL_KEYS, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "see README 'Configuration reference' for the keys"
         lines.append(f"{source_of(key)}: unknown key '{shorten(str(key))}'; {hint}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from nnlab._files import special_file_kind
-from nnlab.config._models import Config, check_known_keys, shorten
+from nnlab.config._models import LEGACY_KEYS, Config, check_known_keys, shorten
 from nnlab.errors import ConfigError
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -235,6 +236,11 @@ def load_config(
         ConfigError: naming the file/preset/override, the key, the value and
             what is allowed.
 
+    Warns:
+        UserWarning: once, naming the keys of the original project that nnlab does
+            not use (:data:`LEGACY_KEYS`) and the files that hold them; they are
+            ignored in files, presets and ``config_file``, an error in ``overrides``.
+
     Example:
         >>> load_config(overrides={"max_binary_digits": 16}).model.max_binary_digits
         16
@@ -242,8 +248,14 @@ def load_config(
     base = find_config_dir(config_dir)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    legacy: dict[str, list[str]] = {}  # label -> the original project's keys it held
 
-    def apply(layer: Mapping[str, Any], label: str) -> None:
+    def apply(layer: Mapping[str, Any], label: str, *, from_file: bool = True) -> None:
+        if from_file:  # the original project's files load as they are
+            dropped = [key for key in layer if key in LEGACY_KEYS]
+            if dropped:
+                legacy[label] = dropped
+                layer = {key: value for key, value in layer.items() if key not in LEGACY_KEYS}
         check_known_keys(layer, lambda _key: label)
         values.update(layer)
         sources.update({key: label for key in layer})
@@ -259,7 +271,13 @@ def load_config(
         path = Path(config_file)
         apply(read_json_object(path, str(path)), str(path))
     if overrides:
-        apply(dict(overrides), override_source)
+        apply(dict(overrides), override_source, from_file=False)
+    if legacy:
+        where = "; ".join(f"{label}: {', '.join(keys)}" for label, keys in legacy.items())
+        reasons = "; ".join(f"{key}: {LEGACY_KEYS[key]}"
+                            for key in dict.fromkeys(k for keys in legacy.values() for k in keys))
+        warnings.warn(f"ignoring key(s) of the original project that nnlab does not use: {where} ({reasons})",
+                      UserWarning, stacklevel=2)
     return Config.from_flat(values, sources=sources, source="defaults")
 
 

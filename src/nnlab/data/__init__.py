@@ -9,6 +9,11 @@ Example:
     >>> from nnlab.data import generate_particle_data, preprocess_for_training
     >>> df = generate_particle_data(500, seed=1)
     >>> X_train, X_val, X_test, y_train, y_val, y_test = preprocess_for_training(df)
+
+Particle CSVs of the original lab (no ``displacement`` column, the displacement in
+``trajectory_length``, velocities turning the other way) are refused by
+``load_particle_data`` and ``validate_particle_data`` with one message;
+``resimulate_csv`` (``nnlab data resimulate OLD.csv NEW.csv``) converts them.
 """
 
 from nnlab.data._io import (
@@ -17,8 +22,10 @@ from nnlab.data._io import (
     check_data_file,
     check_output_file,
     load_particle_data,
+    read_particle_csv,
     save_particle_data,
 )
+from nnlab.data._migrate import RESIMULATOR_NAME, Resimulation, resimulate_csv, resimulate_particle_data
 from nnlab.data._prepare import (
     PreparedData,
     Scalers,
@@ -35,9 +42,16 @@ from nnlab.data._simulate import (
     INITIAL_COLUMNS,
     REQUIRED_COLUMNS,
     add_derived_features,
+    final_state,
     generate_particle_data,
 )
-from nnlab.data._validate import MAX_ABS_VALUE, ValidationReport, validate_particle_data
+from nnlab.data._validate import (
+    MAX_ABS_VALUE,
+    ValidationReport,
+    original_lab_message,
+    original_lab_signs,
+    validate_particle_data,
+)
 
 __all__ = [
     "DATA_FORMAT_VERSION",
@@ -49,18 +63,26 @@ __all__ = [
     "INITIAL_COLUMNS",
     "MAX_ABS_VALUE",
     "REQUIRED_COLUMNS",
+    "RESIMULATOR_NAME",
     "PreparedData",
+    "Resimulation",
     "Scalers",
     "ValidationReport",
     "add_derived_features",
     "check_data_file",
     "check_output_file",
     "complete_data_pipeline",
+    "final_state",
     "generate_particle_data",
     "load_particle_data",
     "load_scalers",
+    "original_lab_message",
+    "original_lab_signs",
     "prepare_csv",
     "preprocess_for_training",
+    "read_particle_csv",
+    "resimulate_csv",
+    "resimulate_particle_data",
     "save_particle_data",
     "validate_particle_data",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from nnlab._files import atomic_write, probe_writable, special_file_kind
-from nnlab.data._validate import separator_hint
+from nnlab.data._validate import original_lab_message, original_lab_signs, separator_hint
 from nnlab.errors import ConfigError, DataValidationError
 
 DATA_FORMAT_VERSION = 1
@@ -131,7 +131,9 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
 
     Only regular files are opened (a named pipe or device is refused by name, see
     ``check_data_file``). The header must be comma-separated with distinct names.
-    Does not check the physics: pass the result to ``validate_particle_data``.
+    A CSV of the original lab (see ``original_lab_signs``) is refused with the
+    command that converts it. Does not check the physics: pass the result to
+    ``validate_particle_data``.
 
     Args:
         path: the CSV file.
@@ -141,11 +143,20 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
 
     Raises:
         DataValidationError: the file is missing, not a regular file, empty, not CSV,
-            ';'- or tab-separated, or has a repeated column name.
+            ';'- or tab-separated, has a repeated column name, or is the original lab's.
 
     Example:
         >>> df = load_particle_data("data/particles.csv")  # doctest: +SKIP
     """
+    df = read_particle_csv(path)
+    if signs := original_lab_signs(df):
+        message = original_lab_message(signs, path)
+        raise DataValidationError(message, [message])
+    return df
+
+
+def read_particle_csv(path: str | os.PathLike, **read_csv: Any) -> pd.DataFrame:
+    """``load_particle_data`` without the original-lab check; ``read_csv`` goes to pandas."""
     p = check_data_file(path)
     header = None
     try:
@@ -154,7 +165,7 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
         header = _read_header(p)
         if header is not None and len(header) == 1 and (hint := separator_hint(header)):
             raise DataValidationError(f"particle data file {p} {hint}")
-        df = pd.read_csv(p)
+        df = pd.read_csv(p, **read_csv)
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"particle data file {p} is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from nnlab.data._simulate import DERIVED_FEATURES, INITIAL_COLUMNS, REQUIRED_COLUMNS, add_derived_features
+from nnlab.data._simulate import (
+    DERIVED_FEATURES,
+    FINAL_COLUMNS,
+    INITIAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    add_derived_features,
+)
 from nnlab.errors import DataValidationError
 
 logger = logging.getLogger("nnlab.data")
@@ -42,6 +49,74 @@ def separator_hint(names: list[str]) -> str | None:
                 return (f"looks {label}-separated (header starts {name[:40]!r}); nnlab reads "
                         "comma-separated CSV: save it again with ',' between the values")
     return None
+
+
+def _mostly(close: np.ndarray, counted: np.ndarray) -> bool:
+    """True when most rows that can tell the two readings apart (``counted``) are ``close``."""
+    n = int(counted.sum())
+    return n > 0 and int((close & counted).sum()) * 2 > n
+
+
+def original_lab_signs(df: pd.DataFrame) -> list[str]:
+    """Why ``df`` looks like a particle CSV of the original lab, or ``[]`` when it does not.
+
+    The original lab wrote no ``displacement`` column, put the displacement
+    |r_final - r_initial| in ``trajectory_length`` (nnlab: the path length
+    |v_initial|·t) and turned the velocity the opposite way (the other sign of
+    ``w = qB/m``). The data is taken for the original's when ``displacement`` is
+    missing while every other column is there, or when most rows rotate the other
+    way; the signs found are listed. Rows where the readings cannot be told apart
+    (neutral particles, tiny phases) or are not numbers do not count.
+
+    Args:
+        df: particle data as read.
+
+    Returns:
+        Short phrases, e.g. ``["no displacement column", ...]``.
+    """
+    others = [c for c in (*INITIAL_COLUMNS, *FINAL_COLUMNS) if c != "displacement"]
+    if not isinstance(df, pd.DataFrame) or len(df) == 0 or any(c not in df.columns for c in others):
+        return []
+    if any(isinstance(df[c], pd.DataFrame) for c in others):  # a repeated name: reported elsewhere
+        return []
+    cols = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            for c in others}
+    m, vx, vy, x0, y0, q, b, t = (cols[c] for c in INITIAL_COLUMNS)
+    with np.errstate(all="ignore"):  # NaN rows compare False and do not count
+        phase = q * b / m * t
+        sin_p, cos_p = np.sin(phase), np.cos(phase)
+        speed = np.hypot(vx, vy)
+        fvx, fvy = cols["final_velocity_x"], cols["final_velocity_y"]
+        to_nnlab = np.hypot(fvx - (vx * cos_p + vy * sin_p), fvy - (vy * cos_p - vx * sin_p))
+        to_original = np.hypot(fvx - (vx * cos_p - vy * sin_p), fvy - (vy * cos_p + vx * sin_p))
+        apart = 2 * np.abs(sin_p) * speed  # distance between the two rotated velocities
+        # A negative mass or time turns the other way too: such rows are invalid, not the original's.
+        sound = (m > 0) & (t >= 0)
+        # "closer by far": tolerant of an original computed by numerical integration
+        rotated = _mostly((to_original < 0.1 * apart) & ~(to_nnlab < 0.1 * apart), sound & (apart > 1e-3 * speed))
+        arc = speed * t
+        chord = np.hypot(cols["final_position_x"] - x0, cols["final_position_y"] - y0)
+        tl = cols["trajectory_length"]
+        holds_chord = _mostly(np.abs(tl - chord) < 0.1 * (arc - chord), sound & (arc - chord > 1e-3 * arc))
+    missing = "displacement" not in df.columns
+    if not (missing or rotated):
+        return []
+    return [sign for sign, found in (
+        ("no displacement column", missing),
+        ("trajectory_length holds the displacement |r_final - r_initial|, not |v_initial| * simulation_time",
+         holds_chord),
+        ("velocities rotate the opposite way for B along +z", rotated)) if found]
+
+
+def original_lab_message(signs: list[str], source: str | os.PathLike | None = None) -> str:
+    """The error for data ``original_lab_signs`` recognised, with the command that converts it."""
+    if source is None:
+        return (f"the particle data looks like that of the original lab ({'; '.join(signs)}): recompute its final "
+                "columns with nnlab.data.resimulate_particle_data(df), or convert its file with "
+                "`nnlab data resimulate OLD.csv NEW.csv`")
+    name = os.fspath(source)
+    return (f"{name} looks like a particle CSV of the original lab ({'; '.join(signs)}): convert it with "
+            f"`nnlab data resimulate {shlex.quote(name)} NEW.csv`")
 
 
 @dataclass
@@ -108,7 +183,9 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
         else a new frame of the valid rows with a fresh 0-based index.
 
     Raises:
-        DataValidationError: listing every problem (column, what, count, first rows).
+        DataValidationError: listing every problem (column, what, count, first rows);
+            for data of the original lab (``original_lab_signs``), one problem saying
+            so and how to convert it.
 
     Example:
         >>> validate_particle_data(generate_particle_data(10, seed=0)).ok
@@ -117,6 +194,9 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
     where = f" in {source}" if source else ""
     if not isinstance(df, pd.DataFrame):
         raise DataValidationError(f"particle data{where} must be a DataFrame, got {type(df).__name__}")
+    if signs := original_lab_signs(df):  # one message that says what to do, not a list of symptoms
+        message = original_lab_message(signs, source or None)
+        raise DataValidationError(message, [message])
     structural: list[str] = []
     if len(df) == 0:
         structural.append("the data has no rows")

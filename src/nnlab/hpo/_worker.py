@@ -41,7 +41,9 @@ def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
 
 def worker_main(plan: Any, worker: int, n_existing: int) -> None:
     """Entry point of a spawned worker process: errors as short messages, exit status 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from nnlab._tflog import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # a fresh (spawned) process: its first TensorFlow import is quiet too
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import optuna
 

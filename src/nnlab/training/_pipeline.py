@@ -249,6 +249,11 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
     state_checkpoint = TrainingCheckpoint(run_dir, components, every=t.checkpoint_every, interrupt=interrupt,
                                           errors=errors)
     run_callbacks = [tracker, loss_writer, weights, *callbacks]
+    if verbose == "progress":  # nnlab's own display (after the constraints: it shows their mark), not Keras'
+        from nnlab.console import ConsoleProgress
+
+        run_callbacks.append(ConsoleProgress())
+        verbose = 0
     disk_full_stop = _StopOnDiskFull(errors)
     try:
         _clean_temp_files(run)
