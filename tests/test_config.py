@@ -60,7 +60,7 @@ def test_documented_model_defaults():
 
 def test_generation_defaults():
     g = load_config(REPO_CONFIG).generation
-    assert g.num_particles_default == 2000
+    assert g.num_particles_default == 12000
     assert g.mass_range == (0.1, 10.0)
     assert g.velocity_x_range == g.velocity_y_range == (-5.0, 5.0)
     assert g.position_x_range == g.position_y_range == (-10.0, 10.0)

@@ -142,7 +142,7 @@ class GenerationConfig(_Section):
     uniformly in it. ``charge_values`` are drawn with equal probability.
     """
 
-    num_particles_default: int = Field(2000, ge=1)
+    num_particles_default: int = Field(12000, ge=1)
     mass_range: Range = (0.1, 10.0)
     velocity_x_range: Range = (-5.0, 5.0)
     velocity_y_range: Range = (-5.0, 5.0)
