@@ -238,3 +238,30 @@ def test_lines_after_a_resume_and_an_early_stop():
     assert [line.split()[1] for line in lines] == ["12/20", "14/20", "15/20"]
     assert "val R² n/a" in lines[0]  # no R² metric compiled
     assert "eta" in lines[0] and "took" in lines[-1]
+
+
+def test_hpo_on_a_terminal_shows_a_trial_bar_above_which_trials_are_listed(tmp_path):
+    import pty
+
+    main, sub = pty.openpty()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "120"}
+    env.pop("NNLAB_TF_LOG", None)
+    proc = subprocess.Popen([sys.executable, str(REPO / "hpo_agent.py"), "--max-trials", "1", "--epochs", "2",
+                             "--num-particles", "200", "--presets", "fast_debug", "--output-dir", "o"],
+                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=sub, stderr=sub)
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main)
+    assert proc.wait(timeout=300) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "trials 0/1" in screen and "trial   0" in screen
+    for noise in ("cuInit", "oneDNN", "absl"):
+        assert noise not in screen

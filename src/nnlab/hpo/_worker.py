@@ -16,6 +16,7 @@ from nnlab.hpo._space import SearchSpace
 from nnlab.hpo._study import (
     OUTCOME_ATTR,
     claim_trial,
+    counts_towards_budget,
     heartbeat,
     make_pruner,
     make_sampler,
@@ -115,6 +116,7 @@ def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) 
     ran = 0
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.addFilter(_drop_retracing_warning)
+    bar = _trial_bar(plan.budget, _finished_count(study)) if s.verbose and s.workers == 1 else None
     try:
         while True:
             trial = claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner, choose=choose)
@@ -124,9 +126,33 @@ def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) 
             ran += 1
             best = write_results(study, paths, storage_label=plan.storage.label)
             if s.verbose:
-                print(format_progress(frozen, best, worker=worker if s.workers > 1 else None), flush=True)
+                line = format_progress(frozen, best, worker=worker if s.workers > 1 else None)
+                if bar is None:
+                    print(line, flush=True)
+                else:
+                    bar.console.print(line, highlight=False, markup=False)
+                    bar.update(bar.task_ids[0], completed=_finished_count(study))
     finally:
+        if bar is not None:
+            bar.stop()
         tf_logger.removeFilter(_drop_retracing_warning)
+
+
+def _finished_count(study: Any) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts_towards_budget(t))
+
+
+def _trial_bar(total: int, done: int):
+    """On a terminal, a live "trials k/N" bar (rich) under the per-trial lines; None elsewhere."""
+    if not sys.stdout.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("trials {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=20),
+                   TimeElapsedColumn(), transient=True)
+    bar.add_task("search", total=total, completed=done)
+    bar.start()
+    return bar
 
 
 def _drop_retracing_warning(record: logging.LogRecord) -> bool:
