@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The example of docs/analysis.md (linked from the README), run verbatim in the directory `python main.py` trained into.
+# The README's example (next to the Basic example), run verbatim in the directory `python main.py` trained into.
 README_SNIPPET = """\
 from nnlab.analysis import compute_predictions, load_network, load_run, summarize_run_performance
 from nnlab.data import generate_particle_data, load_scalers
@@ -35,7 +35,7 @@ metrics["mean"], summary["best_r2_score"], summary["prediction_mae"]
 def test_readme_shows_this_example():
     import re
 
-    text = (REPO / "docs" / "analysis.md").read_text(encoding="utf-8")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     shown = [b for b in blocks if "compute_predictions(" in b]
     assert shown == [README_SNIPPET]
