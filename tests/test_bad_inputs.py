@@ -416,6 +416,10 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: NEW: 'new.csv' already exists; choose another file or pass --force to replace it"]),
     ("CSV data", "nnlab data resimulate old.csv old.csv --force", {"old.csv": ORIGINAL_CSV},
      ["error: NEW: 'old.csv' is the file being converted"]),
+    ("CSV data", "nnlab data resimulate no_charge.csv new.csv",
+     {"no_charge.csv": ORIGINAL_HEADER.replace(",charge", "") + "\n"
+      + ORIGINAL_ROW.replace(",0.0,1.0,1.0,1.0,", ",0.0,1.0,1.0,", 1) + "\n"},
+     ["error: cannot resimulate no_charge.csv: missing initial column(s) charge"]),
     ("--set", "nnlab config show --set save_to_file=true", {},
      ["error: --set: 'save_to_file' is a key of the original project that nnlab does not use"]),
 ]

@@ -110,14 +110,8 @@ def compute_predictions(model: Any, scaler_X: Any, scaler_y: Any, particle_df: p
         >>> metrics["mean"]["r2"], residuals.abs().mean()                          # doctest: +SKIP
     """
     from nnlab.analysis.residuals import sample_indices
-    from nnlab.data import (
-        DEFAULT_TARGETS,
-        DERIVED_FEATURES,
-        FEATURE_COLUMNS,
-        FINAL_COLUMNS,
-        add_derived_features,
-        validate_particle_data,
-    )
+    from nnlab.data import DERIVED_FEATURES, add_derived_features, validate_particle_data
+    from nnlab.data._prepare import resolve_columns
     from nnlab.model import regression_metrics
 
     if sample_size is not None and (isinstance(sample_size, bool) or not isinstance(sample_size, numbers.Integral)
@@ -125,14 +119,7 @@ def compute_predictions(model: Any, scaler_X: Any, scaler_y: Any, particle_df: p
         raise ConfigError(f"sample_size must be a positive integer or None (all rows), got {sample_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    target_names = list(DEFAULT_TARGETS if targets is None else targets)
-    feature_names = list(FEATURE_COLUMNS if features is None else features)
-    for kind, names, allowed in (("targets", target_names, FINAL_COLUMNS),
-                                 ("features", feature_names, FEATURE_COLUMNS)):
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names or len(set(names)) != len(names):
-            raise DataValidationError(f"invalid {kind} {names} (unknown: {unknown}); "
-                                      f"choose distinct names from {allowed}")
+    feature_names, target_names = resolve_columns(features, targets)
     keras_model, n_in, n_out = _keras_model(model)
     n_x, n_y = _n_columns(scaler_X, "scaler_X"), _n_columns(scaler_y, "scaler_y")
     widths = [f"scaler_X has {n_x} features, the model takes {n_in}, features lists {len(feature_names)}",

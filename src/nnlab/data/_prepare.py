@@ -155,6 +155,24 @@ class PreparedData(_TargetScaling):
         return self._arrays()[index]
 
 
+def resolve_columns(features: Sequence[str] | None = None, targets: Sequence[str] | None = None
+                    ) -> tuple[list[str], list[str]]:
+    """The feature and target column names (defaults when None), checked once.
+
+    Raises:
+        DataValidationError: an unknown, repeated or empty list of names.
+    """
+    target_names = list(DEFAULT_TARGETS if targets is None else targets)
+    feature_names = list(FEATURE_COLUMNS if features is None else features)
+    for kind, names, allowed in (("target", target_names, FINAL_COLUMNS),
+                                 ("feature", feature_names, FEATURE_COLUMNS)):
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names or len(set(names)) != len(names):
+            raise DataValidationError(f"invalid {kind} names {names} (unknown: {unknown}); "
+                                      f"choose distinct names from {allowed}")
+    return feature_names, target_names
+
+
 def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.2,
                             random_state: int | None = 42, *, targets: Sequence[str] | None = None,
                             features: Sequence[str] | None = None,
@@ -198,14 +216,7 @@ def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: 
     for name, value in (("test_size", test_size), ("val_size", val_size)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
-    target_names = list(DEFAULT_TARGETS if targets is None else targets)
-    feature_names = list(FEATURE_COLUMNS if features is None else features)
-    for kind, names, allowed in (("target", target_names, FINAL_COLUMNS),
-                                 ("feature", feature_names, FEATURE_COLUMNS)):
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names or len(set(names)) != len(names):
-            raise DataValidationError(f"invalid {kind} names {names} (unknown: {unknown}); "
-                                      f"choose distinct names from {allowed}")
+    feature_names, target_names = resolve_columns(features, targets)
     n = len(df)
     n_test = math.ceil(test_size * n)
     n_val = math.ceil(val_size * (n - n_test))
