@@ -93,6 +93,8 @@ class ModelConfig(_Section):
     james_stein_target: Literal["zero", "mean"] = "zero"
     james_stein_noise_variance: Literal["update"] | PositiveFloat = "update"
     constraint_targets: Literal["all", "kernel", "bias"] = "all"
+    constraint_schedule: Literal["epoch", "step"] = "epoch"
+    precision_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     mse_weight: float = Field(0.5, ge=0.0)
     mae_weight: float = Field(0.5, ge=0.0)
     softadapt_beta: float = Field(0.1, ge=0.0)
