@@ -9,9 +9,19 @@ the same 20,000 weights, so both sides compute the same thing. Also timed: the
 whole chain as WeightConstraintCallback runs it (one compiled call over a
 model's weights, 1M in total), as a plain graph and under XLA.
 
+``--per-step``: the cost of ``constraint_schedule = "step"`` instead. The
+default network (512-384-256-128-64 PReLU) trains on default-sized data
+(7,680 rows, batch 128, steps_per_execution 10, XLA) with no constraint
+(float32, the baseline) and with BinaryPrecisionMax after every step:
+truncate, nearest, and stochastic with each random source (``hash``: a
+counter-based hash of (seed, step, element); ``philox``: TensorFlow's
+stateless Philox). The variants' epochs are interleaved round by round in one
+process, and the median epoch time of each is divided by float32's.
+
 Prints one JSON line.
 
     python benchmarks/bench_constraints.py [--weights 1000000] [--python-weights 20000] [--repeats 30]
+    python benchmarks/bench_constraints.py --per-step [--rounds 6]
 """
 
 from __future__ import annotations
@@ -284,13 +294,76 @@ def bench_callback_chain(n: int, repeats: int) -> dict:
     return out
 
 
+def bench_per_step(rounds: int, epochs_per_round: int = 2) -> dict:
+    """Median epoch time of the default network per constraint variant, and its ratio to float32."""
+    from nnlab.model import AdvancedNeuralNetwork
+
+    rng = np.random.default_rng(0)
+    n_train, n_features, n_targets = 7680, 23, 6
+    X = rng.normal(size=(n_train, n_features)).astype(np.float32)
+    y = np.tanh(X[:, :n_targets] + 0.5 * X[:, n_targets:2 * n_targets]).astype(np.float32)
+    off = {"enable_weight_oscillation_dampener": False, "use_adaptive_oscillation_dampener": False,
+           "enable_binary_change_max": False, "enable_james_stein": False, "reduce_lr_on_plateau": False}
+    variants = {
+        "float32": {**off, "enable_binary_precision_max": False},
+        "truncate": {**off, "constraint_schedule": "step", "max_binary_digits": 4, "binary_rounding": "truncate"},
+        "nearest": {**off, "constraint_schedule": "step", "max_binary_digits": 4, "binary_rounding": "nearest"},
+        "stochastic_hash": {**off, "constraint_schedule": "step", "max_binary_digits": 4,
+                            "binary_rounding": "stochastic"},
+        "stochastic_philox": {**off, "constraint_schedule": "step", "max_binary_digits": 4,
+                              "binary_rounding": "stochastic", "random_source": "philox"},
+    }
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._start)
+
+    nets, timers = {}, {}
+    for name, overrides in variants.items():
+        source = overrides.pop("random_source", "hash")
+        net = AdvancedNeuralNetwork((n_features,), n_targets, {**overrides, "seed": 1})
+        if net.step_constraints is not None:
+            net.step_constraints.random_source = source
+        net.compile_model()
+        nets[name], timers[name] = net, EpochTimes()
+        net.model.fit(X, y, batch_size=128, epochs=1, verbose=0)  # trace + XLA compile
+    for _ in range(rounds):
+        for name, net in nets.items():
+            callbacks = [timers[name]] + ([net.step_constraints] if net.step_constraints is not None else [])
+            net.model.fit(X, y, batch_size=128, epochs=epochs_per_round, verbose=0, callbacks=callbacks)
+    medians = {name: float(np.median(t.times)) for name, t in timers.items()}
+    base = medians["float32"]
+    return {
+        "network": "512-384-256-128-64 prelu", "rows": n_train, "batch_size": 128, "steps_per_execution": 10,
+        "jit_compile": True, "bits": 4, "epochs_timed": rounds * epochs_per_round,
+        "epoch_s": {k: round(v, 4) for k, v in medians.items()},
+        "ratio_vs_float32": {k: round(v / base, 3) for k, v in medians.items() if k != "float32"},
+        "targets": {"ratio_at_most": 1.3, "stretch": 1.1},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-step", action="store_true",
+                        help="measure constraint_schedule=step on the default network instead")
+    parser.add_argument("--rounds", type=int, default=6, help="--per-step: interleaved rounds of 2 epochs")
     parser.add_argument("--weights", type=int, default=1_000_000)
     parser.add_argument("--python-weights", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--python-repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.per_step:
+        result = bench_per_step(args.rounds)
+        print(json.dumps({"benchmark": "constraints_per_step", **result, "cpu_count": os.cpu_count(),
+                          "tensorflow": tf.__version__, "python": platform.python_version()}))
+        return
     results = bench(args)
     constraint_rows = {k: v for k, v in results.items() if "speedup" in v}
     summary = {

@@ -11,7 +11,7 @@ import numpy as np
 
 from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
-from nnlab.constraints import build_constraint_callback
+from nnlab.constraints import build_constraint_callback, build_step_constraints
 from nnlab.errors import ConfigError, DataValidationError
 from nnlab.losses import build_adaptive_loss
 from nnlab.tracking import ErrorRecorder
@@ -98,6 +98,9 @@ class AdvancedNeuralNetwork:
         # seconds at its first application, more than XLA saves over a run's
         # few applications (see the README's Performance section).
         self.constraint_callback = build_constraint_callback(self.config, jit_compile=False)
+        # constraint_schedule = "step": the binary limits run inside the compiled
+        # train step, after every optimizer update (attached at compile time).
+        self.step_constraints = build_step_constraints(self.config)
         self._build_standard_callbacks()
         self.history: dict[str, list[float]] = {}
         self._compiled = False
@@ -106,34 +109,49 @@ class AdvancedNeuralNetwork:
     def _build(self) -> keras.Model:
         m = self.config.model
         regularizer = keras.regularizers.L2(m.l2_regularization) if m.l2_regularization > 0 else None
+        # Mixed precision per layer (not Keras' global policy, which would leak
+        # into every model built later in the process): float32 variables,
+        # bfloat16/float16 compute; the output layer stays float32 for the loss.
+        policy = m.precision_policy
         inputs = keras.Input(self.input_shape, name="features")
         x = inputs
         for i, width in enumerate(m.hidden_layers, start=1):
             x = keras.layers.Dense(
-                width, use_bias=not m.use_batch_norm, kernel_regularizer=regularizer, name=f"dense_{i}"
+                width, use_bias=not m.use_batch_norm, kernel_regularizer=regularizer, name=f"dense_{i}",
+                dtype=policy,
             )(x)
             if m.use_batch_norm:
-                x = keras.layers.BatchNormalization(momentum=m.batch_norm_momentum, name=f"batch_norm_{i}")(x)
+                x = keras.layers.BatchNormalization(
+                    momentum=m.batch_norm_momentum, name=f"batch_norm_{i}", dtype=policy
+                )(x)
             if m.activation == "prelu":
-                x = keras.layers.PReLU(name=f"prelu_{i}")(x)
+                x = keras.layers.PReLU(name=f"prelu_{i}", dtype=policy)(x)
             else:
-                x = keras.layers.Activation(m.activation, name=f"{m.activation}_{i}")(x)
+                x = keras.layers.Activation(m.activation, name=f"{m.activation}_{i}", dtype=policy)(x)
             if m.dropout_rate > 0:
-                x = keras.layers.Dropout(m.dropout_rate, name=f"dropout_{i}")(x)
-        outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets")(x)
+                x = keras.layers.Dropout(m.dropout_rate, name=f"dropout_{i}", dtype=policy)(x)
+        outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets", dtype="float32")(x)
         return keras.Model(inputs, outputs, name="advanced_neural_network")
 
     def compile_model(self) -> keras.Model:
         """Compile with the adaptive loss, metrics mse/mae/R², ``steps_per_execution``
-        and ``jit_compile`` from the configuration."""
+        and ``jit_compile`` from the configuration; with ``precision_policy =
+        mixed_float16`` the optimizer scales the loss (dynamic loss scaling);
+        with ``constraint_schedule = step`` the binary limits are attached to
+        the weights, to run after every optimizer update."""
         m, t = self.config.model, self.config.training
+        optimizer = build_optimizer(m.optimizer, m.learning_rate)
+        if m.precision_policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         self.model.compile(
-            optimizer=build_optimizer(m.optimizer, m.learning_rate),
+            optimizer=optimizer,
             loss=self.loss,
             metrics=["mse", "mae", keras.metrics.R2Score(name="r2_score")],
             steps_per_execution=t.steps_per_execution,
             jit_compile=t.jit_compile,
         )
+        if self.step_constraints is not None:
+            self.step_constraints.attach(self.model)
         self._compiled = True
         return self.model
 
@@ -142,6 +160,8 @@ class AdvancedNeuralNetwork:
         """The constraint and adaptive-loss callbacks, in the order they must run
         (before anything that reads their statistics from the logs)."""
         callbacks: list[keras.callbacks.Callback] = []
+        if self.step_constraints is not None:
+            callbacks.append(self.step_constraints)
         if self.constraint_callback is not None:
             callbacks.append(self.constraint_callback)
         callbacks.append(self.loss_callback)
@@ -265,10 +285,11 @@ class AdvancedNeuralNetwork:
         }
 
     def constraints_used(self) -> list[str]:
-        """Names of the weight constraints in the chain (empty if none)."""
-        if self.constraint_callback is None:
-            return []
-        return [c.name for c in self.constraint_callback.constraints]
+        """Names of the weight constraints applied, per step first, then those of
+        the epoch-level chain (empty if none)."""
+        step = self.step_constraints.constraints if self.step_constraints is not None else []
+        chain = self.constraint_callback.constraints if self.constraint_callback is not None else []
+        return [c.name for c in [*step, *chain]]
 
     # -- evaluation -----------------------------------------------------------
     def predict(self, X: Any, batch_size: int = 1024) -> np.ndarray:

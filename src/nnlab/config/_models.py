@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -107,6 +108,21 @@ class ModelConfig(_Section):
     def _fixed_weights_not_both_zero(self) -> "ModelConfig":
         if self.mse_weight + self.mae_weight <= 0:
             raise ValueError("mse_weight + mae_weight must be > 0 (they are normalised to sum 1)")
+        return self
+
+    @model_validator(mode="after")
+    def _epoch_level_under_step_schedule(self) -> "ModelConfig":
+        if self.constraint_schedule == "step":
+            stateful = [key for key in ("enable_weight_oscillation_dampener", "use_adaptive_oscillation_dampener",
+                                        "enable_james_stein") if getattr(self, key)]
+            if stateful:
+                warnings.warn(
+                    f"constraint_schedule = 'step' runs only the binary limits (enable_binary_precision_max, "
+                    f"enable_binary_change_max) after every step; {', '.join(stateful)} stay epoch-level "
+                    f"(every constraint_interval = {self.constraint_interval} epochs): they are stateful "
+                    "and their statistics are per epoch. Set them to false for a pure per-step run.",
+                    UserWarning, stacklevel=2,
+                )
         return self
 
     @field_validator("hidden_layers")

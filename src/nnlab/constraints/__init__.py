@@ -7,8 +7,10 @@
   :class:`AdaptiveOscillationDampener`, :class:`JamesSteinShrinkage`
   (and the pure :func:`james_stein_shrink`);
 * :class:`WeightConstraintCallback` applies a chain of them during
-  ``model.fit``; :func:`build_constraints` / :func:`build_constraint_callback`
-  build them from the configuration.
+  ``model.fit`` every N epochs; :class:`StepConstraints` applies the binary
+  limits after every optimizer step (``constraint_schedule = "step"``);
+  :func:`build_constraints` / :func:`build_constraint_callback` /
+  :func:`build_step_constraints` build them from the configuration.
 
 Example:
     >>> import numpy as np
@@ -21,10 +23,11 @@ Example:
 from nnlab.constraints.base import WeightConstraint
 from nnlab.constraints.binary import BinaryChangeMax, BinaryPrecisionMax
 from nnlab.constraints.bits import clear_lowest_set_bits, count_non_finite, round_to_bits, significant_bits
-from nnlab.constraints.builder import build_constraint_callback, build_constraints
+from nnlab.constraints.builder import build_constraint_callback, build_constraints, build_step_constraints
 from nnlab.constraints.callback import WeightConstraintCallback
 from nnlab.constraints.james_stein import JamesSteinShrinkage, james_stein_shrink
 from nnlab.constraints.oscillation import AdaptiveOscillationDampener, OscillationDampener
+from nnlab.constraints.step import StepConstraints
 
 __all__ = [
     "WeightConstraint",
@@ -37,6 +40,8 @@ __all__ = [
     "WeightConstraintCallback",
     "build_constraints",
     "build_constraint_callback",
+    "build_step_constraints",
+    "StepConstraints",
     "significant_bits",
     "round_to_bits",
     "clear_lowest_set_bits",

@@ -11,8 +11,9 @@ from nnlab.constraints.binary import BinaryChangeMax, BinaryPrecisionMax
 from nnlab.constraints.callback import WeightConstraintCallback
 from nnlab.constraints.james_stein import JamesSteinShrinkage
 from nnlab.constraints.oscillation import AdaptiveOscillationDampener, OscillationDampener
+from nnlab.constraints.step import StepConstraints, split_schedule
 
-__all__ = ["build_constraints", "build_constraint_callback"]
+__all__ = ["build_constraints", "build_constraint_callback", "build_step_constraints"]
 
 
 def build_constraints(config: Config | Mapping[str, Any] | None = None) -> list[WeightConstraint]:
@@ -84,7 +85,9 @@ def build_constraint_callback(
     constraint is enabled.
 
     Uses :func:`build_constraints` plus ``constraint_interval`` and
-    ``constraint_targets``.
+    ``constraint_targets``. With ``constraint_schedule = "step"`` the binary
+    limits are left out (see :func:`build_step_constraints`); the chain keeps
+    the dampener and James-Stein.
 
     Args:
         config: a Config, a flat dict of keys or None (the defaults).
@@ -99,6 +102,8 @@ def build_constraint_callback(
     """
     resolved = resolve_config(config)
     constraints = build_constraints(resolved)
+    if resolved.model.constraint_schedule == "step":
+        constraints = split_schedule(constraints)[1]
     if not constraints:
         return None
     return WeightConstraintCallback(
@@ -106,4 +111,40 @@ def build_constraint_callback(
         interval=resolved.model.constraint_interval,
         targets=resolved.model.constraint_targets,
         jit_compile=jit_compile,
+    )
+
+
+def build_step_constraints(
+    config: Config | Mapping[str, Any] | None = None, *, random_source: str = "hash"
+) -> StepConstraints | None:
+    """The per-step binary limits of a configuration with
+    ``constraint_schedule = "step"``, or None (epoch schedule, or no binary
+    limit enabled).
+
+    Call :meth:`StepConstraints.attach` on the compiled model and pass the
+    object to ``model.fit`` as a callback.
+
+    Args:
+        config: a Config, a flat dict of keys or None (the defaults).
+        random_source: noise source of stochastic rounding (``"hash"`` or ``"philox"``).
+
+    Example:
+        >>> step = build_step_constraints({"constraint_schedule": "step", "max_binary_digits": 4,
+        ...                                "binary_rounding": "stochastic", "enable_binary_change_max": False})
+        >>> step.precision_max.max_bits, step.rounding
+        (4, 'stochastic')
+    """
+    resolved = resolve_config(config)
+    if resolved.model.constraint_schedule != "step":
+        return None
+    step = split_schedule(build_constraints(resolved))[0]
+    if not step:
+        return None
+    by_type = {type(c): c for c in step}
+    return StepConstraints(
+        precision_max=by_type.get(BinaryPrecisionMax),
+        change_max=by_type.get(BinaryChangeMax),
+        targets=resolved.model.constraint_targets,
+        seed=resolved.model.seed,
+        random_source=random_source,
     )
