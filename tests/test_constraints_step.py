@@ -212,3 +212,53 @@ def test_step_rounding_under_mixed_bfloat16():
                   epochs=1)
     for w in net.model.trainable_weights:
         assert int(np.max(significant_bits(w.numpy()))) <= 4
+
+
+# -- a per-step run through the CLI, killed and resumed -------------------------
+
+def test_step_run_killed_and_resumed_keeps_every_weight_within_k_bits(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import h5py
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "o"
+    args = [sys.executable, str(repo / "main.py"), "--num-particles", "400", "--epochs", "12", "--seed", "3",
+            "--quiet", "--output-dir", str(out), "--set", "hidden_layers=[32,16]", "--set", "checkpoint_every=2",
+            "--set", "constraint_schedule=step", "--set", "max_binary_digits=3",
+            "--set", "binary_rounding=stochastic", "--set", "enable_binary_change_max=false",
+            "--set", "use_adaptive_oscillation_dampener=false",
+            "--set", "enable_weight_oscillation_dampener=false"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while True:
+        rows = list(out.glob("runs/*/training_results.csv"))
+        if rows and sum(1 for _ in open(rows[0])) - 1 >= 5:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = rows[0].parent
+    resumed = subprocess.run([sys.executable, str(repo / "main.py"), "--resume", "latest", "--quiet",
+                              "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "run_status.json").read_text())["status"] == "completed"
+    with h5py.File(run_dir / "weights" / "final.weights.h5") as f:
+        arrays = []
+        # The network's weights (kernels, biases, PReLU slopes), not the optimizer's moments.
+        f["layers"].visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    assert len(arrays) == 3 * 2 + 2
+    for array in arrays:
+        assert int(np.max(significant_bits(np.asarray(array, np.float32)))) <= 3
+    import pandas as pd
+    results = pd.read_csv(run_dir / "training_results.csv")
+    assert results["epoch"].tolist() == list(range(1, 13))
+    assert (results[STEP_LOG_KEY] <= 3).all()
