@@ -2,10 +2,184 @@
 
 Significant bits (implicit leading 1 included) of each format's significand:
 float16 11, bfloat16 8, float8 e4m3 4, float8 e5m2 3.
+
+:func:`evaluate_formats` answers "does this network survive a deployment in that
+format?": the test R² of the trained network with its weights cast to each format.
+It is a weight-only simulation: every floating-point weight is cast (rounded to
+nearest, ties to even, by ``ml_dtypes``) and back to float32, and inference runs
+in float32 -- activations and accumulations are not quantised.
 """
 
 from __future__ import annotations
 
-__all__ = ["FORMAT_BITS"]
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import ml_dtypes
+import numpy as np
+
+from nnlab.errors import DataValidationError
+
+__all__ = ["FORMATS", "FORMAT_BITS", "cast_weights", "evaluate_formats"]
 
 FORMAT_BITS: dict[str, int] = {"bfloat16": 8, "float16": 11, "float8_e4m3": 4, "float8_e5m2": 3}
+
+# The NumPy types (shipped with TensorFlow through ml_dtypes). e4m3 is the "fn"
+# variant: no infinities, largest finite 448 (the one FP8 hardware implements).
+FORMATS: dict[str, type] = {
+    "bfloat16": ml_dtypes.bfloat16,
+    "float16": np.float16,
+    "float8_e4m3": ml_dtypes.float8_e4m3fn,
+    "float8_e5m2": ml_dtypes.float8_e5m2,
+}
+
+# Up to this many rows one compiled call (predict_on_batch); above, batched
+# predict -- the same split as AdvancedNeuralNetwork.predict, so the float32
+# reference is the run's own test R².
+_ONE_CALL_ROWS = 65536
+
+
+def _format_dtype(fmt: str | Any) -> np.dtype:
+    if isinstance(fmt, str):
+        if fmt not in FORMATS:
+            raise ValueError(f"format = {fmt!r} is unknown: allowed {', '.join(FORMATS)}")
+        fmt = FORMATS[fmt]
+    return np.dtype(fmt)
+
+
+def cast_weights(weights: Sequence[np.ndarray], fmt: str | Any) -> tuple[list[np.ndarray], int, int]:
+    """Round weights to a number format and back to float32, saturating out-of-range values.
+
+    Each floating-point array is clipped to ``±finfo(fmt).max`` (a plain cast
+    would give inf, or NaN for ``float8_e4m3fn``), cast to ``fmt`` (round to
+    nearest, ties to even) and cast back to float32. Arrays that are not
+    floating point (counters, seeds) are returned unchanged and not counted.
+
+    Args:
+        weights: the arrays, e.g. ``keras.Model.get_weights()``.
+        fmt: a name of :data:`FORMATS` (``"float8_e4m3"``) or a NumPy/ml_dtypes
+            type (``ml_dtypes.float8_e5m2``).
+
+    Returns:
+        ``(cast, saturated, underflow)``: the float32 arrays holding the format's
+        values; how many weights had a magnitude above the format's largest
+        finite value (set to it, sign kept); how many nonzero weights became zero.
+
+    Example:
+        >>> cast, saturated, underflow = cast_weights([np.array([1000.0, 0.3, 1e-4], np.float32)], "float8_e4m3")
+        >>> cast[0].tolist(), saturated, underflow
+        ([448.0, 0.3125, 0.0], 1, 1)
+    """
+    dtype = _format_dtype(fmt)
+    limit = float(ml_dtypes.finfo(dtype).max)
+    cast: list[np.ndarray] = []
+    saturated = underflow = 0
+    for w in weights:
+        w = np.asarray(w)
+        if not np.issubdtype(w.dtype, np.floating):
+            cast.append(w)
+            continue
+        w32 = w.astype(np.float32, copy=False)
+        too_large = np.abs(w32) > limit
+        saturated += int(np.count_nonzero(too_large))
+        rounded = np.clip(w32, -limit, limit).astype(dtype).astype(np.float32)
+        underflow += int(np.count_nonzero((rounded == 0) & (w32 != 0)))
+        cast.append(rounded)
+    return cast, saturated, underflow
+
+
+def _predict(model: keras.Model, X: np.ndarray) -> np.ndarray:
+    if len(X) <= _ONE_CALL_ROWS:
+        return np.asarray(model.predict_on_batch(X))
+    return np.asarray(model.predict(X, batch_size=1024, verbose=0))
+
+
+def evaluate_formats(
+    model: keras.Model,
+    X_test: Any,
+    y_test: Any,
+    *,
+    formats: Mapping[str, Any] | Sequence[str] = FORMATS,
+    reference_r2: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Test R² of a trained network with its weights cast to each low-precision format.
+
+    A weight-only deployment simulation: the model's floating-point weights
+    (kernels, biases, batch-norm statistics, PReLU slopes) are cast by
+    :func:`cast_weights` -- saturating at the format's largest finite value,
+    rounded to nearest even -- and back to float32; inference runs in float32,
+    one prediction of the test set per format. R² is
+    :func:`nnlab.model.regression_metrics`' (mean over targets, on the targets
+    as given: the scaled ones in a run), the definition of the run's test R².
+    The original weights are put back afterwards, also when a prediction fails.
+
+    Args:
+        model: the trained ``keras.Model`` (``AdvancedNeuralNetwork.model``).
+        X_test: test features, shape ``(n, n_features)``.
+        y_test: test targets, shape ``(n, n_targets)`` (or ``(n,)``).
+        formats: names of :data:`FORMATS`, or a mapping name -> NumPy/ml_dtypes type.
+        reference_r2: the float32 test R² the drops are measured from; None
+            computes it (one more prediction).
+
+    Returns:
+        One entry per format: ``dtype`` (the ml_dtypes name), ``significant_bits``
+        (:data:`FORMAT_BITS`, None for a format not listed there), ``max_finite``,
+        ``r2``, ``r2_drop`` (``reference_r2 - r2``), ``saturated``, ``underflow``
+        and ``n_weights`` (floating-point weights cast).
+
+    Raises:
+        DataValidationError: ``X_test``/``y_test`` do not fit the model.
+        ValueError: an unknown format name.
+
+    Example:
+        >>> net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> X, y = np.random.rand(50, 3).astype("float32"), np.random.rand(50, 2).astype("float32")
+        >>> report = evaluate_formats(net, X, y)
+        >>> sorted(report), report["float16"]["significant_bits"]
+        (['bfloat16', 'float16', 'float8_e4m3', 'float8_e5m2'], 11)
+    """
+    # Imported here: nnlab.model imports the constraints, which may read FORMAT_BITS.
+    from nnlab.model import regression_metrics
+
+    X, y = _check_test_data(model, X_test, y_test)
+    if isinstance(formats, Mapping):
+        dtypes = {name: _format_dtype(fmt) for name, fmt in formats.items()}
+    else:
+        dtypes = {name: _format_dtype(name) for name in formats}
+    original = model.get_weights()
+    n_weights = sum(int(w.size) for w in original if np.issubdtype(w.dtype, np.floating))
+    report: dict[str, dict[str, Any]] = {}
+    try:
+        if reference_r2 is None:
+            reference_r2 = regression_metrics(y, _predict(model, X))["r2"]
+        for name, dtype in dtypes.items():
+            cast, saturated, underflow = cast_weights(original, dtype)
+            model.set_weights(cast)
+            r2 = regression_metrics(y, _predict(model, X))["r2"]
+            report[name] = {
+                "dtype": dtype.name,
+                "significant_bits": FORMAT_BITS.get(name),
+                "max_finite": float(ml_dtypes.finfo(dtype).max),
+                "r2": r2,
+                "r2_drop": float(reference_r2) - r2,
+                "saturated": saturated,
+                "underflow": underflow,
+                "n_weights": n_weights,
+            }
+    finally:
+        model.set_weights(original)
+    return report
+
+
+def _check_test_data(model: keras.Model, X_test: Any, y_test: Any) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X_test, dtype=np.float32)
+    y = np.asarray(y_test, dtype=np.float32)
+    if y.ndim == 1:
+        y = y[:, None]
+    n_features = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
+    if X.ndim != 2 or (n_features is not None and X.shape[1] != n_features):
+        raise DataValidationError(f"evaluate_formats: X_test must have shape (n, {n_features}), got {X.shape}")
+    if y.ndim != 2 or len(y) != len(X):
+        raise DataValidationError(f"evaluate_formats: y_test must have shape ({len(X)}, n_targets), got {y.shape}")
+    return X, y

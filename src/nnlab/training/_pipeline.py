@@ -23,6 +23,7 @@ from nnlab._files import (
 )
 from nnlab.config import Config, resolve_config
 from nnlab.errors import NnlabError
+from nnlab.formats import evaluate_formats
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
@@ -68,6 +69,16 @@ def _safe(errors: ErrorRecorder, component: str, action, *args, **kwargs) -> Any
         return action(*args, **kwargs)
     except (OSError, TypeError, ValueError) as exc:
         errors.record(component, exc)
+        return None
+
+
+def _evaluate_formats_safe(errors: ErrorRecorder, model: AdvancedNeuralNetwork, X_test: Any, y_test: Any,
+                           reference_r2: float) -> dict[str, dict[str, Any]] | None:
+    """``test_metrics.json``'s "formats" (:func:`~nnlab.formats.evaluate_formats`); None, recorded, on failure."""
+    try:
+        return evaluate_formats(model.model, X_test, y_test, reference_r2=reference_r2)
+    except Exception as exc:  # an optional metric must not cost a finished run (a TF op error, a bug)
+        errors.record("test_metrics.json: formats", exc)
         return None
 
 
@@ -317,13 +328,18 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
             physical = regression_metrics(data.inverse_transform_targets(np.asarray(y_test)),
                                           data.inverse_transform_targets(model.predict(X_test)))
             test_report["per_target_physical"] = _per_target(physical, target_names)
+        # After the final weights are saved and the test metrics computed; the weights
+        # are restored afterwards, so nothing downstream sees cast ones.
+        formats = _evaluate_formats_safe(errors, model, X_test, y_test, test["r2"])
+        if formats is not None:
+            test_report["formats"] = formats
         # Unavailable metrics (R² of fewer than two rows) are null: NaN is not JSON.
         test_report = _finite_or_none(test_report)
         _safe(errors, "test_metrics.json", atomic_write_json, run_dir / "test_metrics.json", test_report)
         scaled = test_report["scaled"]
         summary.update(inference_time_s=test["inference_time"], samples_per_second=test["samples_per_second"],
                        test_mse=scaled["mse"], test_mae=scaled["mae"], test_rmse=scaled["rmse"],
-                       test_r2=scaled["r2"])
+                       test_r2=scaled["r2"], error_count=len(errors))
     results = {
         "run_id": run.run_id,
         "run_dir": str(run_dir),
