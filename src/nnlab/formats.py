@@ -13,13 +13,15 @@ in float32 -- activations and accumulations are not quantised.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import ml_dtypes
 import numpy as np
 
 from nnlab.errors import DataValidationError
+
+if TYPE_CHECKING:  # TensorFlow loads only when a model is evaluated
+    import keras
 
 __all__ = ["FORMATS", "FORMAT_BITS", "cast_weights", "evaluate_formats"]
 
@@ -133,6 +135,7 @@ def evaluate_formats(
         ValueError: an unknown format name.
 
     Example:
+        >>> import keras
         >>> net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> X, y = np.random.rand(50, 3).astype("float32"), np.random.rand(50, 2).astype("float32")
         >>> report = evaluate_formats(net, X, y)

@@ -1,4 +1,4 @@
-"""``nnlab analyze``: analyse one training run (figures, statistics, summary JSON, report.html).
+"""``nnlab analyze``: analyse one training run (figures, statistics, summary JSON, report.html), or a study (--study).
 
 Imports nothing heavy at module level: ``nnlab --help`` builds this parser.
 """
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Analyse a training run: artifact check, training dynamics, learning rate, residuals, "
                           "predictions, baselines, James-Stein comparison, recommendations, hyperparameter "
                           "heatmap, loss weights and constraints. Outputs go to the analysis directory: "
-                          "300-dpi PNGs, analysis_summary_YYYYMMDD_HHMMSS.json and report.html.")
+                          "300-dpi PNGs, analysis_summary_YYYYMMDD_HHMMSS.json and report.html. With --study DIR: "
+                          "the per-cell table, figure and findings of a multi-seed study instead.")
     parser.add_argument("--run", default="latest", metavar="RUN_ID",
                         help="run id under <output-dir>/runs, or 'latest' (default)")
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
@@ -60,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--js-epochs", type=_positive_int(2), default=DEFAULT_JS_EPOCHS, metavar="E",
                         help=f"epochs per James-Stein training (default: {DEFAULT_JS_EPOCHS})")
     parser.add_argument("--quiet", action="store_true", help="print only the output paths and problems")
+    parser.add_argument("--study", metavar="DIR",
+                        help="analyse a study directory of `nnlab study` instead of a run: recompute its per-cell "
+                             "table, figure and summary from <kind>_runs.csv into a new folder "
+                             "study_<name>_<time> under the analysis directory (DIR is never written)")
 
 
 def _section_bar(total: int):
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     Bad input (no runs, unknown run id, an unwritable directory) raises an
     :class:`~nnlab.errors.NnlabError`, which ``nnlab.cli.main`` prints and turns into exit status 2.
     """
+    if args.study is not None:
+        return _run_study(args)
     from nnlab.analysis.framework import ExperimentAnalysis
 
     skip = [name for group in args.skip for name in group]
@@ -114,5 +121,111 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"error: {len(failed)} section(s) failed: {', '.join(failed)} (the other outputs were written)",
               file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- nnlab analyze --study DIR ---------------------------------------------------------------
+
+
+def _new_study_dir(root, study_dir):
+    """A folder that did not exist: ``<root>/study_<name>_<YYYYMMDD_HHMMSS>[_k]`` (so nothing is ever replaced)."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from nnlab.analysis.base import ArtifactError
+
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    name = f"study_{Path(study_dir).resolve().name}_{stamp}"
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            out = Path(root) / (name if attempt == 1 else f"{name}_{attempt}")
+            try:
+                out.mkdir()
+            except FileExistsError:
+                continue
+            return out
+    except OSError as exc:
+        raise ArtifactError(f"analysis directory '{root}' cannot be created: {exc.strerror or exc}") from None
+    raise ArtifactError(f"too many study analyses named {name} in '{root}'")  # pragma: no cover
+
+
+def _study_lines(summary: dict) -> list[str]:
+    """One console line per cell: the cell, seeds, mean test R² [CI], difference from the reference, p."""
+    from nnlab.study._summary import format_r2_difference
+
+    def num(value, spec=".4f"):
+        return "—" if value is None else format(value, spec)
+
+    def diff(value):
+        return "—" if value is None else format_r2_difference(value)
+
+    keys = summary["keys"]
+    labels = [" ".join(str(cell[k]) for k in keys) for cell in summary["cells"]]
+    width = max([len("cell")] + [len(label) for label in labels]) + len(" (reference)")
+    lines = [f"  {'cell':<{width}} {'n':>3}  {'test R²':>7}  {'95% CI':<17}  {'diff vs ref':>11}  {'p':>7}"]
+    for i, (label, cell) in enumerate(zip(labels, summary["cells"])):
+        ci = (f"[{num(cell['test_r2_ci_low'])}, {num(cell['test_r2_ci_high'])}]"
+              if cell["test_r2_ci_low"] is not None else "—")
+        lines.append(f"  {label + (' (reference)' if i == 0 else ''):<{width}} {cell['n_seeds']:>3}  "
+                     f"{num(cell['test_r2_mean']):>7}  {ci:<17}  {diff(cell['diff_vs_ref_mean']):>11}  "
+                     f"{num(cell['wilcoxon_p'], '.2g'):>7}")
+    return lines
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    """``nnlab analyze --study DIR``: the study outputs recomputed into a new folder, a console table, report.html."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from nnlab.analysis.base import SectionResult
+    from nnlab.analysis.report import write_study_report
+    from nnlab.errors import ConfigError, NnlabError
+    from nnlab.study._summary import read_study_dir, write_study_outputs
+
+    if args.run != "latest" or args.skip:
+        raise ConfigError("--study analyses a whole study directory; --run and --skip apply to one run: drop them")
+    say = (lambda _line: None) if args.quiet else print
+    studies = read_study_dir(args.study)
+    root = Path(args.analysis_dir) if args.analysis_dir is not None else Path(args.output_dir) / "analysis"
+    out = _new_study_dir(root, args.study)
+    sections, failed = [], []
+    for study in studies:
+        kind = study["kind"]
+        try:
+            summary = write_study_outputs(out, kind, study["runs"], keys=study["keys"],
+                                          reference=study["reference"], alpha=study["alpha"])
+        except NnlabError as exc:
+            if not any(out.iterdir()):
+                out.rmdir()  # nothing was written: leave no empty folder behind
+            raise type(exc)(f"{study['path']}: {exc}") from None
+        say(f"{kind} study {study['path']}: {summary['n_cells']} cells, {len(summary['seeds'])} seeds, "
+            f"{summary['n_completed']}/{summary['n_runs']} runs completed")
+        for line in _study_lines(summary):
+            say(line)
+        for line in summary["findings"]:
+            say(f"  - {line}")
+        for line in summary["notes"]:
+            say(f"  note: {line}")
+        figure = summary["files"]["figure"]
+        if figure is None:
+            failed.append(kind)
+        sections.append(SectionResult(
+            kind, f"{kind.capitalize()} study ({study['path']})", status="done" if figure else "failed",
+            reason=None if figure else "the figure could not be drawn (see the notes)",
+            tables={f"{kind}_study.csv": pd.read_csv(summary["files"]["csv"], keep_default_na=True)},
+            figures=[Path(figure)] if figure else [], notes=summary["findings"] + summary["notes"]))
+        for name in ("csv", "figure", "summary"):
+            if summary["files"][name]:
+                print(f"{name + ':':<9}{summary['files'][name]}")
+    report = write_study_report(sections, title=f"Study analysis: {Path(args.study).resolve().name}",
+                                intro=f"Recomputed from {', '.join(str(s['path']) for s in studies)}.",
+                                out_dir=out)
+    print(f"report:  {report}")
+    if failed:
+        print(f"error: the figure of the {', '.join(failed)} study could not be drawn (the other outputs were "
+              "written)", file=sys.stderr)
         return 1
     return 0

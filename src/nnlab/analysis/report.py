@@ -19,7 +19,7 @@ import pandas as pd
 from nnlab._files import atomic_write_text
 from nnlab.analysis.base import SectionResult
 
-__all__ = ["to_jsonable", "write_summary", "render_report", "write_report"]
+__all__ = ["to_jsonable", "write_summary", "render_report", "write_report", "write_study_report"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -112,6 +112,22 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 """
 
 
+def _section_html(s: SectionResult) -> str:
+    esc = html.escape
+    parts = [f"<h2 id='{esc(s.name)}'>{esc(s.title)} <span class='status {esc(s.status)}'>{esc(s.status)}</span></h2>"]
+    if s.reason:
+        parts.append(f"<p><strong>{'Skipped' if s.status == 'skipped' else 'Failed'}:</strong> {esc(s.reason)}</p>")
+    if s.notes:
+        parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
+    for name, table in s.tables.items():
+        parts.append(f"<h3>{esc(name)}</h3>{_table_html(table)}")
+    for path in s.figures:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{esc(Path(path).name)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{esc(Path(path).name)}</figcaption></figure>")
+    return "\n".join(parts)
+
+
 def render_report(sections: Sequence[SectionResult], summary: Mapping[str, Any]) -> str:
     """The whole report as one HTML page: every section, table and figure (PNG embedded as base64)."""
     esc = html.escape
@@ -128,22 +144,20 @@ def render_report(sections: Sequence[SectionResult], summary: Mapping[str, Any])
     parts.append("<ul>" + "".join(
         f"<li><a href='#{esc(s.name)}'>{esc(s.title)}</a> <span class='status {esc(s.status)}'>{esc(s.status)}"
         f"</span></li>" for s in sections) + "</ul>")
-    for s in sections:
-        parts.append(f"<h2 id='{esc(s.name)}'>{esc(s.title)} <span class='status {esc(s.status)}'>"
-                     f"{esc(s.status)}</span></h2>")
-        if s.reason:
-            parts.append(f"<p><strong>{'Skipped' if s.status == 'skipped' else 'Failed'}:</strong> "
-                         f"{esc(s.reason)}</p>")
-        if s.notes:
-            parts.append("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
-        for name, table in s.tables.items():
-            parts.append(f"<h3>{esc(name)}</h3>{_table_html(table)}")
-        for path in s.figures:
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{esc(Path(path).name)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{esc(Path(path).name)}</figcaption></figure>")
+    parts.extend(_section_html(s) for s in sections)
     parts.append(f"<p><small>Summary JSON: {esc(str(summary.get('summary_file', '')))}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def write_study_report(sections: Sequence[SectionResult], *, title: str, intro: str,
+                       out_dir: str | os.PathLike) -> Path:
+    """Write the ``report.html`` of ``nnlab analyze --study``: one section per study in the directory."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>nnlab: {esc(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", f"<p>{esc(intro)}</p>", *(_section_html(s) for s in sections),
+             "</body></html>"]
+    return atomic_write_text(Path(out_dir) / "report.html", "\n".join(parts))
 
 
 def write_report(sections: Sequence[SectionResult], summary: Mapping[str, Any],
