@@ -8,6 +8,7 @@ Subcommands::
     nnlab data resimulate OLD.csv NEW.csv              convert a CSV of the original lab
     nnlab config show [--preset NAME] [--set K=V ...]  print the resolved configuration
     nnlab hpo [options]                                hyperparameter search (= python hpo_agent.py)
+    nnlab study precision|compare [options]            controlled multi-seed comparisons
     nnlab analyze [options]                            analyse a run
 
 ``python -m nnlab`` is the same command line.
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _PLUGGED_COMMANDS = (
     ("hpo", "nnlab.hpo", "hyperparameter search on Optuna (same as python hpo_agent.py)"),
+    ("study", "nnlab.study", "controlled multi-seed comparisons: precision (bits x rounding), compare (variants)"),
     ("analyze", "nnlab.analysis.cli", "analyse a training run: figures, statistics, report"),
 )
 
