@@ -59,6 +59,10 @@ FIFO = "<named pipe>"
 DIRECTORY = "<directory>"
 
 # (area, command, {file: content}, expected error lines (each must appear in stderr, in order))
+STUDY_RECORD_OTHER = '{"study_name": "someone-else", "storage": "study_journal.log", "spec": {}}'
+STUDY_RECORD_SAME = '{"study_name": "nnlab-study-compare", "storage": "study_journal.log", "spec": {}}'
+AB = "--variant a= --variant b=activation=relu"
+
 CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
     ("configuration file", "nnlab config show --config-dir cfg",
      {"cfg/model_config.json": '{"learing_rate": 0.01}'},
@@ -422,6 +426,67 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: cannot resimulate no_charge.csv: missing initial column(s) charge"]),
     ("--set", "nnlab config show --set save_to_file=true", {},
      ["error: --set: 'save_to_file' is a key of the original project that nnlab does not use"]),
+
+    ("study arguments", "nnlab study precision --seeds 0", {},
+     ["error: --seeds must be an integer >= 1 (how many seeds: 0, 1, ... N-1; 6 or more for a significance test "
+      "at 0.05), got 0"]),
+    ("study arguments", "nnlab study precision --rounding round", {},
+     ["error: --rounding: unknown rounding 'round'; choose from truncate, nearest, stochastic"]),
+    ("study arguments", "nnlab study precision --bits 24,8,30", {},
+     ["error: --bits: 30 is outside 1..24 (the significant bits of a float32, implicit leading 1 included)"]),
+    ("study arguments", "nnlab study precision --bits 8,four", {},
+     ["error: --bits: 'four' is not an integer; give comma-separated significant bits from 1 to 24, e.g. 24,12,8,4"]),
+    ("study arguments", "nnlab study precision --schedule batch", {},
+     ["error: --schedule: unknown schedule 'batch'; choose from epoch, step"]),
+    ("study arguments", "nnlab study precision --policy float64", {},
+     ["error: --policy: unknown policy 'float64'; choose from float32, mixed_bfloat16, mixed_float16"]),
+    ("study arguments", "nnlab study precision --set max_binary_digits=4", {},
+     ["error: --set max_binary_digits: a precision study sets it in every cell (use --bits); remove the --set"]),
+    ("study arguments", "nnlab study precision --set seed=1", {},
+     ["error: --set seed: the study sets 'seed' to each of its seeds (--seeds); remove it"]),
+    ("study arguments", "nnlab study compare --variant a= --variant a=epochs=3", {},
+     ["error: --variant: variant name 'a' is given twice; each variant needs its own name"]),
+    ("study arguments", "nnlab study compare --variant =epochs=3 --variant b=", {},
+     ["error: --variant: empty variant name in '=epochs=3'; write NAME=\"KEY=VALUE ...\""]),
+    ("study arguments", "nnlab study compare --variant a --variant b=", {},
+     ["error: --variant expects NAME=\"KEY=VALUE ...\" (e.g. js=\"enable_james_stein=true\"), got 'a'"]),
+    ("study arguments", "nnlab study compare --variant a= --variant b=epochs", {},
+     ["error: --variant b: expected KEY=VALUE items separated by spaces, got 'epochs'"]),
+    ("study arguments", "nnlab study compare --variant a= --variant b=lerning_rate=0.1", {},
+     ["error: --variant b: unknown key 'lerning_rate'; did you mean 'learning_rate'?"]),
+    ("study arguments", "nnlab study compare --variant a= --variant b=seed=3", {},
+     ["error: --variant b: 'seed' is set by the study for each of its seeds (--seeds); remove it from the variant"]),
+    ("study arguments", "nnlab study compare --variant a=", {},
+     ["error: --variant: a comparison needs at least two variants, got 1; "
+      "e.g. --variant plain= --variant js=\"enable_james_stein=true\""]),
+    ("study arguments", "nnlab study compare --variant a= --variant b=learning_rate=-1", {},
+     ["error: invalid configuration:", "--variant b: learning_rate = -1 is invalid: Input should be greater than 0"]),
+    ("study arguments", f"nnlab study compare {AB} --data missing.csv", {},
+     ["error: --data: particle data file not found: missing.csv"]),
+    ("study arguments", f"nnlab study compare {AB} --data p.csv --num-particles 10", {"p.csv": _PARTICLES},
+     ["error: --num-particles sets how many particles the study simulates; with --data FILE the file is used as "
+      "found: drop one of them"]),
+    ("study arguments", f"nnlab study compare {AB} --storage data.csv", {"data.csv": _PARTICLES},
+     ["error: --storage: 'data.csv' is not an Optuna journal file"]),
+    ("study arguments", f"nnlab study compare {AB} --storage sqlite:///:memory: --workers 2", {},
+     ["error: --storage: 'sqlite:///:memory:' is an in-memory database that each process opens empty, so "
+      "--workers 2 could not share it; use a journal FILE or sqlite:///FILE"]),
+    ("study arguments", f"nnlab study compare {AB} --output-dir s", {"s/compare_runs.csv": "variant,seed\na,0\n"},
+     ["error: --output-dir: '", "compare_runs.csv' exists and was not written by study 'nnlab-study-compare' "
+      "(no study_spec.json beside it); move it or choose another --output-dir"]),
+    ("study arguments", f"nnlab study compare {AB} --output-dir s", {"s/study_spec.json": STUDY_RECORD_OTHER},
+     ["holds study 'someone-else' in study_journal.log; this command runs study 'nnlab-study-compare' in "
+      "study_journal.log. Choose another --output-dir (or the same --storage and --study-name to continue that "
+      "study)"]),
+    ("study arguments", f"nnlab study compare {AB} --output-dir s", {"s/study_spec.json": STUDY_RECORD_SAME},
+     ["holds the outputs of study 'nnlab-study-compare', which s/study_journal.log no longer has; move them or "
+      "choose another --output-dir"]),
+    ("study arguments", f"nnlab study compare {AB} --output-dir s", {"s/study_spec.json": "my notes"},
+     ["study_spec.json' is not a study record (Expecting value: line 1 column 1 (char 0)); move it or choose "
+      "another --output-dir"]),
+    ("study arguments", f"nnlab study compare {AB} --output-dir s", {"s/particles.csv": _PARTICLES},
+     ["particles.csv' is not particle data generated by this study (no nnlab sidecar); pass it with --data FILE, "
+      "or move it"]),
 ]
 
 

@@ -1,0 +1,170 @@
+"""The validated plan of a study: its cells, seeds, base configuration, directory, storage and data."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnlab.errors import ConfigError
+from nnlab.hpo._study import StorageSpec, check_storage, storage_spec
+from nnlab.study._cells import SEED_KEY, StudySpec
+
+__all__ = ["STUDY_ROOT", "DATA_FILE", "JOURNAL_FILE", "default_output_dir", "make_plan"]
+
+STUDY_ROOT = Path("training_output") / "studies"
+DATA_FILE = "particles.csv"
+JOURNAL_FILE = "study_journal.log"
+
+
+def default_output_dir(kind: str) -> Path:
+    """``training_output/studies/<kind>``: where a study writes unless told otherwise."""
+    return STUDY_ROOT / kind
+
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The validated study, handed to every worker (picklable)."""
+
+    kind: str
+    keys: tuple[str, ...]
+    cells: tuple[dict[str, Any], ...]  # {"key", "overrides", "id", "label"}
+    seeds: tuple[int, ...]
+    reference: dict[str, Any]
+    base: dict[str, Any]  # the flat base configuration
+    preset: str | None
+    study_dir: Path
+    storage: StorageSpec
+    study_name: str
+    lock_path: Path
+    data_path: Path
+    data_generated: bool
+    workers: int
+    progress: bool
+    n_existing: int = 0
+    data_sha256: str = ""
+    shown_dir: str = ""  # the study directory as the user named it, for messages
+
+    def shown(self, path: Path | str) -> str:
+        """``path`` for a message: under the study directory as the user named it."""
+        path = Path(path)
+        if path.is_relative_to(self.study_dir):
+            return str(Path(self.shown_dir) / path.relative_to(self.study_dir))
+        return str(path)
+
+    @property
+    def shown_storage(self) -> str:
+        return self.shown(self.storage.location) if self.storage.kind == "journal" else self.storage.label
+
+    @property
+    def runs_path(self) -> Path:
+        return self.study_dir / f"{self.kind}_runs.csv"
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The spec stored on the Optuna study; a rerun must match it (seeds may grow)."""
+        return {"kind": self.kind, "keys": list(self.keys),
+                "cells": [{"key": c["key"], "overrides": c["overrides"]} for c in self.cells],
+                "reference": self.reference, "seeds": list(self.seeds), "base": self.base, "preset": self.preset,
+                "data_sha256": self.data_sha256}
+
+    def cell_of(self, cell_id: str) -> dict[str, Any] | None:
+        return next((c for c in self.cells if c["id"] == cell_id), None)
+
+    def label(self, cell: Mapping[str, Any]) -> str:
+        """The cell's varying key columns (all of them when only one cell)."""
+        varying = [k for k in self.keys if len({json.dumps(c["key"][k]) for c in self.cells}) > 1] or list(self.keys)
+        return " ".join(f"{k}={cell['key'][k]}" for k in varying)
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _resolve_base(spec: StudySpec) -> dict[str, Any]:
+    """The flat base configuration; keys every cell sets (and ``seed``) cannot also be set by it."""
+    from nnlab.config import Config, load_config
+
+    if isinstance(spec.base, Config):
+        if spec.preset is not None:
+            raise ConfigError("preset applies to a dict base configuration; a Config is used as it is")
+        return spec.base.to_flat()
+    if spec.base is not None and not isinstance(spec.base, Mapping):
+        raise ConfigError(f"base must be a Config or a dict of configuration keys, got {type(spec.base).__name__}")
+    overrides = dict(spec.base or {})
+    if SEED_KEY in overrides:
+        raise ConfigError("--set seed: the study sets 'seed' to each of its seeds (--seeds); remove it")
+    fixed = set.intersection(*(set(c.overrides) for c in spec.cells))
+    taken = sorted(set(overrides) & fixed)
+    if taken:
+        from nnlab.study._cells import PRECISION_OPTIONS
+
+        key = taken[0]
+        if spec.kind == "precision":
+            how = (f"use {PRECISION_OPTIONS[key]}" if key in PRECISION_OPTIONS else
+                   "its cells differ only in the rounding: the other constraints are off")
+            raise ConfigError(f"--set {key}: a precision study sets it in every cell ({how}); remove the --set")
+        raise ConfigError(f"--set {key}: every variant sets it, so the --set would change nothing; remove it")
+    return load_config(spec.config_dir, preset=spec.preset, overrides=overrides).to_flat()
+
+
+def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | None, study_name: str | None,
+          data: Any, progress: bool) -> _Plan:
+    """Validate everything once, before any file is written.
+
+    Raises:
+        ConfigError, DataValidationError: naming the option or key at fault.
+    """
+    from nnlab._files import probe_writable
+    from nnlab.config import Config
+
+    if not isinstance(spec, StudySpec):
+        raise ConfigError(f"run_study expects a StudySpec, got {type(spec).__name__}")
+    _positive("--workers", workers)
+    base = _resolve_base(spec)
+    base_cfg = Config.from_flat(base)
+    cells = []
+    for cell in spec.cells:
+        # Every cell's configuration is validated now: a bad key fails before any training.
+        base_cfg.updated({**cell.overrides, SEED_KEY: spec.seeds[0]}, source=spec.source(cell))
+        cells.append({"key": json.loads(json.dumps(dict(cell.key))), "overrides": json.loads(json.dumps(
+            dict(cell.overrides))), "id": cell.id, "label": cell.label, "source": spec.source(cell)})
+    study_dir = Path(output_dir) if output_dir is not None else default_output_dir(spec.kind)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"--output-dir: '{study_dir}' exists and is not a directory")
+    try:
+        probe_writable(study_dir)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir: '{study_dir}' cannot be written: {exc.strerror or exc}") from None
+    if storage is None:
+        store = StorageSpec("journal", str(study_dir / JOURNAL_FILE))
+    else:
+        store = storage_spec(storage, study_dir)
+    check_storage(store)
+    if store.kind == "journal":
+        store = StorageSpec("journal", str(Path(store.location).resolve()))
+    if store.per_process and workers > 1:
+        raise ConfigError(f"--storage: '{store.location}' is an in-memory database that each process opens "
+                          f"empty, so --workers {workers} could not share it; use a journal FILE or sqlite:///FILE")
+    name = study_name if study_name is not None else f"nnlab-study-{spec.kind}"
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("--study-name: give a non-empty name")
+    if data is not None:
+        from nnlab.data import check_data_file
+
+        data_path = check_data_file(data, option="--data").resolve()
+        generated = False
+    else:
+        data_path, generated = (study_dir / DATA_FILE).resolve(), True
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return _Plan(kind=spec.kind, keys=spec.keys, cells=tuple(cells), seeds=tuple(spec.seeds),
+                 reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
+                 storage=store, study_name=name, lock_path=study_dir.resolve() / f".study-{safe}",
+                 data_path=data_path, data_generated=generated, workers=workers, progress=progress,
+                 shown_dir=str(study_dir))

@@ -1,0 +1,188 @@
+"""The study's record: who owns the study directory, what the stored spec says, the study's data.
+
+Every check here runs before anything is written, so a refused command changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nnlab.errors import ConfigError
+
+__all__ = ["RECORD_FILE", "SPEC_ATTR", "check_directory_owner", "write_record", "stored_spec", "check_spec",
+           "check_data", "prepare_data"]
+
+RECORD_FILE = "study_spec.json"
+SPEC_ATTR = "nnlab_study_spec"
+
+
+def check_directory_owner(plan: Any, exists_in_storage: bool | None) -> None:
+    """The study directory holds this study's outputs, or none: another study's are never overwritten.
+
+    ``exists_in_storage`` None: only what the directory itself shows (before the storage is opened).
+    """
+    record = plan.study_dir / RECORD_FILE
+    runs = plan.runs_path
+    if record.exists():
+        try:
+            owner = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--output-dir: '{plan.shown(record)}' is not a study record ({exc}); move it or "
+                              "choose another --output-dir") from None
+        if not isinstance(owner, dict) or (owner.get("study_name"), owner.get("storage")) != (
+                plan.study_name, _storage_label(plan)):
+            got = (owner.get("study_name"), owner.get("storage")) if isinstance(owner, dict) else (None, None)
+            raise ConfigError(f"--output-dir: '{plan.shown_dir}' holds study '{got[0]}' in {got[1]}; this command "
+                              f"runs study '{plan.study_name}' in {_storage_label(plan)}. Choose another "
+                              "--output-dir (or the same --storage and --study-name to continue that study)")
+        if exists_in_storage is False:
+            raise ConfigError(f"--output-dir: '{plan.shown_dir}' holds the outputs of study '{plan.study_name}', "
+                              f"which {plan.shown_storage} no longer has; move them or choose another --output-dir")
+    elif runs.exists():
+        raise ConfigError(f"--output-dir: '{plan.shown(runs)}' exists and was not written by study "
+                          f"'{plan.study_name}' "
+                          f"(no {RECORD_FILE} beside it); move it or choose another --output-dir")
+
+
+def _storage_label(plan: Any) -> str:
+    """The storage as the record names it: a journal inside the study directory relative to it (movable)."""
+    if plan.storage.kind == "journal" and Path(plan.storage.location).is_relative_to(plan.study_dir):
+        return Path(plan.storage.location).relative_to(plan.study_dir).as_posix()
+    return plan.storage.label
+
+
+def write_record(plan: Any) -> Path:
+    from nnlab._files import atomic_write_json
+
+    path = plan.study_dir / RECORD_FILE
+    atomic_write_json(path, {"study_name": plan.study_name, "storage": _storage_label(plan),
+                             "data": str(plan.data_path), "spec": plan.record})
+    return path
+
+
+def _differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between two study records, seeds and data aside, in words."""
+    from nnlab.config import shorten
+
+    out = []
+    for name in ("kind", "keys", "reference", "preset"):
+        if stored.get(name) != now.get(name):
+            out.append(f"{name} {shorten(json.dumps(stored.get(name)))} (now {shorten(json.dumps(now.get(name)))})")
+
+    def labels(record: Mapping[str, Any]) -> dict[str, Any]:
+        return {" ".join(f"{k}={v}" for k, v in c["key"].items()): c["overrides"] for c in record.get("cells", [])}
+
+    old, new = labels(stored), labels(now)
+    if list(old) != list(new):
+        removed = [c for c in old if c not in new]
+        added = [c for c in new if c not in old]
+        parts = ([f"without {', '.join(removed)}"] if removed else []) + ([f"with {', '.join(added)}"] if added else [])
+        out.append(shorten(f"cells: {len(old)} (now {len(new)}, {'; '.join(parts) or 'in another order'})", 300))
+    for label in old.keys() & new.keys():
+        if old[label] != new[label]:
+            out.append(f"cell {label}: overrides {shorten(json.dumps(old[label]))} (now "
+                       f"{shorten(json.dumps(new[label]))})")
+    sb, nb = stored.get("base") or {}, now.get("base") or {}
+    for key in sorted(set(sb) | set(nb)):
+        if sb.get(key) != nb.get(key):
+            out.append(f"{key}={shorten(json.dumps(sb.get(key)))} (now {shorten(json.dumps(nb.get(key)))})")
+    return out
+
+
+def stored_spec(storage: Any, plan: Any) -> dict[str, Any] | None:
+    """The record of the study in the storage; None when there is no such study yet."""
+    try:
+        study_id = storage.get_study_id_from_name(plan.study_name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(study_id)
+    record = attrs.get(SPEC_ATTR)
+    if not isinstance(record, dict):
+        raise ConfigError(f"--study-name: study '{plan.study_name}' in {plan.shown_storage} was not created by "
+                          "nnlab study; choose another --study-name")
+    return record
+
+
+def check_spec(stored: Mapping[str, Any], plan: Any, *, data: bool) -> None:
+    """Refuse a rerun whose spec differs from the stored one (``data``: compare the data digest too)."""
+    diffs = _differences(stored, plan.record)
+    old_seeds, new_seeds = list(stored.get("seeds") or []), list(plan.seeds)
+    if new_seeds[:len(old_seeds)] != old_seeds:
+        diffs.append(f"seeds {_seed_text(old_seeds)} (now {_seed_text(new_seeds)}; --seeds may only grow)")
+    if data and stored.get("data_sha256") != plan.data_sha256:
+        diffs.append(f"data SHA-256 {str(stored.get('data_sha256'))[:12]}... (now {plan.data_sha256[:12]}... of "
+                     f"{plan.shown(plan.data_path)}; pass the study's own data with --data FILE)")
+    if diffs:
+        raise ConfigError(f"study '{plan.study_name}' in {plan.shown_storage} was created with other settings: "
+                          f"{'; '.join(diffs)}. Rerun with the original options to continue it, or choose another "
+                          "--output-dir (or --study-name)")
+
+
+def _seed_text(seeds: list[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ",".join(map(str, seeds))
+
+
+# --- the data ------------------------------------------------------------------
+
+
+def _generation_metadata(plan: Any) -> dict[str, Any]:
+    from nnlab.config import Config
+    from nnlab.data import GENERATOR_NAME
+
+    gen = Config.from_flat(plan.base).generation
+    return {"source": GENERATOR_NAME, "generation_config": gen.model_dump(mode="json"),
+            "num_particles": gen.num_particles_default, "seed": gen.random_seed}
+
+
+def check_data(plan: Any) -> None:
+    """Read-only, before anything is written: ``--data`` is valid particle data; the study's own
+    ``particles.csv``, if there is one, holds exactly the data the base configuration asks for."""
+    from nnlab.data import load_particle_data, validate_particle_data
+    from nnlab.data._io import _sidecar_path, _stale_reason
+
+    path = plan.data_path
+    if plan.data_generated and path.exists():
+        expected = _generation_metadata(plan)
+        try:
+            meta = json.loads(_sidecar_path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("source") != expected["source"]:
+            raise ConfigError(f"--output-dir: '{plan.shown(path)}' is not particle data generated by this study "
+                              "(no nnlab sidecar); pass it with --data FILE, or move it")
+        reason = _stale_reason(meta, expected, path)
+        if reason is not None:
+            raise ConfigError(f"--output-dir: '{plan.shown(path)}' holds other particle data than this study asks for "
+                              f"({reason}); rerun with the original options, or choose another --output-dir")
+    if not plan.data_generated:
+        validate_particle_data(load_particle_data(path), source=path)  # bad data fails before anything is written
+
+
+def prepare_data(plan: Any) -> tuple[bool, str]:
+    """Generate the study's particle CSV unless it has one; returns (created, SHA-256).
+
+    Generated once, atomically, under the study's lock (concurrent starts
+    generate it once); ``--data`` is used as found.
+    """
+    from nnlab._files import locked
+    from nnlab.training._runs import file_digest
+
+    created = False
+    if plan.data_generated:
+        with locked(plan.lock_path):
+            if not plan.data_path.exists():
+                from nnlab.config import Config
+                from nnlab.data import generate_particle_data, save_particle_data
+
+                gen = Config.from_flat(plan.base).generation
+                df = generate_particle_data(gen.num_particles_default, gen, gen.random_seed)
+                save_particle_data(df, plan.data_path, metadata=_generation_metadata(plan))
+                created = True
+            else:
+                check_data(plan)  # another process may have written it since
+    return created, file_digest(plan.data_path)
