@@ -30,10 +30,10 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nnlab.config import load_config  # noqa: E402
-from nnlab.data import complete_data_pipeline  # noqa: E402
-from nnlab.formats import evaluate_formats  # noqa: E402
-from nnlab.model import AdvancedNeuralNetwork  # noqa: E402
+from nnlab.config import load_config
+from nnlab.data import complete_data_pipeline
+from nnlab.formats import evaluate_formats
+from nnlab.model import AdvancedNeuralNetwork
 
 
 def main() -> None:

@@ -321,7 +321,7 @@ class AdvancedNeuralNetwork:
         metrics.update(
             inference_time=inference,
             samples_per_second=float(len(X_test) / inference) if inference > 0 else float("inf"),
-            n_samples=int(len(X_test)),
+            n_samples=len(X_test),
         )
         return metrics
 

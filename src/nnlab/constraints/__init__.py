@@ -22,28 +22,40 @@ Example:
 
 from nnlab.constraints.base import WeightConstraint
 from nnlab.constraints.binary import BinaryChangeMax, BinaryPrecisionMax
-from nnlab.constraints.bits import clear_lowest_set_bits, count_non_finite, round_to_bits, significant_bits
-from nnlab.constraints.builder import build_constraint_callback, build_constraints, build_step_constraints
+from nnlab.constraints.bits import (
+    clear_lowest_set_bits,
+    count_non_finite,
+    round_to_bits,
+    significant_bits,
+)
+from nnlab.constraints.builder import (
+    build_constraint_callback,
+    build_constraints,
+    build_step_constraints,
+)
 from nnlab.constraints.callback import WeightConstraintCallback
 from nnlab.constraints.james_stein import JamesSteinShrinkage, james_stein_shrink
-from nnlab.constraints.oscillation import AdaptiveOscillationDampener, OscillationDampener
+from nnlab.constraints.oscillation import (
+    AdaptiveOscillationDampener,
+    OscillationDampener,
+)
 from nnlab.constraints.step import StepConstraints
 
 __all__ = [
-    "WeightConstraint",
-    "BinaryPrecisionMax",
-    "BinaryChangeMax",
-    "OscillationDampener",
     "AdaptiveOscillationDampener",
+    "BinaryChangeMax",
+    "BinaryPrecisionMax",
     "JamesSteinShrinkage",
-    "james_stein_shrink",
-    "WeightConstraintCallback",
-    "build_constraints",
-    "build_constraint_callback",
-    "build_step_constraints",
+    "OscillationDampener",
     "StepConstraints",
-    "significant_bits",
-    "round_to_bits",
+    "WeightConstraint",
+    "WeightConstraintCallback",
+    "build_constraint_callback",
+    "build_constraints",
+    "build_step_constraints",
     "clear_lowest_set_bits",
     "count_non_finite",
+    "james_stein_shrink",
+    "round_to_bits",
+    "significant_bits",
 ]

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from nnlab.constraints.bits import _as_float32, _out
 
-__all__ = ["WeightConstraint", "Stats"]
+__all__ = ["Stats", "WeightConstraint"]
 
 # Per-constraint statistics of one application: name -> sum over elements
 # (the callback divides by the number of elements to report fractions/means).

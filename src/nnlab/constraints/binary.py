@@ -23,7 +23,7 @@ from nnlab.constraints.bits import (
     stochastic_noise,
 )
 
-__all__ = ["BinaryPrecisionMax", "BinaryChangeMax"]
+__all__ = ["BinaryChangeMax", "BinaryPrecisionMax"]
 
 
 class _RoundingConstraint(WeightConstraint):

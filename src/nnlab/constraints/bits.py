@@ -37,12 +37,12 @@ import tensorflow as tf
 __all__ = [
     "ROUNDING_MODES",
     "Rounding",
-    "significant_bits",
-    "round_to_bits",
     "clear_lowest_set_bits",
     "count_non_finite",
-    "mix32",
     "hash_noise",
+    "mix32",
+    "round_to_bits",
+    "significant_bits",
 ]
 
 Rounding = Literal["truncate", "nearest", "stochastic"]

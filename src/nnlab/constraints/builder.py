@@ -10,10 +10,13 @@ from nnlab.constraints.base import WeightConstraint
 from nnlab.constraints.binary import BinaryChangeMax, BinaryPrecisionMax
 from nnlab.constraints.callback import WeightConstraintCallback
 from nnlab.constraints.james_stein import JamesSteinShrinkage
-from nnlab.constraints.oscillation import AdaptiveOscillationDampener, OscillationDampener
+from nnlab.constraints.oscillation import (
+    AdaptiveOscillationDampener,
+    OscillationDampener,
+)
 from nnlab.constraints.step import StepConstraints, split_schedule
 
-__all__ = ["build_constraints", "build_constraint_callback", "build_step_constraints"]
+__all__ = ["build_constraint_callback", "build_constraints", "build_step_constraints"]
 
 
 def build_constraints(config: Config | Mapping[str, Any] | None = None) -> list[WeightConstraint]:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from nnlab.constraints.base import WeightConstraint
 
-__all__ = ["WeightConstraintCallback", "TARGETS", "LOG_PREFIX"]
+__all__ = ["LOG_PREFIX", "TARGETS", "WeightConstraintCallback"]
 
 TARGETS: tuple[str, ...] = ("all", "kernel", "bias")
 LOG_PREFIX = "constraint/"

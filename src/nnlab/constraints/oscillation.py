@@ -18,7 +18,7 @@ import tensorflow as tf
 from nnlab.constraints.base import Stats, WeightConstraint
 from nnlab.constraints.bits import clear_lowest_set_bits_of_int, significant_bits_of_int
 
-__all__ = ["OscillationDampener", "AdaptiveOscillationDampener"]
+__all__ = ["AdaptiveOscillationDampener", "OscillationDampener"]
 
 
 @keras.saving.register_keras_serializable(package="nnlab")

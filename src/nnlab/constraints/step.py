@@ -33,7 +33,7 @@ from nnlab.constraints.bits import (
 )
 from nnlab.constraints.callback import LOG_PREFIX, _is_target
 
-__all__ = ["StepConstraints", "RANDOM_SOURCES", "STEP_LOG_KEY"]
+__all__ = ["RANDOM_SOURCES", "STEP_LOG_KEY", "StepConstraints"]
 
 RandomSource = Literal["hash", "philox"]
 RANDOM_SOURCES: tuple[str, ...] = ("hash", "philox")
@@ -44,7 +44,7 @@ class _RoundAfterUpdate:
     """The ``variable.constraint`` of one weight: called by the optimizer with
     the freshly updated variable; returns the value to assign."""
 
-    def __init__(self, owner: "StepConstraints", index: int, variable) -> None:
+    def __init__(self, owner: StepConstraints, index: int, variable) -> None:
         self.owner = owner
         self.index = index
         self.previous: tf.Variable | None = None

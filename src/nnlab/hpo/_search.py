@@ -8,7 +8,7 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from nnlab.hpo._study import (
     storage_spec,
 )
 
-__all__ = ["SearchSettings", "SearchSummary", "run_search", "DEFAULT_PRESETS", "available_cpus", "cap_workers"]
+__all__ = ["DEFAULT_PRESETS", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers", "run_search"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
 DEFAULT_STUDY_NAME = "nnlab-hpo"
@@ -301,7 +301,12 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         >>> summary.best_value, summary.best_config_path                     # doctest: +SKIP
     """
     from nnlab._files import locked
-    from nnlab.hpo._results import ResultPaths, check_results_owner, format_best, write_results
+    from nnlab.hpo._results import (
+        ResultPaths,
+        check_results_owner,
+        format_best,
+        write_results,
+    )
 
     settings = dataclasses.replace(settings or SearchSettings(), **options)
     plan = plan_search(settings)
@@ -364,27 +369,36 @@ def _printer(verbose: bool):
     return say
 
 
-def _run_workers(plan: _Plan, n_existing: int) -> list[tuple[int, int]]:
-    """Start ``workers`` spawned processes on the shared study; returns the ones that failed."""
+def run_processes(target: Any, args: Sequence[tuple], *, name: str) -> list[tuple[int, int]]:
+    """Run ``target(*a)`` for each ``a`` in ``args`` in its own spawned process
+    and wait for all; returns (index, exit code) of the ones that failed.
+
+    Shared by the HPO and study workers. Ctrl-C reaches the workers too (same
+    process group): they get 30 s to record their running unit as interrupted
+    before they are stopped.
+    """
     import multiprocessing
 
-    from nnlab.hpo._worker import worker_main
-
     context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
-    processes = [context.Process(target=worker_main, args=(plan, i, n_existing), name=f"nnlab-hpo-worker-{i}")
-                 for i in range(plan.settings.workers)]
+    processes = [context.Process(target=target, args=a, name=f"{name}-{i}") for i, a in enumerate(args)]
     for process in processes:
         process.start()
     try:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # Ctrl-C reached the workers too (same process group): give them time to
-        # record their running trial as interrupted before stopping them.
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
         raise
     return [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+
+
+def _run_workers(plan: _Plan, n_existing: int) -> list[tuple[int, int]]:
+    """Start ``workers`` spawned processes on the shared study; returns the ones that failed."""
+    from nnlab.hpo._worker import worker_main
+
+    return run_processes(worker_main, [(plan, i, n_existing) for i in range(plan.settings.workers)],
+                         name="nnlab-hpo-worker")
 

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 from nnlab._lazy import lazy_attributes
-
 from nnlab.study._cli import add_arguments, run
 
 # name -> private module that defines it; resolved on first use.
@@ -44,6 +43,9 @@ _EXPORTS = {
     "run_study": "nnlab.study._engine",
     "default_output_dir": "nnlab.study._plan",
     "RUN_COLUMNS": "nnlab.study._results",
+    "write_study_outputs": "nnlab.study._summary",
+    "summarise_study": "nnlab.study._summary",
+    "read_study_dir": "nnlab.study._summary",
 }
 
 __all__ = sorted([*_EXPORTS, "add_arguments", "run"])

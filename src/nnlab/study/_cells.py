@@ -12,18 +12,18 @@ from typing import Any
 from nnlab.errors import ConfigError
 
 __all__ = [
-    "Cell",
-    "StudySpec",
-    "precision_cells",
-    "compare_cells",
-    "parse_variant",
+    "DEFAULT_BITS",
+    "DEFAULT_SEEDS",
+    "KINDS",
+    "POLICIES",
     "PRECISION_KEYS",
     "ROUNDINGS",
     "SCHEDULES",
-    "POLICIES",
-    "DEFAULT_SEEDS",
-    "DEFAULT_BITS",
-    "KINDS",
+    "Cell",
+    "StudySpec",
+    "compare_cells",
+    "parse_variant",
+    "precision_cells",
 ]
 
 # The exact two-sided paired Wilcoxon signed-rank test of n pairs cannot give p

@@ -28,7 +28,7 @@ from nnlab.study._results import (
     write_runs,
 )
 
-__all__ = ["StudyResult", "run_study", "default_output_dir", "RUN_COLUMNS"]
+__all__ = ["RUN_COLUMNS", "StudyResult", "default_output_dir", "run_study"]
 
 
 def _say(plan: Any, text: str) -> None:
@@ -185,23 +185,7 @@ def _write_summary(plan: Any, runs: Any, paths: dict[str, Path]) -> dict[str, An
 
 def _run_workers(plan: Any) -> list[tuple[int, int]]:
     """``plan.workers`` spawned processes on the shared study; returns the ones that failed."""
-    import multiprocessing
-
+    from nnlab.hpo._search import run_processes
     from nnlab.study._worker import worker_main
 
-    context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
-    processes = [context.Process(target=worker_main, args=(plan, i), name=f"nnlab-study-worker-{i}")
-                 for i in range(plan.workers)]
-    for process in processes:
-        process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        # Ctrl-C reached the workers too (same process group): let them record their unit as interrupted.
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-        raise
-    return [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    return run_processes(worker_main, [(plan, i) for i in range(plan.workers)], name="nnlab-study-worker")

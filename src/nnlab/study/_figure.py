@@ -28,7 +28,7 @@ import pandas as pd
 
 from nnlab.analysis.base import new_figure, save_figure
 
-__all__ = ["plot_study", "plot_precision_study", "plot_compare_study"]
+__all__ = ["plot_compare_study", "plot_precision_study", "plot_study"]
 
 ROUNDING_COLORS = {"truncate": "#d62728", "nearest": "#1f77b4", "stochastic": "#2ca02c", "none": "#7f7f7f"}
 LINESTYLES = ("-", "--", ":", "-.")

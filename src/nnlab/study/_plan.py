@@ -13,7 +13,7 @@ from nnlab.errors import ConfigError
 from nnlab.hpo._study import StorageSpec, check_storage, storage_spec
 from nnlab.study._cells import SEED_KEY, StudySpec
 
-__all__ = ["STUDY_ROOT", "DATA_FILE", "JOURNAL_FILE", "default_output_dir", "make_plan"]
+__all__ = ["DATA_FILE", "JOURNAL_FILE", "STUDY_ROOT", "default_output_dir", "make_plan"]
 
 STUDY_ROOT = Path("training_output") / "studies"
 DATA_FILE = "particles.csv"

@@ -12,8 +12,16 @@ from typing import Any
 
 from nnlab.errors import ConfigError
 
-__all__ = ["RECORD_FILE", "SPEC_ATTR", "check_directory_owner", "write_record", "stored_spec", "check_spec",
-           "check_data", "prepare_data"]
+__all__ = [
+    "RECORD_FILE",
+    "SPEC_ATTR",
+    "check_data",
+    "check_directory_owner",
+    "check_spec",
+    "prepare_data",
+    "stored_spec",
+    "write_record",
+]
 
 RECORD_FILE = "study_spec.json"
 SPEC_ATTR = "nnlab_study_spec"

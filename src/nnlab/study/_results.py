@@ -7,8 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "METRIC_COLUMNS", "RUN_COLUMNS", "DONE_STATUSES", "StudyResult", "runs_rows", "done_units",
-           "write_runs", "runs_frame"]
+__all__ = [
+    "DONE_STATUSES",
+    "FORMATS",
+    "METRIC_COLUMNS",
+    "RUN_COLUMNS",
+    "StudyResult",
+    "done_units",
+    "runs_frame",
+    "runs_rows",
+    "write_runs",
+]
 
 FORMATS = ("bfloat16", "float16", "float8_e4m3", "float8_e5m2")
 METRIC_COLUMNS = ("test_r2", "best_val_mse", "epoch_time_mean", *(f"format_r2_{f}" for f in FORMATS))

@@ -38,8 +38,16 @@ from nnlab._files import atomic_write_json, restore_csv_value, write_csv_rows
 from nnlab.analysis.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
 from nnlab.errors import ConfigError
 
-__all__ = ["KINDS", "STUDY_COLUMNS", "TOLERANCES", "summarise_study", "write_study_outputs", "read_study_dir",
-           "precision_curves", "format_r2_difference"]
+__all__ = [
+    "KINDS",
+    "STUDY_COLUMNS",
+    "TOLERANCES",
+    "format_r2_difference",
+    "precision_curves",
+    "read_study_dir",
+    "summarise_study",
+    "write_study_outputs",
+]
 
 # The cell keys of each kind of study, in the engine's column order.
 KINDS: dict[str, tuple[str, ...]] = {
