@@ -135,6 +135,15 @@ def test_james_stein_section_in_the_summary(analysed):
         per_seed = js["variants"][variant]["best_loss_per_seed"]
         assert js[f"{variant}_best_loss"] == pytest.approx(np.mean(per_seed))
     assert js["variants"]["binary_constraints"]["mean_significant_bits"] <= 16
+    # The trainings are a compare study in the analysis folder, run by one worker per CPU (the CLI default).
+    from nnlab.hpo._search import available_cpus
+
+    study_dir = (analysis_dir / "james_stein_study").resolve()
+    assert js["study_dir"] == str(study_dir) and js["workers"] == available_cpus()
+    runs = pd.read_csv(js["runs_csv"])
+    assert len(runs) == 6 and set(runs["status"]) == {"completed"}
+    assert set(zip(runs["variant"], runs["seed"])) == {(v, s) for v in js["variants"] for s in (42, 43)}
+    assert all(Path(d).parent == study_dir / "runs" and Path(d).is_dir() for d in runs["run_dir"])
 
 
 def test_heatmap_uses_the_run_history_without_hpo_results(analysed):

@@ -15,7 +15,7 @@ __all__ = ["add_arguments", "run"]
 # Kept literal (no import of the heavy modules) so building the parser stays cheap;
 # tests check they match nnlab.analysis.framework / james_stein.
 DEFAULT_SAMPLE_SIZE = 256
-DEFAULT_JS_SEEDS = 3
+DEFAULT_JS_SEEDS = 6
 DEFAULT_JS_EPOCHS = 30
 
 
@@ -56,10 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip", type=_sections, action="append", default=[], metavar="SECTION,...",
                         help="sections not to run (comma-separated, repeatable): " + ", ".join(SECTIONS))
     parser.add_argument("--js-seeds", type=_positive_int(1), default=DEFAULT_JS_SEEDS, metavar="K",
-                        help=f"seeds per variant in the James-Stein comparison (default: {DEFAULT_JS_SEEDS}; "
-                             "6 or more are needed for the Wilcoxon test to reach p < 0.05)")
+                        help=f"seeds per variant in the James-Stein comparison (default: {DEFAULT_JS_SEEDS}, the "
+                             "fewest with which its paired Wilcoxon test can reach p < 0.05)")
     parser.add_argument("--js-epochs", type=_positive_int(2), default=DEFAULT_JS_EPOCHS, metavar="E",
                         help=f"epochs per James-Stein training (default: {DEFAULT_JS_EPOCHS})")
+    parser.add_argument("--js-workers", type=_positive_int(1), default=None, metavar="N",
+                        help="worker processes training the James-Stein study in parallel (default: the CPUs "
+                             "available)")
     parser.add_argument("--quiet", action="store_true", help="print only the output paths and problems")
     parser.add_argument("--study", metavar="DIR",
                         help="analyse a study directory of `nnlab study` instead of a run: recompute its per-cell "
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda _line: None) if args.quiet else print
     analysis = ExperimentAnalysis(args.output_dir, run=args.run, analysis_dir=args.analysis_dir,
                                   sample_size=args.sample_size, js_seeds=args.js_seeds, js_epochs=args.js_epochs,
-                                  progress=lambda line: say(f"    {line}"))
+                                  js_workers=args.js_workers,
+                                  progress=None if args.quiet else lambda line: say(f"    {line}"))
     say(f"analysing run {analysis.run_id} -> {analysis.analysis_dir}")
 
     bar = _section_bar(len([name for name in SECTIONS if name not in skip])) if not args.quiet else None

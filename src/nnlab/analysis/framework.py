@@ -37,8 +37,10 @@ class ExperimentAnalysis:
         run: a run id, or ``"latest"``.
         analysis_dir: where outputs go (default ``<output_dir>/analysis``).
         sample_size: test points for the residual and scatter plots.
-        js_seeds: seeds per variant in the James-Stein comparison.
+        js_seeds: seeds per variant in the James-Stein comparison (6: the fewest with
+            which its paired Wilcoxon test can reach p < 0.05).
         js_epochs: epochs per training in the James-Stein comparison.
+        js_workers: worker processes training the James-Stein study (default: the CPUs available).
         hpo_results: HPO results CSV (default ``<output_dir>/analysis/hpo_results.csv``; used when it exists).
         seed: seed of the test-point sample, the bootstrap and the baselines.
         progress: called with progress lines (e.g. ``print``); None is silent.
@@ -55,10 +57,13 @@ class ExperimentAnalysis:
 
     def __init__(self, output_dir: str | os.PathLike = "training_output", *, run: str | None = "latest",
                  analysis_dir: str | os.PathLike | None = None, sample_size: int = DEFAULT_SAMPLE_SIZE,
-                 js_seeds: int = DEFAULT_JS_SEEDS, js_epochs: int = DEFAULT_JS_EPOCHS,
+                 js_seeds: int = DEFAULT_JS_SEEDS, js_epochs: int = DEFAULT_JS_EPOCHS, js_workers: int | None = None,
                  hpo_results: str | os.PathLike | None = None, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> None:
-        for name, value, low in (("sample_size", sample_size, 1), ("js_seeds", js_seeds, 1), ("js_epochs", js_epochs, 2)):
+        checked = [("sample_size", sample_size, 1), ("js_seeds", js_seeds, 1), ("js_epochs", js_epochs, 2)]
+        if js_workers is not None:
+            checked.append(("js_workers", js_workers, 1))
+        for name, value, low in checked:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         self.output_dir = Path(output_dir)
@@ -71,6 +76,7 @@ class ExperimentAnalysis:
                                 f"{exc.strerror or exc}") from None
         self.hpo_path = Path(hpo_results) if hpo_results is not None else self.output_dir / "analysis" / "hpo_results.csv"
         self.sample_size, self.js_seeds, self.js_epochs = int(sample_size), int(js_seeds), int(js_epochs)
+        self.js_workers = int(js_workers) if js_workers is not None else None
         self.seed = int(seed)
         self.progress = progress
         self.results: dict[str, SectionResult] = {}
@@ -196,12 +202,37 @@ class ExperimentAnalysis:
         result.notes.extend(data.notes)
         return result
 
+    def _run_particles(self) -> tuple[Any, dict[str, Any] | None]:
+        """The particles the run trained on, for the James-Stein study: its ``--data`` CSV when that file
+        still has the recorded SHA-256, else the particle DataFrame (with its provenance sidecar)."""
+        from nnlab.analysis.inputs import run_config
+        from nnlab.data import GENERATOR_NAME, generate_particle_data, load_particle_data, validate_particle_data
+        from nnlab.training._runs import file_digest
+
+        source = self.data().source  # rebuilt and checked against scalers.json: the run's own data
+        record = self.run_artifacts.record.get("data")
+        recorded = record.get("csv_sha256") if isinstance(record, dict) else None
+        if source.get("kind") == "csv":
+            path = Path(source["csv_path"])
+            if recorded and file_digest(path) == recorded:
+                return path, None
+            report = validate_particle_data(load_particle_data(path), source=path)
+            return report.data, {"source": "nnlab analyze: a copy of the run's data file", "run_id": self.run_id,
+                                 "csv_path": str(path), "recorded_csv_sha256": recorded}
+        generation = run_config(self.run_artifacts).generation
+        n, seed = int(source["num_particles"]), source["seed"]
+        return generate_particle_data(n, generation, seed), {
+            "source": GENERATOR_NAME, "generation_config": generation.model_dump(mode="json"),
+            "num_particles": n, "seed": seed}
+
     def _section_james_stein(self) -> SectionResult:
         from nnlab.analysis.inputs import run_config
         from nnlab.analysis.james_stein import james_stein_comparison
 
-        return james_stein_comparison(self.data().prepared, run_config(self.run_artifacts), self.analysis_dir,
-                                      seeds=self.js_seeds, epochs=self.js_epochs, progress=self.progress)
+        particles, metadata = self._run_particles()
+        return james_stein_comparison(particles, run_config(self.run_artifacts), self.analysis_dir,
+                                      seeds=self.js_seeds, epochs=self.js_epochs, workers=self.js_workers,
+                                      data_metadata=metadata, progress=self.progress)
 
     def _section_recommendations(self) -> SectionResult:
         from nnlab.analysis.recommendations import recommendations_section
@@ -315,6 +346,7 @@ class ExperimentAnalysis:
             "output_dir": str(self.output_dir),
             "analysis_dir": str(self.analysis_dir),
             "settings": {"sample_size": self.sample_size, "js_seeds": self.js_seeds, "js_epochs": self.js_epochs,
+                         "js_workers": self.js_workers,
                          "seed": self.seed, "hpo_results": str(self.hpo_path) if self.hpo_path.is_file() else None},
             "best_validation_loss": curve.get("best_validation_loss"),
             "best_validation_loss_epoch": curve.get("best_validation_loss_epoch"),

@@ -1,9 +1,14 @@
 """Section 7: binary constraints vs James-Stein shrinkage vs no constraints, trained for real.
 
-Three variants of the run's configuration are trained on the run's data for K
-seeds and E epochs each. Everything but the weight constraints is identical
-within a seed (architecture, optimizer, learning rate, loss strategy, batch
-size, initial weights, shuffling), so the comparison is paired by seed.
+Three variants of the run's configuration are trained on the run's particle
+data for K seeds and E epochs each, as one ``compare`` study of
+:mod:`nnlab.study`: every (variant, seed) is a normal run with its own run
+directory under ``<analysis_dir>/james_stein_study/``, the runs go to parallel
+worker processes, and the study directory stays behind (``nnlab analyze
+--study DIR`` renders it again). Everything but the weight constraints is
+identical within a seed (architecture, optimizer, learning rate, loss strategy,
+batch size, data split, initial weights, shuffling), so the comparison is
+paired by seed.
 
 * ``binary_constraints``: the run's BinaryChangeMax/BinaryPrecisionMax settings;
   when precision is not limited (``enable_binary_precision_max`` off or
@@ -15,18 +20,22 @@ The oscillation dampeners are off in all three, so each variant isolates one
 family. Constraints run every ``min(constraint_interval, max(1, E // 5))``
 epochs (at least five applications in a short comparison), early stopping is
 off (curves of equal length) and XLA is off (``jit_compile = false``: for a few
-dozen epochs its compile time outweighs its gain; results are the same). The compared loss is the validation MSE: the
-adaptive loss reweights itself along each variant's own trajectory, so its
-values are not comparable between variants.
+dozen epochs its compile time outweighs its gain; results are the same). The
+compared loss is the validation MSE: the adaptive loss reweights itself along
+each variant's own trajectory, so its values are not comparable between
+variants. Six seeds by default: the smallest number with which the exact
+two-sided paired Wilcoxon test can reach p < 0.05 (its minimum is 2/2^K).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
-import logging
 import math
-import time
+import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,13 +46,20 @@ import pandas as pd
 from nnlab.analysis.base import SectionResult, new_figure, save_figure
 from nnlab.analysis.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
 
-__all__ = ["VARIANTS", "DEFAULT_JS_SEEDS", "DEFAULT_JS_EPOCHS", "variant_overrides", "convergence_epoch",
-           "train_variants", "compare_variants", "james_stein_comparison"]
+__all__ = ["VARIANTS", "DEFAULT_JS_SEEDS", "DEFAULT_JS_EPOCHS", "STUDY_DIR_NAME", "variant_overrides",
+           "convergence_epoch", "run_variant_study", "variant_records", "compare_variants",
+           "james_stein_comparison"]
 
 VARIANTS = ("binary_constraints", "james_stein", "no_constraints")
-DEFAULT_JS_SEEDS = 3
+# The exact two-sided paired Wilcoxon test of K pairs cannot give p below 2/2^K:
+# 0.0625 for 5 seeds, 0.031 for 6 -- the fewest seeds that can name a winner at 0.05.
+DEFAULT_JS_SEEDS = 6
 DEFAULT_JS_EPOCHS = 30
 LOSS_METRIC = "val_mse"
+STUDY_DIR_NAME = "james_stein_study"
+STUDY_NAME = "nnlab-analysis-james-stein"
+DATA_FILE = "particles.csv"
+DONE_STATUSES = ("completed", "diverged")
 
 _ALL_OFF = {"enable_weight_oscillation_dampener": False, "use_adaptive_oscillation_dampener": False,
             "enable_binary_change_max": False, "enable_binary_precision_max": False, "enable_james_stein": False}
@@ -79,75 +95,162 @@ def convergence_epoch(curve: Sequence[float], tolerance: float = 0.01) -> int | 
     return int(hits[0]) + 1
 
 
-def _kernel_weights(model) -> np.ndarray:
-    kernels = [np.asarray(v.numpy()).ravel() for v in model.trainable_weights if "kernel" in v.path]
+def _new_study_dir(out_dir: Path) -> Path:
+    """``<out_dir>/james_stein_study``, or ``..._2``, ``..._3``: a directory this call created (nothing reused)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        path = out_dir / (STUDY_DIR_NAME if attempt == 1 else f"{STUDY_DIR_NAME}_{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"too many {STUDY_DIR_NAME}_* directories in '{out_dir}'")  # pragma: no cover
+
+
+def _study_base(config: Any, epochs: int) -> Any:
+    """The run's whole configuration, checkpointed once at the end: these short runs are never resumed."""
+    return config.updated({"checkpoint_every": int(epochs)}, source="james_stein")
+
+
+class _Lines(io.TextIOBase):
+    """A text stream that hands each complete line to ``emit`` (the section's progress callback).
+
+    ``emit`` runs with the stdout there was before: a callback that prints must not print into this stream.
+    """
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        super().__init__()
+        self._emit, self._pending, self._stdout = emit, "", sys.stdout
+
+    def _line(self, line: str) -> None:
+        with contextlib.redirect_stdout(self._stdout):
+            self._emit(line)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            self._line(self._pending)
+        self._pending = ""
+
+
+def run_variant_study(particles: str | os.PathLike, config: Any, study_dir: str | os.PathLike, *,
+                      seeds: Sequence[int], epochs: int, workers: int,
+                      progress: Callable[[str], None] | None = None) -> Any:
+    """Train every variant for every seed as one ``compare`` study; returns the :class:`~nnlab.study.StudyResult`.
+
+    Args:
+        particles: the particle CSV every run trains on (split per seed).
+        config: the run's :class:`~nnlab.config.Config`: the base of every variant.
+        study_dir: the study directory (runs/, the runs table, the study summary).
+        seeds: the seeds (each one trains the three variants from the same initial weights).
+        epochs: epochs per training.
+        workers: worker processes (capped at the CPUs and the runs).
+        progress: called with the study's lines (its start line, a line per finished run, its
+            outputs); None is silent. Worker processes print their lines themselves.
+    """
+    from nnlab.study import StudySpec, run_study
+
+    spec = StudySpec.compare(variant_overrides(config, epochs), seeds=[int(s) for s in seeds],
+                             base=_study_base(config, epochs))
+    if progress is None:
+        return run_study(spec, output_dir=study_dir, workers=int(workers), study_name=STUDY_NAME, data=particles,
+                         progress=False)
+    # The study prints; in this process its lines go through `progress` (spawned workers print their own).
+    lines = _Lines(progress)
+    try:
+        with contextlib.redirect_stdout(lines):
+            return run_study(spec, output_dir=study_dir, workers=int(workers), study_name=STUDY_NAME,
+                             data=particles, progress=True)
+    finally:
+        lines.flush()
+
+
+def _kernel_weights(weights_file: Path) -> np.ndarray:
+    """Every kernel in a Keras weights file: the 2-D variables of its layers (biases and PReLU slopes are 1-D)."""
+    import h5py
+
+    kernels: list[np.ndarray] = []
+    with h5py.File(weights_file, "r") as f:
+        def visit(_name: str, node: Any) -> None:
+            if isinstance(node, h5py.Dataset) and node.ndim == 2:
+                kernels.append(np.asarray(node[()], np.float32).ravel())
+        f["layers"].visititems(visit)
     return np.concatenate(kernels) if kernels else np.zeros(0, np.float32)
 
 
-class _DropRetracingNotices(logging.Filter):
-    """Training a fresh model per variant traces fresh functions by design; TF's
-    "triggered tf.function retracing" notice about it is noise here (and only here)."""
+def _curve(run_dir: Path, epochs: int) -> np.ndarray:
+    """The run's validation MSE per epoch, NaN-padded to ``epochs`` (a diverged run stops early).
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_retracing():
-    logger = logging.getLogger("tensorflow")
-    notice_filter = _DropRetracingNotices()
-    logger.addFilter(notice_filter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice_filter)
-
-
-def train_variants(data: Any, config: Any, *, seeds: Sequence[int], epochs: int,
-                   progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Train every variant for every seed; one record per (variant, seed).
-
-    Each record: ``seed``, ``curve`` (validation MSE per epoch), ``best_loss``,
-    ``convergence_epoch``, ``test_r2``, ``mean_significant_bits`` and, for the
-    first seed only, ``weights`` (all kernel weights, for histograms).
+    A run whose training_results.csv cannot be read gets an all-NaN curve, with a warning naming the file.
     """
-    import keras
+    curve = np.full(int(epochs), math.nan)
+    path = run_dir / "training_results.csv"
+    try:
+        values = pd.read_csv(path)[LOSS_METRIC].to_numpy(float)[:epochs]
+    except (OSError, KeyError, ValueError) as exc:  # ValueError covers pandas' EmptyDataError and parse errors
+        warnings.warn(f"james_stein: no {LOSS_METRIC} curve from {path} ({type(exc).__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
+        return curve
+    curve[:len(values)] = values
+    return curve
 
+
+def variant_records(runs: pd.DataFrame, *, epochs: int) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """One record per (variant, seed) from the study's runs table and run directories.
+
+    Only seeds whose three runs finished (completed or diverged) are kept: the
+    comparison is paired. Each record: ``seed``, ``curve`` (validation MSE per
+    epoch, from training_results.csv), ``best_loss``, ``convergence_epoch``,
+    ``test_r2``, ``mean_significant_bits`` (of the final kernels),
+    ``diverged``, ``run_dir`` and, for the first seed only, ``weights`` (all
+    kernel weights, for histograms).
+
+    Returns:
+        The records by variant, and one line per seed left out.
+    """
     from nnlab.constraints import significant_bits
-    from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 
-    overrides = variant_overrides(config, epochs)
-    X_train, X_val, X_test, y_train, y_val, y_test = data
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    total, done = len(seeds) * len(VARIANTS), 0
-    with _quiet_retracing():
-        for seed, variant in itertools.product(seeds, VARIANTS):
-            start = time.perf_counter()
-            keras.backend.clear_session()
-            cfg = config.updated({**overrides[variant], "seed": int(seed)}, source=f"james_stein/{variant}")
-            net = AdvancedNeuralNetwork((X_train.shape[1],), y_train.shape[1], cfg)
-            out = net.train_with_custom_constraints(X_train, y_train, X_val, y_val, epochs=int(epochs),
-                                                    batch_size=cfg.training.batch_size, verbose=0)
-            curve = np.asarray(out["history"].get(LOSS_METRIC, [math.nan] * int(epochs)), float)
-            weights = _kernel_weights(net.model)
+    seeds = list(dict.fromkeys(int(s) for s in runs["seed"]))
+    by_unit = {(str(r.variant), int(r.seed)): r for r in runs.itertuples(index=False)}
+    dropped: list[str] = []
+    kept: list[int] = []
+    for seed in seeds:
+        missing = [f"{v} ({by_unit[(v, seed)].status if (v, seed) in by_unit else 'no run'})" for v in VARIANTS
+                   if (v, seed) not in by_unit or by_unit[(v, seed)].status not in DONE_STATUSES]
+        if missing:
+            dropped.append(f"seed {seed}: no finished run of {', '.join(missing)}")
+        else:
+            kept.append(seed)
+    records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for seed in kept:
+        for v in VARIANTS:
+            row = by_unit[(v, seed)]
+            run_dir = Path(row.run_dir)
+            curve = _curve(run_dir, epochs)
+            final = run_dir / "weights" / "final.weights.h5"
+            weights = _kernel_weights(final) if final.is_file() else np.zeros(0, np.float32)
             record = {
-                "seed": int(seed), "curve": curve,
+                "seed": seed, "curve": curve, "run_dir": str(run_dir),
                 "best_loss": float(np.nanmin(curve)) if np.isfinite(curve).any() else math.nan,
                 "convergence_epoch": convergence_epoch(curve),
-                # A direct call: predict() would trace a predict function for a model used once.
-                "test_r2": float(regression_metrics(y_test, np.asarray(net.model(X_test, training=False)))["r2"]),
+                "test_r2": float(row.test_r2),
                 "mean_significant_bits": float(np.mean(significant_bits(weights))) if weights.size else math.nan,
-                "diverged": bool(out["diverged"]),
+                "diverged": row.status == "diverged",
             }
-            if seed == seeds[0]:
+            if seed == kept[0]:
                 record["weights"] = weights
-            runs[variant].append(record)
-            done += 1
-            if progress is not None:
-                progress(f"james_stein: {variant}, seed {seed} ({done}/{total}) "
-                         f"{time.perf_counter() - start:.1f} s, best {LOSS_METRIC} {record['best_loss']:.4g}")
-    keras.backend.clear_session()
-    return runs
+            records[v].append(record)
+    return records, dropped
 
 
 def _pair(a: str, b: str) -> str:
@@ -272,23 +375,59 @@ def _json_pairs(comparisons: dict[str, Any], key: str) -> dict[str, dict[str, fl
             for pair, comp in comparisons.items()}
 
 
-def james_stein_comparison(data: Any, config: Any, out_dir: Path, *, seeds: int = DEFAULT_JS_SEEDS,
-                           epochs: int = DEFAULT_JS_EPOCHS, alpha: float = 0.05,
+def _study_data(particles: Any, study_dir: Path, metadata: dict[str, Any] | None) -> Path:
+    """The CSV the study trains on: ``particles`` itself when it is a file, else the DataFrame written
+    (with its provenance sidecar) into the study directory."""
+    if isinstance(particles, pd.DataFrame):
+        from nnlab.data import save_particle_data
+
+        return save_particle_data(particles, study_dir / DATA_FILE, metadata=metadata)
+    return Path(particles)
+
+
+def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: Any, out_dir: Path, *,
+                           seeds: int = DEFAULT_JS_SEEDS, epochs: int = DEFAULT_JS_EPOCHS,
+                           workers: int | None = None, alpha: float = 0.05,
+                           data_metadata: dict[str, Any] | None = None,
                            progress: Callable[[str], None] | None = None) -> SectionResult:
-    """Section 7: train the three variants and compare them (see the module docstring).
+    """Section 7: train the three variants as a study and compare them (see the module docstring).
 
     Args:
-        data: the run's :class:`~nnlab.data.PreparedData` (or a 6-tuple of scaled arrays).
-        config: the run's :class:`~nnlab.config.Config`.
-        out_dir: where james_stein_comparison.png goes.
+        particles: the run's particle data: a CSV file (trained on as found) or a
+            DataFrame (written to ``<study dir>/particles.csv`` first).
+        config: the run's :class:`~nnlab.config.Config` (every variant's base).
+        out_dir: where james_stein_comparison.png and the study directory
+            (``james_stein_study``, or ``james_stein_study_<k>`` when taken) go.
         seeds: number of seeds K (seed s, s+1, ... from the run's ``seed``, 0 if none).
         epochs: epochs E per training.
+        workers: worker processes (default: the CPUs available).
         alpha: significance level of the winner decision.
-        progress: called with one line per finished training.
+        data_metadata: the provenance sidecar of a DataFrame ``particles``.
+        progress: called with the section's progress lines; with it the study
+            also prints its own (a line per finished run); None is silent.
+
+    Raises:
+        ConfigError, DataValidationError: a bad option or data file (from the study).
+        NnlabError: no seed has its three runs finished.
     """
+    from nnlab.errors import NnlabError
+    from nnlab.hpo._search import available_cpus
+
     base = config.model.seed if config.model.seed is not None else 0
     seed_list = [base + k for k in range(int(seeds))]
-    runs = train_variants(data, config, seeds=seed_list, epochs=epochs, progress=progress)
+    n_workers = available_cpus() if workers is None else int(workers)
+    study_dir = _new_study_dir(Path(out_dir))
+    data_path = _study_data(particles, study_dir, data_metadata)
+    if progress is not None:
+        progress(f"james_stein: {len(VARIANTS)} variants × {len(seed_list)} seeds × {epochs} epochs as a study in "
+                 f"{study_dir} ({n_workers} worker{'s' if n_workers != 1 else ''})")
+    study = run_variant_study(data_path, config, study_dir, seeds=seed_list, epochs=int(epochs), workers=n_workers,
+                              progress=progress)
+    runs, dropped = variant_records(study.runs, epochs=int(epochs))
+    if not runs[VARIANTS[0]]:
+        raise NnlabError(f"no seed has its {len(VARIANTS)} runs finished ({'; '.join(dropped)}); "
+                         f"see {study.paths['runs']}")
+    used_seeds = [r["seed"] for r in runs[VARIANTS[0]]]
     result = compare_variants(runs, alpha=alpha)
     path = _figure(runs, result, out_dir, int(epochs))
     overrides = variant_overrides(config, epochs)
@@ -313,7 +452,9 @@ def james_stein_comparison(data: Any, config: Any, out_dir: Path, *, seeds: int 
         "winner": result["winner"],
         "winner_rule": f"lowest mean best {LOSS_METRIC}, significant (paired Wilcoxon across seeds, "
                        f"p < {alpha}) against both other variants",
-        "loss_metric": LOSS_METRIC, "seeds": seed_list, "epochs": int(epochs), "alpha": alpha,
+        "loss_metric": LOSS_METRIC, "seeds": used_seeds, "seeds_left_out": dropped, "epochs": int(epochs),
+        "alpha": alpha, "workers": n_workers,
+        "study_dir": str(study.study_dir), "runs_csv": str(study.paths["runs"]), "data": str(data_path),
         "min_attainable_p_across_seeds": result["min_attainable_p_across_seeds"],
         "confidence_intervals": {v: list(result["best_loss_ci"][v]) for v in VARIANTS},
         "comparisons": result["comparisons"],
@@ -321,20 +462,26 @@ def james_stein_comparison(data: Any, config: Any, out_dir: Path, *, seeds: int 
                          "best_loss_per_seed": [r["best_loss"] for r in runs[v]],
                          "convergence_epoch_per_seed": [r["convergence_epoch"] for r in runs[v]],
                          "test_r2_per_seed": [r["test_r2"] for r in runs[v]],
-                         "mean_significant_bits": runs[v][0]["mean_significant_bits"]} for v in VARIANTS},
+                         "mean_significant_bits": runs[v][0]["mean_significant_bits"],
+                         "run_dirs": [r["run_dir"] for r in runs[v]]} for v in VARIANTS},
     }
     notes = [
-        f"{len(seed_list)} seeds × {epochs} epochs per variant, the run's own architecture and data; "
+        f"{len(used_seeds)} seeds × {epochs} epochs per variant, the run's own architecture and data; "
         f"constraints every {overrides['no_constraints']['constraint_interval']} epochs; oscillation dampeners off "
         "in all variants; no XLA, no early stopping; compared on validation MSE.",
         f"Winner: {result['winner']}. A winner is named only when the paired Wilcoxon test across seeds gives "
         f"p < {alpha} against both other variants.",
         "Across-epochs tests pair the seed-averaged curves epoch by epoch; successive epochs are correlated, so "
         "those p-values overstate the evidence and are descriptive only.",
+        f"The runs are a compare study in {study.study_dir} (runs table {study.paths['runs'].name}, one run "
+        f"directory per variant and seed); `nnlab analyze --study {study.study_dir}` renders it again.",
     ]
+    notes.extend(f"Left out of the paired comparison: {line}." for line in dropped)
     if result["min_attainable_p_across_seeds"] >= alpha:
-        notes.append(f"With {len(seed_list)} seeds the smallest p-value the exact Wilcoxon test can reach is "
+        notes.append(f"With {len(used_seeds)} seeds the smallest p-value the exact Wilcoxon test can reach is "
                      f"{result['min_attainable_p_across_seeds']:.3g} ≥ {alpha}, so no winner can be named; "
                      "use --js-seeds 6 or more for a decision.")
-    return SectionResult("james_stein", "", tables={"variants": per_variant, "paired tests": pd.DataFrame(stats_rows)},
+    study_runs = study.runs[["variant", "seed", "status", "test_r2", "best_val_mse", "epoch_time_mean", "run_id"]]
+    return SectionResult("james_stein", "", tables={"variants": per_variant, "paired tests": pd.DataFrame(stats_rows),
+                                                    "study runs": study_runs},
                          figures=[path], summary=summary, notes=notes)
