@@ -23,7 +23,9 @@ SUMMARY_KEYS = ("analysis_timestamp", "run_id", "best_validation_loss", "best_r2
 JS_KEYS = ("binary_constraints_best_loss", "james_stein_best_loss", "no_constraints_best_loss", "p_values",
            "effect_sizes", "winner")
 TINY = ("--num-particles", "200", "--set", "hidden_layers=[16]", "--set", "jit_compile=false", "--quiet")
-JS_FAST = ("--js-seeds", "2", "--js-epochs", "3", "--sample-size", "32")
+# One in-process worker: spawned workers would each import TensorFlow again for six tiny trainings
+# (the parallel path of a study is tested in tests/test_study.py).
+JS_FAST = ("--js-seeds", "2", "--js-epochs", "3", "--js-workers", "1", "--sample-size", "32")
 
 
 def env() -> dict[str, str]:
@@ -135,11 +137,9 @@ def test_james_stein_section_in_the_summary(analysed):
         per_seed = js["variants"][variant]["best_loss_per_seed"]
         assert js[f"{variant}_best_loss"] == pytest.approx(np.mean(per_seed))
     assert js["variants"]["binary_constraints"]["mean_significant_bits"] <= 16
-    # The trainings are a compare study in the analysis folder, run by one worker per CPU (the CLI default).
-    from nnlab.hpo._search import available_cpus
-
+    # The trainings are a compare study in the analysis folder (--js-workers 1: in this process).
     study_dir = (analysis_dir / "james_stein_study").resolve()
-    assert js["study_dir"] == str(study_dir) and js["workers"] == available_cpus()
+    assert js["study_dir"] == str(study_dir) and js["workers"] == 1
     runs = pd.read_csv(js["runs_csv"])
     assert len(runs) == 6 and set(runs["status"]) == {"completed"}
     assert set(zip(runs["variant"], runs["seed"])) == {(v, s) for v in js["variants"] for s in (42, 43)}
@@ -252,6 +252,7 @@ def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
     for key, value in {"NNLAB_ANALYSIS_OUTPUT_DIR": str(out), "NNLAB_ANALYSIS_RUN": run_id,
                        "NNLAB_ANALYSIS_DIR": str(analysis_dir), "NNLAB_ANALYSIS_SAMPLE_SIZE": "32",
                        "NNLAB_ANALYSIS_JS_SEEDS": "1", "NNLAB_ANALYSIS_JS_EPOCHS": "2",
+                       "NNLAB_ANALYSIS_JS_WORKERS": "1",
                        "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)
     path = REPO / "experiment_analysis_framework.ipynb"

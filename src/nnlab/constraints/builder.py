@@ -133,7 +133,9 @@ def build_step_constraints(
 
     Example:
         >>> step = build_step_constraints({"constraint_schedule": "step", "max_binary_digits": 4,
-        ...                                "binary_rounding": "stochastic", "enable_binary_change_max": False})
+        ...                                "binary_rounding": "stochastic", "enable_binary_change_max": False,
+        ...                                "use_adaptive_oscillation_dampener": False,
+        ...                                "enable_weight_oscillation_dampener": False})
         >>> step.precision_max.max_bits, step.rounding
         (4, 'stochastic')
     """
