@@ -29,12 +29,9 @@ two-sided paired Wilcoxon test can reach p < 0.05 (its minimum is 2/2^K).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,36 +110,6 @@ def _study_base(config: Any, epochs: int) -> Any:
     return config.updated({"checkpoint_every": int(epochs)}, source="james_stein")
 
 
-class _Lines(io.TextIOBase):
-    """A text stream that hands each complete line to ``emit`` (the section's progress callback).
-
-    ``emit`` runs with the stdout there was before: a callback that prints must not print into this stream.
-    """
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        super().__init__()
-        self._emit, self._pending, self._stdout = emit, "", sys.stdout
-
-    def _line(self, line: str) -> None:
-        with contextlib.redirect_stdout(self._stdout):
-            self._emit(line)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        *lines, self._pending = (self._pending + text).split("\n")
-        for line in lines:
-            if line.strip():
-                self._line(line)
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending.strip():
-            self._line(self._pending)
-        self._pending = ""
-
-
 def run_variant_study(particles: str | os.PathLike, config: Any, study_dir: str | os.PathLike, *,
                       seeds: Sequence[int], epochs: int, workers: int,
                       progress: Callable[[str], None] | None = None) -> Any:
@@ -162,17 +129,9 @@ def run_variant_study(particles: str | os.PathLike, config: Any, study_dir: str 
 
     spec = StudySpec.compare(variant_overrides(config, epochs), seeds=[int(s) for s in seeds],
                              base=_study_base(config, epochs))
-    if progress is None:
-        return run_study(spec, output_dir=study_dir, workers=int(workers), study_name=STUDY_NAME, data=particles,
-                         progress=False)
-    # The study prints; in this process its lines go through `progress` (spawned workers print their own).
-    lines = _Lines(progress)
-    try:
-        with contextlib.redirect_stdout(lines):
-            return run_study(spec, output_dir=study_dir, workers=int(workers), study_name=STUDY_NAME,
-                             data=particles, progress=True)
-    finally:
-        lines.flush()
+    # In this process the study's lines go through `progress`; spawned workers print their own.
+    return run_study(spec, output_dir=study_dir, workers=int(workers), study_name=STUDY_NAME, data=particles,
+                     progress=progress if progress is not None else False)
 
 
 def _kernel_weights(weights_file: Path) -> np.ndarray:

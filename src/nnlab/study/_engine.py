@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,16 @@ from nnlab.study._results import (
 __all__ = ["RUN_COLUMNS", "StudyResult", "default_output_dir", "run_study"]
 
 
-def _say(plan: Any, text: str) -> None:
-    if plan.progress:
-        print(text, flush=True)
+def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | None:
+    """Where progress lines go: a caller's callable, print (True) or nowhere (False)."""
+    if callable(progress):
+        return progress
+    return (lambda text: print(text, flush=True)) if progress else None
 
 
 def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers: int = 1,
               storage: str | None = None, study_name: str | None = None, data: str | Path | None = None,
-              progress: bool = True) -> StudyResult:
+              progress: bool | Callable[[str], None] = True) -> StudyResult:
     """Run (or continue) a study: every (cell, seed) once, through the normal training pipeline.
 
     Each unit trains through :func:`~nnlab.training.train_with_tracking` into
@@ -63,7 +66,9 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
             ``postgresql://``, ``mysql://``); default ``<output_dir>/study_journal.log``.
         study_name: default ``nnlab-study-<kind>``.
         data: a particle CSV to train on (validated, never modified).
-        progress: print a start line, a line per finished run and the outputs.
+        progress: print a start line, a line per finished run and the outputs (True), stay
+            silent (False), or hand each of those lines to a callable. Spawned worker
+            processes print their own lines when it is not False.
 
     Returns:
         A :class:`StudyResult`: the runs table (a DataFrame with the run
@@ -89,7 +94,13 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     from nnlab.hpo._study import fail_interrupted_trials, open_storage
 
     plan = make_plan(spec, output_dir=output_dir, workers=workers, storage=storage, study_name=study_name,
-                     data=data, progress=progress)
+                     data=data, progress=bool(progress))
+    emit = _printer(progress)
+
+    def say(text: str) -> None:
+        if emit is not None:
+            emit(text)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Every refusal comes before anything is written: the directory, the data, then the stored spec.
     check_directory_owner(plan, None)
@@ -129,12 +140,12 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     n_workers, why = cap_workers(workers, left) if left else (0, "")
     plan = dataclasses.replace(plan, workers=max(n_workers, 1), n_existing=len(study.get_trials(deepcopy=False)))
     if why:
-        _say(plan, f"--workers {workers} capped to {n_workers}: {why}")
-    _say(plan, f"study {plan.kind} '{plan.study_name}': {len(plan.cells)} cells × {len(plan.seeds)} seeds = "
+        say(f"--workers {workers} capped to {n_workers}: {why}")
+    say(f"study {plan.kind} '{plan.study_name}': {len(plan.cells)} cells × {len(plan.seeds)} seeds = "
                f"{n_units} runs, {finished} finished; {n_workers} worker{'s' if n_workers != 1 else ''}; "
                f"outputs in {plan.study_dir} (storage {plan.storage.label})")
     for number, reason in interrupted:
-        _say(plan, f"trial {number} was {reason}; its run will be done again")
+        say(f"trial {number} was {reason}; its run will be done again")
     write_runs(study, plan)
 
     failed_workers: list[tuple[int, int]] = []
@@ -142,7 +153,7 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
         if n_workers == 1:
             from nnlab.study._worker import run_worker
 
-            run_worker(plan, 0, storage=store)
+            run_worker(plan, 0, storage=store, say=emit)
         else:
             failed_workers = _run_workers(plan)
     rows = write_runs(study, plan)
@@ -153,10 +164,10 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     result = StudyResult(study_dir=plan.study_dir, study_name=plan.study_name, storage=plan.storage.label,
                          runs=runs, summary=summary, paths=paths, failed_workers=failed_workers)
     done = int(runs["status"].isin(DONE_STATUSES).sum())
-    _say(plan, f"{done} of {n_units} runs finished" + ("" if done == n_units else
+    say(f"{done} of {n_units} runs finished" + ("" if done == n_units else
                                                         "; rerun the same command to finish the others"))
     for name, path in paths.items():
-        _say(plan, f"{name}: {path}")
+        say(f"{name}: {path}")
     return result
 
 

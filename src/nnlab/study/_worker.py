@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,11 @@ class _SeedData:
         return self._data
 
 
-def run_worker(plan: Any, worker: int, *, storage: Any = None) -> int:
-    """Claim and train units of the plan's study until none is left; returns how many this worker ran."""
+def run_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[str], None] | None = None) -> int:
+    """Claim and train units of the plan's study until none is left; returns how many this worker ran.
+
+    A line per finished unit goes to ``say``, or is printed when the plan asks for progress.
+    """
     import optuna
 
     if plan.workers > 1:
@@ -176,10 +179,13 @@ def run_worker(plan: Any, worker: int, *, storage: Any = None) -> int:
             record = run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
             ran += 1
             write_runs(study, plan)
-            if plan.progress:
+            if say is not None or plan.progress:
                 done = len(done_units(study) & units)
-                print(f"[{done}/{n_units}] {plan.label(cell)} {SEED_KEY}={seed}: {_outcome_text(record)}",
-                      flush=True)
+                line = f"[{done}/{n_units}] {plan.label(cell)} {SEED_KEY}={seed}: {_outcome_text(record)}"
+                if say is not None:
+                    say(line)
+                else:
+                    print(line, flush=True)
     finally:
         tf_logger.removeFilter(_drop_retracing_warning)
 
