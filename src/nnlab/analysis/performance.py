@@ -196,7 +196,8 @@ def _log_row(output_dir: Path, run_id: str, problems: dict[str, str]) -> dict[st
     return {k: v for k, v in rows[-1].items() if v != ""} if rows else {}
 
 
-def _float_or_none(value: Any) -> float | None:
+def float_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, not a number, NaN or ±inf)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -265,10 +266,10 @@ def summarize_run_performance(output_dir: str | os.PathLike = "training_output",
 
     scaled = artifacts.test_metrics.get("scaled") if isinstance(artifacts.test_metrics.get("scaled"), dict) else {}
     for key in ("r2", "mse", "mae", "rmse"):
-        summary[f"test_{key}"] = _float_or_none(scaled.get(key))
+        summary[f"test_{key}"] = float_or_none(scaled.get(key))
     summary["test_n_samples"] = artifacts.test_metrics.get("n_samples")
     physical = artifacts.test_metrics.get("per_target_physical")
-    mae = ({name: _float_or_none(m.get("mae")) for name, m in physical.items() if isinstance(m, dict)}
+    mae = ({name: float_or_none(m.get("mae")) for name, m in physical.items() if isinstance(m, dict)}
            if isinstance(physical, dict) else {})
     complete = bool(mae) and all(v is not None for v in mae.values())
     summary["prediction_mae"] = float(np.mean(list(mae.values()))) if complete else None
@@ -286,9 +287,9 @@ def summarize_run_performance(output_dir: str | os.PathLike = "training_output",
     if summary["status"] is None:
         summary["status"] = row.get("status")
 
-    summary["total_time_s"] = _float_or_none(row.get("total_time_s"))
-    if _float_or_none(row.get("peak_memory_mb")) is not None:
-        summary["peak_memory_mb"] = _float_or_none(row.get("peak_memory_mb"))
+    summary["total_time_s"] = float_or_none(row.get("total_time_s"))
+    if float_or_none(row.get("peak_memory_mb")) is not None:
+        summary["peak_memory_mb"] = float_or_none(row.get("peak_memory_mb"))
     config = artifacts.config
     if "constraints" in row:
         summary["constraints_used"] = [] if row["constraints"] == "none" else row["constraints"].split("+")

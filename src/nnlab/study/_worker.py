@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from nnlab.analysis.performance import float_or_none
 from nnlab.errors import NnlabError
 from nnlab.hpo._study import (
     OUTCOME_ATTR,
@@ -272,14 +273,6 @@ def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) ->
     return record
 
 
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None  # storages keep JSON: no NaN
-
-
 def _steady_epoch_time(results: Mapping[str, Any]) -> float | None:
     """Mean epoch time without the first epoch, which also traces and XLA-compiles
     the train step (seconds, against a fraction of a second per epoch after it):
@@ -301,10 +294,10 @@ def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
 
     test = (results.get("test") or {}).get("scaled") or {}
     history = (results.get("training") or {}).get("history") or {}
-    val_mse = [v for v in (_finite_or_none(x) for x in history.get("val_mse", [])) if v is not None]
+    val_mse = [v for v in (float_or_none(x) for x in history.get("val_mse", [])) if v is not None]
     summary = results.get("performance_summary") or {}
-    metrics = {"test_r2": _finite_or_none(test.get("r2")), "best_val_mse": min(val_mse) if val_mse else None,
-               "epoch_time_mean": _steady_epoch_time(results) or _finite_or_none(summary.get("avg_epoch_time"))}
+    metrics = {"test_r2": float_or_none(test.get("r2")), "best_val_mse": min(val_mse) if val_mse else None,
+               "epoch_time_mean": _steady_epoch_time(results) or float_or_none(summary.get("avg_epoch_time"))}
     formats: Any = (results.get("test") or {}).get("formats")
     if not isinstance(formats, Mapping):
         try:
@@ -314,5 +307,5 @@ def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
             formats = None
     for name in FORMATS:
         entry = formats.get(name) if isinstance(formats, Mapping) else None
-        metrics[f"format_r2_{name}"] = _finite_or_none(entry.get("r2")) if isinstance(entry, Mapping) else None
+        metrics[f"format_r2_{name}"] = float_or_none(entry.get("r2")) if isinstance(entry, Mapping) else None
     return metrics
