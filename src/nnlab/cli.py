@@ -119,6 +119,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training output root (default: training_output)")
     parser.add_argument("--seed", type=seed_int, help="seed for data generation, weights and shuffling (repeatable runs)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
+    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+
+    parser.add_argument("--mlflow", nargs="?", const="", metavar="URI", help=MLFLOW_OPTION_HELP)
     parser.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",
                         help="continue an interrupted run (a run id, or 'latest') from its last checkpoint; "
                              "its configuration and data come from the run")
@@ -305,7 +308,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config_file),
                                       ("--epochs", args.epochs), ("--batch-size", args.batch_size),
                                       ("--num-particles", args.num_particles), ("--data", args.data),
-                                      ("--seed", args.seed)) if value is not None]
+                                      ("--seed", args.seed), ("--mlflow", args.mlflow)) if value is not None]
     if given or args.overrides:
         raise ConfigError(f"--resume continues a run with its own configuration and data; "
                           f"drop {', '.join(given + ['--set'] * bool(args.overrides))}")
@@ -323,6 +326,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra["batch_size"] = args.batch_size
     if args.seed is not None:
         extra.update(seed=args.seed, random_seed=args.seed)
+    if args.mlflow is not None:
+        from nnlab.integrations import mlflow_option
+
+        extra["mlflow_tracking_uri"] = mlflow_option(args.mlflow, args.output_dir)
     cfg = _load_config(args, extra)
     from nnlab._memory import check_memory  # before any allocation: refuse what cannot fit in memory
 

@@ -151,6 +151,18 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(10, ge=1)
     steps_per_execution: int = Field(10, ge=1)
     jit_compile: StrictBool = True
+    tensorboard: StrictBool = True
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = Field("nnlab", min_length=1, max_length=500)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_uri_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from nnlab.integrations._uri import check_tracking_uri
+
+        return check_tracking_uri(value)
 
 
 class GenerationConfig(_Section):

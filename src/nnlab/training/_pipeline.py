@@ -99,6 +99,52 @@ class _Run:
     resume: TrainingState | None = None
     lock: RunLock | None = None
     initial_rows: list[dict[str, str]] = field(default_factory=list)  # training_results.csv kept on resume
+    tags: dict[str, str] = field(default_factory=dict)  # of the run's MLflow run (when one is configured)
+    sinks: list[Any] = field(default_factory=list)  # TensorBoard, MLflow: finished with the run's status
+
+
+def data_source_text(source: Mapping[str, Any]) -> str:
+    """One line saying where a run's data came from (an MLflow tag)."""
+    if source.get("csv_path"):
+        digest = str(source.get("csv_sha256") or "")[:12]
+        return f"csv {source['csv_path']}" + (f" (sha256 {digest}...)" if digest else "")
+    if source.get("num_particles"):
+        return f"simulated: {source['num_particles']} particles, seed {source.get('seed')}"
+    return f"arrays: {source.get('n_rows', '?')} rows (sha256 {str(source.get('arrays_sha256', ''))[:12]}...)"
+
+
+def run_tags(run_id: str, source: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The tags of a run's MLflow run: its id, nnlab's version, the data source, then ``extra``."""
+    import nnlab
+
+    return {"nnlab.run_id": run_id, "nnlab.version": nnlab.__version__,
+            "nnlab.data_source": data_source_text(source)[:5000],
+            **{k: str(v) for k, v in (extra or {}).items()}}
+
+
+def _build_sinks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, tracker: PerformanceTracker
+                 ) -> list[keras.callbacks.Callback]:
+    """The run's TensorBoard and MLflow sinks, as configured (config keys tensorboard, mlflow_tracking_uri)."""
+    sinks: list[keras.callbacks.Callback] = []
+    resume_from = run.resume.epoch if run.resume is not None else None
+    if cfg.training.tensorboard:
+        from nnlab.integrations.tensorboard import TENSORBOARD_DIR, TensorBoardSink
+
+        sinks.append(TensorBoardSink(run.run_dir / TENSORBOARD_DIR, lambda: tracker.rows, errors=model.errors,
+                                     histogram_every=cfg.model.constraint_interval, resume_from=resume_from))
+    if cfg.training.mlflow_tracking_uri:
+        from nnlab.integrations.mlflow import MlflowSink
+
+        sinks.append(MlflowSink(cfg.training.mlflow_tracking_uri, cfg.training.mlflow_experiment,
+                                run_dir=run.run_dir, rows=lambda: tracker.rows, params=cfg.to_flat(),
+                                tags=run.tags, errors=model.errors, flush_every=cfg.training.checkpoint_every,
+                                resuming=resume_from is not None))
+    return sinks
+
+
+def _finish_sinks(run: _Run, status: str, test: Mapping[str, Any] | None) -> None:
+    for sink in run.sinks:
+        sink.finish(status, test)
 
 
 def _record_status(run: _Run, errors: ErrorRecorder, status: str, **fields: Any) -> None:
@@ -121,15 +167,18 @@ def _train_recorded(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, ru
         except KeyboardInterrupt:
             # Aborted at once (second Ctrl-C): the last checkpoint is there to resume from.
             _record_status(run, errors, "interrupted", **fields)
+            _finish_sinks(run, "interrupted", None)
             raise
         except Exception as exc:
             # _train may have named the failure ("failed: disk full" can be resumed); else plain "failed".
             status = str(run.row.get("status", ""))
-            _record_status(run, errors, status if status.startswith("failed") else "failed", **fields,
-                           error=f"{type(exc).__name__}: {exc}"[:500])
+            status = status if status.startswith("failed") else "failed"
+            _record_status(run, errors, status, **fields, error=f"{type(exc).__name__}: {exc}"[:500])
+            _finish_sinks(run, status, None)
             raise
         summary = results.get("performance_summary") or {}
         _record_status(run, errors, results["status"], **fields, epochs_run=summary.get("total_epochs"))
+        _finish_sinks(run, results["status"], results.get("test"))
         return results
     finally:
         if run.lock is not None:
@@ -152,6 +201,7 @@ def train_with_tracking(
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     data_source: Mapping[str, Any] | None = None,
+    mlflow_tags: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compile, train with tracking, evaluate on the test set and write every artifact.
 
@@ -173,6 +223,9 @@ def train_with_tracking(
         data_source: how the data was made (``num_particles``, ``seed``,
             ``csv_path``, ``random_state``, ...), recorded as ``data`` in
             training_config.json so the run's data can be rebuilt (and resumed).
+        mlflow_tags: extra tags of the run's MLflow run when
+            ``mlflow_tracking_uri`` is set (``mlflow.parentRunId`` makes it a
+            child run: searches and studies use it).
 
     Returns:
         ``training`` (history, final results, adaptive-loss history, constraints
@@ -223,6 +276,7 @@ def train_with_tracking(
     saved = {"run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
              "versions": library_versions(), "command": sys.argv, "data": source}
     saved["settings_sha256"] = settings_digest(saved)
+    run.tags = run_tags(run_id, source, mlflow_tags)
     _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", saved)
     if data is not None and hasattr(data, "save_scalers"):
         _safe(errors, "scalers.json", data.save_scalers, run_dir)
@@ -259,7 +313,8 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
     components = _checkpointed_components(model, weights)
     state_checkpoint = TrainingCheckpoint(run_dir, components, every=t.checkpoint_every, interrupt=interrupt,
                                           errors=errors)
-    run_callbacks = [tracker, loss_writer, weights, *callbacks]
+    run.sinks = _build_sinks(model, cfg, run, tracker)
+    run_callbacks = [tracker, *run.sinks, loss_writer, weights, *callbacks]
     if verbose == "progress":  # nnlab's own display (after the constraints: it shows their mark), not Keras'
         from nnlab.console import ConsoleProgress
 

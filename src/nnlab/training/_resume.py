@@ -26,6 +26,7 @@ from nnlab.training._pipeline import (
     _record_status,
     _Run,
     _train_recorded,
+    run_tags,
 )
 from nnlab.training._runs import (
     CONFIG_LOG_COLUMNS,
@@ -136,7 +137,8 @@ def resume_training(
         if lock is not None:
             lock.release()
         raise
-    run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state, lock=lock, initial_rows=initial_rows)
+    run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state, lock=lock, initial_rows=initial_rows,
+               tags=run_tags(run_dir.name, saved.get("data") or {}))
     _record_status(run, model.errors, "running", epochs=cfg.training.epochs, resumed_from_epoch=state.epoch)
     print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
           file=sys.stderr, flush=True)

@@ -1,0 +1,24 @@
+"""Optional sinks of a run's per-epoch rows: TensorBoard and MLflow.
+
+Both are fed by the same rows :class:`~nnlab.tracking.PerformanceTracker`
+writes to ``training_results.csv`` (the column names are the metric names),
+and both are optional components: a sink that fails records one warning in the
+run's error summary and stops; training goes on.
+
+* :class:`~nnlab.integrations.tensorboard.TensorBoardSink` -- config key
+  ``tensorboard`` (default true): scalars every epoch, weight and
+  significant-bit histograms at each constraint application, test metrics at
+  the end, in ``runs/<run_id>/tensorboard/``.
+* :class:`~nnlab.integrations.mlflow.MlflowSink` -- config key
+  ``mlflow_tracking_uri`` (``--mlflow``): params, per-epoch metrics, test
+  metrics, tags and the run's files, in one MLflow run per nnlab run.
+
+This module imports neither TensorFlow nor MLflow: the configuration checks the
+tracking URI's form through :mod:`nnlab.integrations._uri`.
+"""
+
+from __future__ import annotations
+
+from nnlab.integrations._uri import check_tracking_uri, default_tracking_uri, mlflow_option
+
+__all__ = ["check_tracking_uri", "default_tracking_uri", "mlflow_option"]

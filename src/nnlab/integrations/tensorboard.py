@@ -1,0 +1,191 @@
+"""TensorBoard: a run's per-epoch scalars and weight histograms, written with ``tf.summary``.
+
+The event files go to ``runs/<run_id>/tensorboard/``, so
+``tensorboard --logdir training_output/runs`` shows every run side by side.
+The step of every event is the epoch number of ``training_results.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from nnlab.tracking import ErrorRecorder
+
+__all__ = ["TensorBoardSink", "cut_event_files", "TENSORBOARD_DIR", "NOT_SCALARS"]
+
+TENSORBOARD_DIR = "tensorboard"
+# Columns of training_results.csv that are not per-epoch metrics.
+NOT_SCALARS = ("epoch", "timestamp")
+
+
+def _finite_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
+    """Drop the events after ``last_step`` from every event file in ``log_dir``; returns how many were dropped.
+
+    A resumed run redoes the epochs after its checkpoint: their old events go, so
+    the stream has each step once (like the run's CSVs, cut back the same way).
+    A file is rewritten only when it has such events, to a temporary name that
+    then replaces it. A truncated last record (the process was killed while
+    writing it) is dropped with them.
+    """
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+
+    dropped = 0
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        if not path.is_file() or path.name.endswith(".tmp"):
+            continue
+        kept: list[bytes] = []
+        removed = 0
+        try:
+            for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+                if event_pb2.Event.FromString(record).step <= last_step:
+                    kept.append(record)
+                else:
+                    removed += 1
+        except tf.errors.DataLossError:
+            removed += 1  # a record cut short by a kill: what came before it is kept
+        if not removed:
+            continue
+        temporary = path.with_name(path.name + ".tmp")
+        with tf.io.TFRecordWriter(str(temporary)) as writer:
+            for record in kept:
+                writer.write(record)
+        os.replace(temporary, path)
+        dropped += removed
+    return dropped
+
+
+class TensorBoardSink(keras.callbacks.Callback):
+    """Write a run's per-epoch rows and weight histograms as TensorBoard events.
+
+    Every epoch, each numeric column of the tracker's row (the columns of
+    ``training_results.csv``: losses, MSE, MAE, R², learning rate, loss weights,
+    ``constraint/...`` statistics, epoch time, memory) becomes a scalar with
+    ``step`` = the epoch number. Every ``histogram_every`` epochs (config
+    ``constraint_interval``: the epochs the constraints are applied) each
+    trainable weight gets a histogram of its values (``weights/<path>``) and of
+    their significant binary digits (``significant_bits/<path>``). At the end,
+    :meth:`finish` adds the test metrics (``test/r2``, ...) at the last epoch.
+
+    Place it after the :class:`~nnlab.tracking.PerformanceTracker` whose rows it
+    reads. A failure (the directory cannot be written, TensorBoard missing) is
+    recorded in ``errors`` once and the sink stops; training goes on.
+
+    Args:
+        log_dir: the event file directory (``runs/<run_id>/tensorboard``).
+        rows: a function returning the tracker's rows so far.
+        errors: the run's :class:`~nnlab.tracking.ErrorRecorder`.
+        histogram_every: histogram interval in epochs (0: no histograms).
+        resume_from: the epoch a resumed run continues after; later events of
+            the earlier attempt are removed first (:func:`cut_event_files`).
+
+    Example:
+        >>> # tracker = PerformanceTracker("training_results.csv")
+        >>> # sink = TensorBoardSink("tensorboard", lambda: tracker.rows, histogram_every=10)
+        >>> # model.fit(..., callbacks=[tracker, sink])
+    """
+
+    component = "tensorboard"
+
+    def __init__(self, log_dir: str | os.PathLike, rows: Callable[[], Sequence[Mapping[str, Any]]], *,
+                 errors: ErrorRecorder | None = None, histogram_every: int = 10, resume_from: int | None = None
+                 ) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._rows = rows
+        self.errors = errors if errors is not None else ErrorRecorder()
+        self.histogram_every = int(histogram_every)
+        self.resume_from = resume_from
+        self._writer: Any = None
+        self._failed = False
+        self._last_step = resume_from or 0
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = True
+        self.errors.record(self.component, exc)
+        self._close()
+
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception as exc:  # an optional sink must not cost the run
+                self.errors.record(self.component, exc)
+
+    def on_train_begin(self, logs=None):
+        if self._writer is not None or self._failed:
+            return
+        try:
+            import tensorflow as tf
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_from is not None:
+                cut_event_files(self.log_dir, self.resume_from)
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        except Exception as exc:  # ImportError (no tensorboard), OSError, a TF error
+            self._fail(exc)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            return
+        rows = self._rows()
+        if not rows or int(rows[-1].get("epoch", -1)) != epoch + 1:
+            return  # the tracker could not make this epoch's row (it recorded why)
+        try:
+            import tensorflow as tf
+
+            step = epoch + 1
+            with self._writer.as_default(step=step):
+                for key, value in rows[-1].items():
+                    number = None if key in NOT_SCALARS else _finite_float(value)
+                    if number is not None:
+                        tf.summary.scalar(key, number)
+                if self.histogram_every and step % self.histogram_every == 0 and self.model is not None:
+                    self._histograms()
+            self._writer.flush()
+            self._last_step = step
+        except Exception as exc:  # an optional sink must not cost the run
+            self._fail(exc)
+
+    def _histograms(self) -> None:
+        import tensorflow as tf
+
+        from nnlab.constraints.bits import significant_bits
+
+        for variable in self.model.trainable_weights:
+            values = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float32)
+            name = getattr(variable, "path", variable.name)
+            tf.summary.histogram(f"weights/{name}", values)
+            tf.summary.histogram(f"significant_bits/{name}", significant_bits(values),
+                                 buckets=25)
+
+    def finish(self, status: str, test: Mapping[str, Any] | None) -> None:
+        """Add the test metrics (scaled) at the last epoch and close the event file."""
+        if self._writer is not None and test:
+            try:
+                import tensorflow as tf
+
+                with self._writer.as_default(step=self._last_step):
+                    for key, value in (test.get("scaled") or {}).items():
+                        number = _finite_float(value)
+                        if number is not None:
+                            tf.summary.scalar(f"test/{key}", number)
+            except Exception as exc:  # an optional sink must not cost the run
+                self._fail(exc)
+        self._close()
