@@ -426,6 +426,23 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: cannot resimulate no_charge.csv: missing initial column(s) charge"]),
     ("--set", "nnlab config show --set save_to_file=true", {},
      ["error: --set: 'save_to_file' is a key of the original project that nnlab does not use"]),
+    ("--set", "nnlab config show --set tensorboard=yes", {},
+     ["error: invalid configuration:", "tensorboard", "yes"]),
+    ("--set", "nnlab config show --set mlflow_tracking_uri=http://", {},
+     ["mlflow_tracking_uri = \"http://\" is invalid: 'http://' is not an MLflow tracking URI: it names no host"]),
+    ("--set", "nnlab config show --set mlflow_experiment=", {},
+     ["--set: mlflow_experiment = \"\" is invalid: String should have at least 1 character"]),
+    ("CLI arguments", "python main.py --mlflow foo://x --output-dir o", {},
+     ["error: --mlflow: 'foo://x' is not an MLflow tracking URI: unknown scheme 'foo'; use "
+      "http(s)://HOST[:PORT][/PATH], sqlite:///FILE"]),
+    ("CLI arguments", "python main.py --mlflow mlruns --output-dir o", {},
+     ["'mlruns' is not an MLflow tracking URI: unknown scheme '(none)' (a file path needs sqlite:/// in front)"]),
+    ("CLI arguments", "python main.py --mlflow sqlite:///missing/m.db --output-dir o", {},
+     ["error: --mlflow: 'sqlite:///missing/m.db' is in 'missing', which is not a directory; create it first"]),
+    ("CLI arguments", "python main.py --mlflow http://127.0.0.1:99999 --output-dir o", {},
+     ["its port is not a number from 1 to 65535"]),
+    ("resume", "python main.py --resume latest --mlflow --output-dir o", {},
+     ["error: --resume continues a run with its own configuration and data; drop --mlflow"]),
 
     ("study arguments", "nnlab study precision --seeds 0", {},
      ["error: --seeds must be an integer >= 1 (how many seeds: 0, 1, ... N-1; 6 or more for a significance test "

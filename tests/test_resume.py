@@ -14,8 +14,11 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from nnlab.data import complete_data_pipeline
+from nnlab.integrations.mlflow import run_record
+from nnlab.integrations.tensorboard import read_events
 from nnlab.model import AdvancedNeuralNetwork
 from nnlab.training import (
     CheckpointError,
@@ -69,7 +72,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_then_resume(tmp_path, uninterrupted):
     out = tmp_path / "o"
-    proc = main_py(*RUN, "--output-dir", str(out), cwd=tmp_path)
+    proc = main_py(*RUN, "--output-dir", str(out), "--mlflow", cwd=tmp_path)
     run_dir = wait_for_rows(out, 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -79,6 +82,8 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     status = json.loads((run_dir / "run_status.json").read_text())
     assert status["status"] == "running" and status["pid"] == proc.pid
     assert json.loads((run_dir / ".lock").read_text())["pid"] == proc.pid  # a stale lock: taken over
+    written = [step for step, _ in read_events(run_dir / "tensorboard")["scalars"]["val_loss"]]
+    assert written[-1] > load_latest_checkpoint(run_dir).epoch  # epochs the resume redoes
 
     resume = main_py("--resume", "latest", "--quiet", "--output-dir", str(out), cwd=tmp_path)
     deadline = time.monotonic() + 120
@@ -97,6 +102,18 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     log = pd.read_csv(out / "configuration_log.csv")
     assert len(log) == 1 and log["status"].iloc[0] == "completed" and log["epochs_run"].iloc[0] == 24
     assert abs(final_test_r2(run_dir) - final_test_r2(uninterrupted)) < 0.01
+    # TensorBoard: the epochs redone after the checkpoint replace the killed attempt's, none twice.
+    scalars = read_events(run_dir / "tensorboard")["scalars"]
+    assert [step for step, _ in scalars["val_loss"]] == list(range(1, 25))
+    np.testing.assert_allclose([float(v) for _, v in scalars["val_loss"]], rows["val_loss"], rtol=1e-6)
+    # MLflow: the same run, reopened; each epoch logged once (in batches at the checkpoints).
+    record = run_record(run_dir)
+    client = MlflowClient(record["tracking_uri"])
+    assert [r.info.run_id for r in client.search_runs([record["experiment_id"]])] == [record["run_id"]]
+    history = client.get_metric_history(record["run_id"], "val_loss")
+    assert [m.step for m in history] == list(range(1, 25))
+    np.testing.assert_allclose([m.value for m in history], rows["val_loss"], rtol=1e-9)
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
 
 
 def test_completed_run_is_not_resumed(uninterrupted):
@@ -111,7 +128,7 @@ def test_completed_run_is_not_resumed(uninterrupted):
 
 def test_sigterm_marks_interrupted_and_resumes(tmp_path):
     out = tmp_path / "o"
-    proc = main_py(*RUN, "--output-dir", str(out), cwd=tmp_path)
+    proc = main_py(*RUN, "--output-dir", str(out), "--mlflow", cwd=tmp_path)
     run_dir = wait_for_rows(out, 6, proc)
     proc.send_signal(signal.SIGTERM)
     code, stdout, stderr = finish(proc)
@@ -123,6 +140,11 @@ def test_sigterm_marks_interrupted_and_resumes(tmp_path):
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "interrupted"
     done = int(pd.read_csv(run_dir / "training_results.csv")["epoch"].iloc[-1])
     assert load_latest_checkpoint(run_dir).epoch == done  # the interrupted epoch was checkpointed
+    record = run_record(run_dir)
+    client = MlflowClient(record["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["nnlab.status"] == "interrupted"
+    assert [m.step for m in client.get_metric_history(record["run_id"], "val_loss")] == list(range(1, done + 1))
 
     code, stdout, stderr = finish(main_py("--resume", run_dir.name, "--quiet", "--output-dir", str(out),
                                           cwd=tmp_path))
@@ -131,6 +153,8 @@ def test_sigterm_marks_interrupted_and_resumes(tmp_path):
     assert pd.read_csv(run_dir / "training_results.csv")["epoch"].tolist() == list(range(1, 25))
     assert pd.read_csv(run_dir / "loss_history.csv")["epoch"].tolist() == list(range(24))
     assert pd.read_csv(out / "configuration_log.csv")["status"].tolist() == ["completed"]
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(record["run_id"], "val_loss")] == list(range(1, 25))
 
 
 # --- integrity, through the API -----------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 
 from nnlab.tracking import ErrorRecorder
 
-__all__ = ["TensorBoardSink", "cut_event_files", "TENSORBOARD_DIR", "NOT_SCALARS"]
+__all__ = ["NOT_SCALARS", "TENSORBOARD_DIR", "TensorBoardSink", "cut_event_files", "read_events"]
 
 TENSORBOARD_DIR = "tensorboard"
 # Columns of training_results.csv that are not per-epoch metrics.
@@ -31,6 +31,48 @@ def _finite_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _records(path: Path) -> tuple[list[bytes], bool]:
+    """The records of one event file, and whether it ended in a truncated record."""
+    import tensorflow as tf
+
+    records: list[bytes] = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            records.append(record)
+    except tf.errors.DataLossError:
+        return records, True  # a record cut short by a kill: what came before it is whole
+    return records, False
+
+
+def read_events(log_dir: str | os.PathLike) -> dict[str, dict[str, list[tuple[int, np.ndarray]]]]:
+    """Every summary in ``log_dir``'s event files, raw: ``{plugin: {tag: [(step, value), ...]}}``.
+
+    ``plugin`` is TensorBoard's (``"scalars"``, ``"histograms"``); a histogram's
+    value is its ``(k, 3)`` array of bucket left edge, right edge and count.
+    Nothing is merged or purged: a step written twice appears twice.
+
+    Example:
+        >>> # read_events("training_output/runs/<run_id>/tensorboard")["scalars"]["val_loss"]
+        >>> # [(1, array(0.53, dtype=float32)), (2, ...), ...]
+    """
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.util import tensor_util
+
+    plugins: dict[str, str] = {}
+    values: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for record in _records(path)[0]:
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name:  # written with a tag's first value only
+                    plugins[value.tag] = value.metadata.plugin_data.plugin_name
+                values.setdefault(value.tag, []).append((event.step, tensor_util.make_ndarray(value.tensor)))
+    out: dict[str, dict[str, list[tuple[int, np.ndarray]]]] = {}
+    for tag, entries in values.items():
+        out.setdefault(plugins.get(tag, "unknown"), {})[tag] = entries
+    return out
 
 
 def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
@@ -49,16 +91,9 @@ def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
     for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
         if not path.is_file() or path.name.endswith(".tmp"):
             continue
-        kept: list[bytes] = []
-        removed = 0
-        try:
-            for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-                if event_pb2.Event.FromString(record).step <= last_step:
-                    kept.append(record)
-                else:
-                    removed += 1
-        except tf.errors.DataLossError:
-            removed += 1  # a record cut short by a kill: what came before it is kept
+        records, truncated = _records(path)
+        kept = [r for r in records if event_pb2.Event.FromString(r).step <= last_step]
+        removed = len(records) - len(kept) + truncated
         if not removed:
             continue
         temporary = path.with_name(path.name + ".tmp")
@@ -172,8 +207,10 @@ class TensorBoardSink(keras.callbacks.Callback):
             values = np.asarray(keras.ops.convert_to_numpy(variable.value), dtype=np.float32)
             name = getattr(variable, "path", variable.name)
             tf.summary.histogram(f"weights/{name}", values)
-            tf.summary.histogram(f"significant_bits/{name}", significant_bits(values),
-                                 buckets=25)
+            bits = significant_bits(values)
+            # One bucket per digit count (TensorBoard's buckets are uniform from min to max).
+            tf.summary.histogram(f"significant_bits/{name}", bits,
+                                 buckets=int(bits.max() - bits.min()) + 1 if bits.size else 1)
 
     def finish(self, status: str, test: Mapping[str, Any] | None) -> None:
         """Add the test metrics (scaled) at the last epoch and close the event file."""

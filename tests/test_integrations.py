@@ -1,0 +1,177 @@
+"""TensorBoard and MLflow: what a run writes, read back with the tools' own readers.
+
+Real training, real event files (read with TensorBoard's proto and tensor
+readers), a real MLflow store (sqlite, read with ``MlflowClient``). Faults are
+injected only where a component must fail: an unreachable server, a missing
+package, an event writer that cannot be created.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from mlflow import MlflowClient
+
+from nnlab.cli import main
+from nnlab.config import Config
+from nnlab.data import complete_data_pipeline
+from nnlab.integrations.mlflow import RUN_RECORD, run_record
+from nnlab.integrations.tensorboard import TENSORBOARD_DIR, cut_event_files, read_events
+from nnlab.model import AdvancedNeuralNetwork
+from nnlab.training import train_with_tracking
+
+EPOCHS = 6
+RUN = ["--num-particles", "300", "--epochs", str(EPOCHS), "--seed", "5", "--quiet",
+       "--set", "hidden_layers=[8]", "--set", "constraint_interval=2", "--set", "checkpoint_every=4",
+       "--set", "jit_compile=false", "--set", "max_binary_digits=10"]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One run with TensorBoard (the default) and MLflow on a bare --mlflow: (output dir, run dir)."""
+    out = tmp_path_factory.mktemp("tracked") / "o"
+    assert main(["train", *RUN, "--output-dir", str(out), "--mlflow"]) == 0
+    return out, next((out / "runs").iterdir())
+
+
+def mlflow_run(out: Path, run_dir: Path):
+    record = run_record(run_dir)
+    assert record["tracking_uri"] == f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    client = MlflowClient(record["tracking_uri"])
+    return client, client.get_run(record["run_id"])
+
+
+# --- TensorBoard -------------------------------------------------------------------------------
+
+def test_tensorboard_has_every_column_of_the_csv_each_epoch(tracked):
+    _, run_dir = tracked
+    rows = pd.read_csv(run_dir / "training_results.csv")
+    scalars = read_events(run_dir / TENSORBOARD_DIR)["scalars"]
+    columns = [c for c in rows.columns if c not in ("epoch", "timestamp") and rows[c].notna().all()]
+    assert {"train_loss", "val_loss", "val_mse", "val_mae", "r2_score", "learning_rate", "mse_weight",
+            "mae_weight", "epoch_time", "memory_mb", "constraint/applied",
+            "constraint/binary_precision_max/fraction_changed"} <= set(columns)
+    for column in columns:
+        steps = [step for step, _ in scalars[column]]
+        assert steps == list(range(1, EPOCHS + 1)), column
+        np.testing.assert_allclose([float(v) for _, v in scalars[column]], rows[column], rtol=1e-6, err_msg=column)
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())["scaled"]
+    for key in ("mse", "mae", "rmse", "r2"):
+        [(step, value)] = scalars[f"test/{key}"]
+        assert step == EPOCHS and float(value) == pytest.approx(metrics[key], rel=1e-6)
+
+
+def test_tensorboard_histograms_at_constraint_epochs(tracked):
+    _, run_dir = tracked
+    histograms = read_events(run_dir / TENSORBOARD_DIR)["histograms"]
+    # hidden_layers [8] with PReLU: dense kernel/bias, the PReLU slope, the output kernel/bias.
+    weights = sorted(tag.removeprefix("weights/") for tag in histograms if tag.startswith("weights/"))
+    assert weights == ["dense_1/bias", "dense_1/kernel", "prelu_1/alpha", "targets/bias", "targets/kernel"]
+    for name in weights:
+        for kind in ("weights", "significant_bits"):
+            assert [step for step, _ in histograms[f"{kind}/{name}"]] == [2, 4, 6]  # constraint_interval 2
+        # max_binary_digits 10, applied at those epochs: no weight has more than 10 significant bits.
+        for _, buckets in histograms[f"significant_bits/{name}"]:
+            counts = buckets[:, 2]
+            assert counts.sum() > 0 and buckets[counts > 0, 0].max() <= 10
+        value_counts = [int(b[:, 2].sum()) for _, b in histograms[f"weights/{name}"]]
+        bits_counts = [int(b[:, 2].sum()) for _, b in histograms[f"significant_bits/{name}"]]
+        assert value_counts == bits_counts  # every element counted in both
+
+
+def test_cut_event_files_keeps_the_steps_up_to_the_checkpoint(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        for step in range(1, 6):
+            tf.summary.scalar("loss", float(step), step=step)
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    path.write_bytes(path.read_bytes() + path.read_bytes()[:20])  # a record cut short by a kill
+    assert cut_event_files(tmp_path, 3) == 3  # steps 4, 5 and the broken record
+    assert [s for s, _ in read_events(tmp_path)["scalars"]["loss"]] == [1, 2, 3]
+    before = path.read_bytes()
+    assert cut_event_files(tmp_path, 3) == 0 and path.read_bytes() == before  # nothing more to cut
+
+
+# --- MLflow ------------------------------------------------------------------------------------
+
+def test_mlflow_run_has_params_metrics_tags_and_files(tracked):
+    out, run_dir = tracked
+    client, run = mlflow_run(out, run_dir)
+    saved = json.loads((run_dir / "training_config.json").read_text())
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    expected = {k: v if isinstance(v, str) else json.dumps(v) for k, v in saved["config"].items()}
+    assert run.data.params == expected
+    assert run.data.tags["nnlab.run_id"] == run_dir.name and run.data.tags["nnlab.status"] == "completed"
+    assert run.data.tags["nnlab.data_source"] == "simulated: 300 particles, seed 5"
+    assert run.data.tags["nnlab.version"]
+    rows = pd.read_csv(run_dir / "training_results.csv")
+    for column in ("train_loss", "val_loss", "val_mse", "r2_score", "learning_rate", "epoch_time", "memory_mb",
+                   "constraint/applied"):
+        history = client.get_metric_history(run.info.run_id, column)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), column
+        np.testing.assert_allclose([m.value for m in history], rows[column], rtol=1e-9)
+    test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert run.data.metrics["test_r2"] == pytest.approx(test["scaled"]["r2"])
+    assert run.data.metrics["test_physical/kinetic_energy/rmse"] == pytest.approx(
+        test["per_target_physical"]["kinetic_energy"]["rmse"])
+    listed = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"training_results.csv", "loss_history.csv", "training_config.json", "test_metrics.json",
+            "run_status.json", "training_log.txt", "scalers.json", "weights"} <= listed
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "weights")] == ["weights/final.weights.h5"]
+    # A local store keeps its artifacts beside it, not in ./mlruns of the working directory.
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (out / "mlartifacts").resolve().as_uri()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return complete_data_pipeline(num_particles=200, seed=4)
+
+
+def _train(small_data, tmp_path, **config):
+    config = {"hidden_layers": [8], "epochs": 2, "batch_size": 64, "jit_compile": False, **config}
+    model = AdvancedNeuralNetwork((small_data.X_train.shape[1],), small_data.y_train.shape[1], Config.from_flat(config))
+    return train_with_tracking(model, *small_data, config, data=small_data, output_dir=tmp_path, verbose=0)
+
+
+def test_unreachable_mlflow_server_costs_one_warning(small_data, tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.warns(RuntimeWarning, match=r"mlflow: MlflowException: API request to http://127\.0\.0\.1") as caught:
+        results = _train(small_data, tmp_path, mlflow_tracking_uri=uri, tensorboard=False)
+    assert sum("mlflow" in str(w.message) for w in caught) == 1
+    assert results["status"] == "completed" and results["test"] is not None
+    assert results["error_summary"]["by_component"] == {"mlflow": 1}
+    run_dir = Path(results["run_dir"])
+    assert not (run_dir / TENSORBOARD_DIR).exists() and not (run_dir / RUN_RECORD).exists()
+
+
+def test_missing_mlflow_package_costs_one_warning(small_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    with pytest.warns(RuntimeWarning, match=r"mlflow: ImportError: the mlflow package is not installed: "
+                                            r"pip install 'nnlab\[mlflow\]'"):
+        results = _train(small_data, tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert results["status"] == "completed" and results["error_summary"]["by_component"] == {"mlflow": 1}
+    assert read_events(Path(results["run_dir"]) / TENSORBOARD_DIR)["scalars"]["val_loss"]  # TensorBoard unaffected
+
+
+def test_unwritable_tensorboard_costs_one_warning(small_data, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(tf.summary, "create_file_writer", refuse)
+    with pytest.warns(RuntimeWarning, match="tensorboard: PermissionError"):
+        results = _train(small_data, tmp_path)
+    assert results["status"] == "completed" and results["error_summary"]["by_component"] == {"tensorboard": 1}
