@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_training.py [--particles 5000] [--epochs 6] [--repeats 2]
                                         [--steps-per-execution N] [--jit-compile true|false]
+    python benchmarks/bench_training.py --tensorboard [--particles 12000] [--epochs 8] [--repeats 3]
 
 Same data (scaled, 5000 particles by default), same network (the default
 config's hidden layers and activation), same epochs, batch size 128, same
@@ -20,6 +21,14 @@ Time per epoch is the gap between consecutive epoch ends (everything that
 happens in an epoch: training, validation, every callback), epochs after the
 first; runs alternate a, b, a, b... in one process. Prints one JSON line with
 the median per-epoch times and the ratio b/a.
+
+``--tensorboard``: the cost of the ``tensorboard`` default. The default
+configuration (default network, constraints every 10 epochs), trained by
+``train_with_tracking`` with ``tensorboard`` false and true, alternating, for
+fewer than 10 epochs (so no histogram epoch among them). Reports the median
+epoch times and their ratio, the time spent inside the TensorBoard sink per
+epoch (measured around its ``on_epoch_end``) as a fraction of the epoch, and
+the time of one set of weight histograms (what a constraint epoch adds).
 """
 
 from __future__ import annotations
@@ -90,14 +99,67 @@ def nnlab_full(data, cfg, epochs: int, out: Path) -> list[float]:
     return timer.per_epoch_after_first()
 
 
+def tensorboard_overhead(particles: int, epochs: int, repeats: int) -> dict:
+    """Epoch time with ``tensorboard`` off and on (default config), and the sink's own time."""
+    from nnlab.integrations import tensorboard as tb
+
+    inside: list[float] = []
+    on_epoch_end = tb.TensorBoardSink.on_epoch_end
+
+    def timed(self, epoch, logs=None):
+        started = time.perf_counter()
+        on_epoch_end(self, epoch, logs)
+        inside.append(time.perf_counter() - started)
+
+    tb.TensorBoardSink.on_epoch_end = timed
+    data = complete_data_pipeline(num_particles=particles, seed=0)
+    off, on = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            off += nnlab_full(data, load_config(overrides={"epochs": epochs, "tensorboard": False}), epochs,
+                              Path(tmp) / f"off{i}")
+            on += nnlab_full(data, load_config(overrides={"epochs": epochs, "tensorboard": True}), epochs,
+                             Path(tmp) / f"on{i}")
+        # One set of histograms of the default network, as a constraint epoch writes them.
+        cfg = load_config()
+        net = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
+        sink = tb.TensorBoardSink(Path(tmp) / "hist", lambda: [])
+        sink.set_model(net.model)
+        sink.on_train_begin()
+        histogram_s = []
+        for _ in range(5):
+            started = time.perf_counter()
+            with sink._writer.as_default(step=1):
+                sink._histograms()
+            sink._writer.flush()
+            histogram_s.append(time.perf_counter() - started)
+        sink.finish("completed", None)
+    a, b = statistics.median(off), statistics.median(on)
+    return {
+        "mode": "tensorboard", "particles": particles, "epochs": epochs, "repeats": repeats,
+        "hidden_layers": cfg.model.hidden_layers, "constraint_interval": cfg.model.constraint_interval,
+        "tensorboard_off_epoch_s": round(a, 4), "tensorboard_on_epoch_s": round(b, 4),
+        "ratio_on_over_off": round(b / a, 4),
+        "sink_s_per_epoch": round(statistics.median(inside), 5),
+        "sink_fraction_of_epoch": round(statistics.median(inside) / b, 5),
+        "histograms_s": round(statistics.median(histogram_s[1:]), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=5000)
+    parser.add_argument("--particles", type=int, help="default: 5000; 12000 (the default task) with --tensorboard")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps-per-execution", type=int)
     parser.add_argument("--jit-compile", choices=["true", "false"])
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="measure the tensorboard default instead (default config, off vs on)")
     args = parser.parse_args()
+    if args.tensorboard:
+        print(json.dumps(tensorboard_overhead(args.particles or 12000, args.epochs, args.repeats)))
+        return
+    args.particles = args.particles or 5000
 
     overrides = {
         "epochs": args.epochs, "batch_size": 128, "constraint_interval": 1,

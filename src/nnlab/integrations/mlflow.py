@@ -78,7 +78,9 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     store = local_store_dir(tracking_uri)
     location = (store / "mlartifacts").resolve().as_uri() if store is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # The kind makes MLflow 3's UI open on its model-training view (runs, metrics), not GenAI traces.
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
         experiment = client.get_experiment_by_name(name)  # another process created it first
         if experiment is None:
@@ -255,6 +257,12 @@ class MlflowSink(keras.callbacks.Callback):
             self._flush()
         except Exception as exc:  # an optional sink must not cost the run
             self._fail(exc)
+
+    def describe(self) -> str | None:
+        """The MLflow run, for the run's summary (None when the sink failed or never started)."""
+        if self.client is None or self.run_id is None:
+            return None
+        return f"run {self.run_id}, experiment '{self.experiment}' at {self.tracking_uri}"
 
     def finish(self, status: str, test: Mapping[str, Any] | None) -> None:
         """Log what is left, the test metrics, the run's files and tags; end the MLflow run."""

@@ -406,6 +406,8 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
     }
     if failure is not None:
         results["failure"] = failure
+    # Where the optional sinks write (a sink that failed says nothing here; its error is listed).
+    results["tracking"] = {sink.component: where for sink in run.sinks if (where := sink.describe())}
     results["training"]["errors"] = errors.summary()
     _safe(errors, "training_log.txt", atomic_write_text, run_dir / "training_log.txt", format_summary(results))
     run.row.update(

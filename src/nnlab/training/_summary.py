@@ -52,4 +52,6 @@ def format_summary(results: Mapping[str, Any]) -> str:
     if results.get("failure"):
         lines.append(f"  stopped              {results['failure']}")
     lines.append(f"  artifacts            {s['run_dir']}")
+    for name, where in (results.get("tracking") or {}).items():
+        lines.append(f"  {name:<20} {where}")
     return "\n".join(lines) + "\n"
