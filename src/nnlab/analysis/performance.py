@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nnlab._numbers import float_or_none
 from nnlab.analysis.artifacts import load_run
 from nnlab.analysis.base import SectionSkipped
 from nnlab.errors import ConfigError, DataValidationError
@@ -194,15 +195,6 @@ def _log_row(output_dir: Path, run_id: str, problems: dict[str, str]) -> dict[st
         return {}
     rows = log[log["run_id"] == run_id].to_dict("records")
     return {k: v for k, v in rows[-1].items() if v != ""} if rows else {}
-
-
-def float_or_none(value: Any) -> float | None:
-    """``value`` as a finite float, or None (missing, not a number, NaN or ±inf)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def summarize_run_performance(output_dir: str | os.PathLike = "training_output",

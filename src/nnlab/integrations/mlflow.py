@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -20,6 +19,7 @@ from typing import Any
 import keras
 
 from nnlab._files import atomic_write_json
+from nnlab._numbers import float_or_none
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
@@ -99,13 +99,6 @@ def _timestamp_ms(row: Mapping[str, Any]) -> int:
         return int(datetime.now().timestamp() * 1000)
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
 
 def row_metrics(row: Mapping[str, Any]) -> list[Any]:
     """MLflow ``Metric`` entities of one training_results.csv row (step = its epoch; non-finite cells left out)."""
@@ -113,7 +106,7 @@ def row_metrics(row: Mapping[str, Any]) -> list[Any]:
 
     step, stamp = int(row["epoch"]), _timestamp_ms(row)
     return [Metric(key, number, stamp, step) for key, value in row.items()
-            if key not in _NOT_METRICS and (number := _finite(value)) is not None]
+            if key not in _NOT_METRICS and (number := float_or_none(value)) is not None]
 
 
 def test_metrics(test: Mapping[str, Any] | None) -> dict[str, float]:
@@ -123,7 +116,7 @@ def test_metrics(test: Mapping[str, Any] | None) -> dict[str, float]:
     out = {f"test_{k}": v for k, v in (test.get("scaled") or {}).items()}
     for target, values in (test.get("per_target_physical") or {}).items():
         out.update({f"test_physical/{target}/{k}": v for k, v in values.items()})
-    return {k: number for k, v in out.items() if (number := _finite(v)) is not None}
+    return {k: number for k, v in out.items() if (number := float_or_none(v)) is not None}
 
 
 def log_files(client: Any, run_id: str, files: Iterable[tuple[Path, str | None]]) -> int:
@@ -328,7 +321,7 @@ def finish_parent_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED
 
         client = client_for(tracking_uri)
         stamp = int(datetime.now().timestamp() * 1000)
-        values = {k: number for k, v in (metrics or {}).items() if (number := _finite(v)) is not None}
+        values = {k: number for k, v in (metrics or {}).items() if (number := float_or_none(v)) is not None}
         client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in values.items()])
         log_files(client, run_id, files)
         client.set_terminated(run_id, status=status)

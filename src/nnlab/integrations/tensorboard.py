@@ -7,7 +7,6 @@ The step of every event is the epoch number of ``training_results.csv``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from nnlab._numbers import float_or_none
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["NOT_SCALARS", "TENSORBOARD_DIR", "TensorBoardSink", "cut_event_files", "read_events"]
@@ -24,13 +24,6 @@ TENSORBOARD_DIR = "tensorboard"
 # Columns of training_results.csv that are not per-epoch metrics.
 NOT_SCALARS = ("epoch", "timestamp")
 
-
-def _finite_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _records(path: Path) -> tuple[list[bytes], bool]:
@@ -203,7 +196,7 @@ class TensorBoardSink(keras.callbacks.Callback):
 
         summary = summary_pb2.Summary()
         for key, value in items:
-            number = None if key in NOT_SCALARS else _finite_float(value)
+            number = None if key in NOT_SCALARS else float_or_none(value)
             if number is not None:
                 summary.value.extend(scalar_pb(prefix + key, number).value)
         if summary.value:
