@@ -121,12 +121,39 @@ def run(args: argparse.Namespace) -> int:
     paths = analysis.write_outputs()
     print(f"summary: {paths['summary']}")
     print(f"report:  {paths['report']}")
+    _log_to_mlflow(analysis.run_artifacts.run_dir, [paths["report"], paths["summary"]], say)
     failed = [name for name, r in analysis.results.items() if r.status == "failed"]
     if failed:
         print(f"error: {len(failed)} section(s) failed: {', '.join(failed)} (the other outputs were written)",
               file=sys.stderr)
         return 1
     return 0
+
+
+ANALYSIS_ARTIFACTS = "analysis"  # the folder of the run's MLflow artifacts the analysis goes to
+
+
+def _log_to_mlflow(run_dir, files, say) -> None:
+    """A run logged to MLflow (its ``mlflow_run.json``) gets the analysis outputs as artifacts under "analysis".
+
+    Optional: MLflow missing or unreachable is one warning; the analysis itself succeeded.
+    """
+    from nnlab.integrations.mlflow import run_record
+
+    record = run_record(run_dir)
+    if record is None or not record.get("tracking_uri") or not record.get("run_id"):
+        return
+    try:
+        from nnlab.integrations.mlflow import client_for, log_files
+
+        logged = log_files(client_for(str(record["tracking_uri"])), str(record["run_id"]),
+                           [(path, ANALYSIS_ARTIFACTS) for path in files])
+    except Exception as exc:  # an optional destination must not fail the analysis
+        text = " ".join(str(exc).split())[:300]
+        print(f"warning: MLflow: the analysis was not logged to run {record['run_id']}: "
+              f"{type(exc).__name__}: {text}", file=sys.stderr)
+        return
+    say(f"mlflow:  {logged} file(s) logged to run {record['run_id']} under '{ANALYSIS_ARTIFACTS}/'")
 
 
 # -- nnlab analyze --study DIR ---------------------------------------------------------------

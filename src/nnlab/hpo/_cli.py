@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="configuration key applied to every trial (repeatable); VALUE is JSON or a plain string")
+    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+
+    add("--mlflow", nargs="?", const="", metavar="URI",
+        help=MLFLOW_OPTION_HELP + "; a parent run per study, a child run per trial")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         benchmarking=args.benchmarking, sampler=args.sampler, pruner=args.pruner,
         startup_trials=args.startup_trials, storage=args.storage, study_name=args.study_name,
         workers=args.workers, space=args.space, config_dir=args.config_dir,
-        overrides=parse_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides), mlflow=args.mlflow,
     )
     summary = run_search(settings)
     return 0 if summary.best_trial is not None and not summary.failed_workers else 1

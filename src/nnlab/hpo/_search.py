@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,7 +28,8 @@ from nnlab.hpo._study import (
     storage_spec,
 )
 
-__all__ = ["DEFAULT_PRESETS", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers", "run_search"]
+__all__ = ["DEFAULT_PRESETS", "MlflowTarget", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers",
+           "finish_parent", "open_parent", "resolve_mlflow", "run_search"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
 DEFAULT_STUDY_NAME = "nnlab-hpo"
@@ -65,6 +68,11 @@ class SearchSettings:
             the default space.
         config_dir: the ``ml_config`` directory.
         overrides: configuration keys applied to every trial (``--set``).
+        mlflow: log to MLflow (``--mlflow``): a tracking URI, or ``""`` for
+            ``sqlite:///<output_dir>/mlflow.db``; a parent run for the study and
+            a child run per trial. None: only if the configuration sets
+            ``mlflow_tracking_uri``. Not part of the study's settings: a rerun
+            with or without it continues the same study.
         verbose: print one line per trial and a summary.
     """
 
@@ -86,6 +94,7 @@ class SearchSettings:
     space: str | os.PathLike | Mapping[str, Any] | None = None
     config_dir: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    mlflow: str | None = None
     verbose: bool = True
 
 
@@ -110,6 +119,106 @@ class SearchSummary:
 
 
 @dataclass(frozen=True)
+class MlflowTarget:
+    """Where the runs of a search or study go in MLflow; handed to the workers with the plan (picklable).
+
+    ``parent`` is the id of the parent run once :func:`open_parent` opened it,
+    None while it is not open or when MLflow cannot be used -- then the runs
+    are not logged either: one warning for the search, not one per run.
+
+    Example:
+        >>> target = MlflowTarget("sqlite:///mlflow.db", "nnlab", parent="abc")
+        >>> target.child_tags({"nnlab.trial": 3})
+        {'mlflow.parentRunId': 'abc', 'nnlab.trial': '3'}
+    """
+
+    uri: str
+    experiment: str
+    parent: str | None = None
+
+    def run_overrides(self) -> dict[str, Any]:
+        """The configuration keys of a child run: the parent's store and experiment, or MLflow off."""
+        if self.parent is None:
+            return {"mlflow_tracking_uri": None}
+        return {"mlflow_tracking_uri": self.uri, "mlflow_experiment": self.experiment}
+
+    def child_tags(self, tags: Mapping[str, Any]) -> dict[str, str] | None:
+        """The MLflow tags of a child run (``mlflow.parentRunId`` first); None without a parent."""
+        if self.parent is None:
+            return None
+        return {"mlflow.parentRunId": self.parent, **{k: str(v) for k, v in tags.items()}}
+
+
+def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
+                   configs: Sequence[Mapping[str, Any]]) -> MlflowTarget | None:
+    """The MLflow target of ``--mlflow [URI]`` (``option``; ``""`` for the store in ``output_dir``).
+
+    Without the option: the ``mlflow_tracking_uri`` every configuration in
+    ``configs`` sets (e.g. by ``--set``), or None. The experiment is the first
+    configuration's ``mlflow_experiment``.
+
+    Raises:
+        ConfigError: naming --mlflow, for a URI of the wrong form or a local
+            store in a directory that does not exist.
+    """
+    from nnlab.integrations._uri import mlflow_option
+
+    experiment = str(configs[0].get("mlflow_experiment") or "nnlab") if configs else "nnlab"
+    if option is not None:
+        return MlflowTarget(mlflow_option(option, output_dir), experiment)
+    uris = {c.get("mlflow_tracking_uri") for c in configs}
+    if len(uris) == 1 and None not in uris:
+        return MlflowTarget(str(uris.pop()), experiment)
+    return None
+
+
+def _shown_uri(uri: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)  # no password in the console
+
+
+def parent_name(study_name: str, storage_label: str) -> str:
+    """The name of a parent run: the study's, and 8 hex digits of its storage.
+
+    Two studies of one name (``nnlab-hpo`` by default) in two output
+    directories logging to one tracking server get two parents; a rerun of the
+    same study reopens its own.
+    """
+    return f"{study_name}@{hashlib.sha256(storage_label.encode('utf-8')).hexdigest()[:8]}"
+
+
+def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_label: str,
+                params: Mapping[str, Any], say: Any = None) -> MlflowTarget:
+    """``target`` with its parent run opened (created, or reopened by a rerun); parent None on failure.
+
+    MLflow that cannot be used (package missing, server unreachable) costs one
+    warning; the search or study goes on without it.
+    """
+    from nnlab.integrations.mlflow import open_parent_run
+    from nnlab.tracking import ErrorRecorder
+
+    name = parent_name(study_name, storage_label)
+    run_id = open_parent_run(target.uri, target.experiment, kind=kind, name=name,
+                             params={"study_name": study_name, "storage": storage_label, **params},
+                             errors=ErrorRecorder())
+    if run_id is not None and say is not None:
+        say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}') in "
+            f"{_shown_uri(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")
+    return dataclasses.replace(target, parent=run_id)
+
+
+def finish_parent(target: MlflowTarget | None, *, status: str, metrics: Mapping[str, Any],
+                  files: Sequence[tuple[Path, str | None]]) -> None:
+    """Log the parent run's summary metrics and files and end it (nothing without a parent)."""
+    if target is None or target.parent is None:
+        return
+    from nnlab.integrations.mlflow import finish_parent_run
+    from nnlab.tracking import ErrorRecorder
+
+    finish_parent_run(target.uri, target.parent, status=status, metrics=metrics, files=files,
+                      errors=ErrorRecorder())
+
+
+@dataclass(frozen=True)
 class _Plan:
     """The validated, resolved settings handed to each worker (picklable)."""
 
@@ -126,6 +235,7 @@ class _Plan:
     pruner: str
     startup_trials: int
     fingerprint: dict[str, Any]
+    mlflow: MlflowTarget | None = None
 
 
 def _positive(name: str, value: Any) -> int:
@@ -165,6 +275,8 @@ def plan_search(settings: SearchSettings) -> _Plan:
         raise ConfigError("presets: name at least one preset")
     if s.benchmarking and s.space is not None:
         raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
+    if s.mlflow is not None and not isinstance(s.mlflow, str):
+        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(s.mlflow).__name__}")
 
     if s.benchmarking:
         space = SearchSpace({}, source="benchmarking")
@@ -180,6 +292,7 @@ def plan_search(settings: SearchSettings) -> _Plan:
         if differ:
             raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
                               "the data is prepared once per search, so presets must share it")
+    mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
 
     from nnlab.hpo._results import ResultPaths
 
@@ -217,6 +330,7 @@ def plan_search(settings: SearchSettings) -> _Plan:
         pruner=pruner,
         startup_trials=s.startup_trials or max(2, min(10, s.max_trials // 3)),
         fingerprint=fingerprint,
+        mlflow=mlflow,
     )
 
 
@@ -335,18 +449,31 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         say(f"trial {number} was {reason}; it is not counted and will not be listed")
     write_results(study, paths, storage_label=plan.storage.label)
 
+    if plan.mlflow is not None:
+        plan = dataclasses.replace(plan, mlflow=open_parent(
+            plan.mlflow, kind="hpo", study_name=plan.study_name, storage_label=plan.storage.label,
+            params={"sampler": settings.sampler, "pruner": plan.pruner, **plan.fingerprint}, say=say))
+    files = [(paths.results, None), (paths.best_config, None), (paths.study_file, None)]
+
     n_existing = len(study.get_trials(deepcopy=False))
     failed_workers: list[tuple[int, int]] = []
-    if finished < plan.budget:
-        if settings.workers == 1:
-            from nnlab.hpo._worker import run_worker
+    try:
+        if finished < plan.budget:
+            if settings.workers == 1:
+                from nnlab.hpo._worker import run_worker
 
-            run_worker(plan, 0, n_existing, storage=storage)  # one process: the storage already open
-        else:
-            failed_workers = _run_workers(plan, n_existing)
+                run_worker(plan, 0, n_existing, storage=storage)  # one process: the storage already open
+            else:
+                failed_workers = _run_workers(plan, n_existing)
+    except BaseException as exc:  # the parent run ends as the search did; the exception goes on
+        finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                      metrics=_parent_metrics(_counts(study), None), files=files)
+        raise
 
     best = write_results(study, paths, storage_label=plan.storage.label)
     counts = _counts(study)
+    finish_parent(plan.mlflow, status="FINISHED" if best is not None and not failed_workers else "FAILED",
+                  metrics=_parent_metrics(counts, best), files=files)
     say(format_best(best, paths, counts), end="")
     for worker, status in failed_workers:
         print(f"error: worker {worker} exited with status {status}", file=sys.stderr)
@@ -359,6 +486,14 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         best_overrides=best.user_attrs.get("overrides") if best is not None else None,
         counts=counts, failed_workers=failed_workers,
     )
+
+
+def _parent_metrics(counts: Mapping[str, int], best: Any) -> dict[str, Any]:
+    """The parent run's metrics: trials complete, pruned, failed; the best value and trial."""
+    metrics: dict[str, Any] = {f"trials_{state}": n for state, n in counts.items()}
+    if best is not None:
+        metrics.update(best_value=best.value, best_trial=best.number)
+    return metrics
 
 
 def _printer(verbose: bool):

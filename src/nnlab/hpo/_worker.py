@@ -231,11 +231,17 @@ def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str
     except ConfigError as exc:
         return "failed", None, _one_line(exc)
     trial.set_user_attr("config", cfg.to_flat())
+    run_cfg, tags = cfg, None
+    if plan.mlflow is not None:
+        # Only the run's: best_config.json and the trial's config stay free of the tracking store.
+        run_cfg = cfg.updated(plan.mlflow.run_overrides(), source="--mlflow")
+        tags = plan.mlflow.child_tags({"nnlab.hpo_study": plan.study_name, "nnlab.trial": trial.number,
+                                       "nnlab.preset": preset})
     pruning = TrialPruningCallback(trial)
     try:
         model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
-        results = train_with_tracking(model, *data, cfg, data=data, output_dir=plan.settings.output_dir,
-                                      preset=preset, verbose=0, callbacks=[pruning])
+        results = train_with_tracking(model, *data, run_cfg, data=data, output_dir=plan.settings.output_dir,
+                                      preset=preset, verbose=0, callbacks=[pruning], mlflow_tags=tags)
     except Exception as exc:  # recorded on the trial, not swallowed: the search goes on
         logger.debug("trial %d failed", trial.number, exc_info=True)
         return "failed", None, _one_line(exc)

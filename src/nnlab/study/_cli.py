@@ -39,6 +39,11 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
         help="Optuna storage: a journal FILE or a database URL (sqlite:///, postgresql://, mysql://) that "
              "several machines can share; default: <output-dir>/study_journal.log")
     add("--study-name", metavar="NAME", help=f"default: nnlab-study-{kind}")
+    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+
+    add("--mlflow", nargs="?", const="", metavar="URI",
+        help=MLFLOW_OPTION_HELP.replace("<output-dir>", "<study directory>")
+        + "; a parent run per study, a child run per (cell, seed)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,5 +99,5 @@ def run(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     result = run_study(spec, output_dir=args.output_dir, workers=args.workers, storage=args.storage,
-                       study_name=args.study_name, data=args.data)
+                       study_name=args.study_name, data=args.data, mlflow=args.mlflow)
     return 0 if result.complete else 1

@@ -41,7 +41,7 @@ def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | 
 
 def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers: int = 1,
               storage: str | None = None, study_name: str | None = None, data: str | Path | None = None,
-              progress: bool | Callable[[str], None] = True) -> StudyResult:
+              progress: bool | Callable[[str], None] = True, mlflow: str | None = None) -> StudyResult:
     """Run (or continue) a study: every (cell, seed) once, through the normal training pipeline.
 
     Each unit trains through :func:`~nnlab.training.train_with_tracking` into
@@ -69,6 +69,11 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
         progress: print a start line, a line per finished run and the outputs (True), stay
             silent (False), or hand each of those lines to a callable. Spawned worker
             processes print their own lines when it is not False.
+        mlflow: log to MLflow (``--mlflow``): a tracking URI, or ``""`` for
+            ``sqlite:///<output_dir>/mlflow.db``; a parent run for the study (its
+            outputs as artifacts) and a child run per (cell, seed). None: only if
+            the base configuration sets ``mlflow_tracking_uri``. Not part of the
+            study's record: a rerun with or without it continues the same study.
 
     Returns:
         A :class:`StudyResult`: the runs table (a DataFrame with the run
@@ -90,11 +95,11 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     import optuna
 
     from nnlab._files import locked
-    from nnlab.hpo._search import cap_workers
+    from nnlab.hpo._search import cap_workers, finish_parent, open_parent
     from nnlab.hpo._study import fail_interrupted_trials, open_storage
 
     plan = make_plan(spec, output_dir=output_dir, workers=workers, storage=storage, study_name=study_name,
-                     data=data, progress=bool(progress))
+                     data=data, progress=bool(progress), mlflow=mlflow)
     emit = _printer(progress)
 
     def say(text: str) -> None:
@@ -147,15 +152,24 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     for number, reason in interrupted:
         say(f"trial {number} was {reason}; its run will be done again")
     write_runs(study, plan)
+    if plan.mlflow is not None:
+        plan = dataclasses.replace(plan, mlflow=open_parent(
+            plan.mlflow, kind="study", study_name=plan.study_name, storage_label=plan.storage.label,
+            params=_parent_params(plan), say=say))
 
     failed_workers: list[tuple[int, int]] = []
-    if left:
-        if n_workers == 1:
-            from nnlab.study._worker import run_worker
+    try:
+        if left:
+            if n_workers == 1:
+                from nnlab.study._worker import run_worker
 
-            run_worker(plan, 0, storage=store, say=emit)
-        else:
-            failed_workers = _run_workers(plan)
+                run_worker(plan, 0, storage=store, say=emit)
+            else:
+                failed_workers = _run_workers(plan)
+    except BaseException as exc:  # the parent run ends as the study did; the exception goes on
+        finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                      metrics={"runs_total": n_units}, files=_parent_files(paths))
+        raise
     rows = write_runs(study, plan)
     runs = runs_frame(rows, plan)
     summary = _write_summary(plan, runs, paths)
@@ -164,11 +178,26 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     result = StudyResult(study_dir=plan.study_dir, study_name=plan.study_name, storage=plan.storage.label,
                          runs=runs, summary=summary, paths=paths, failed_workers=failed_workers)
     done = int(runs["status"].isin(DONE_STATUSES).sum())
+    finish_parent(plan.mlflow, status="FINISHED" if done == n_units and not failed_workers else "FAILED",
+                  metrics={"runs_total": n_units, "runs_finished": done,
+                           "runs_completed": int((runs["status"] == "completed").sum())},
+                  files=_parent_files(paths))
     say(f"{done} of {n_units} runs finished" + ("" if done == n_units else
                                                         "; rerun the same command to finish the others"))
     for name, path in paths.items():
         say(f"{name}: {path}")
     return result
+
+
+def _parent_params(plan: Any) -> dict[str, Any]:
+    """What the study's MLflow parent run records as params (few: MLflow takes 100 per request)."""
+    return {"study_kind": plan.kind, "keys": list(plan.keys), "cells": [c["label"] for c in plan.cells],
+            "reference": plan.reference, "preset": plan.preset, "base": plan.base}
+
+
+def _parent_files(paths: dict[str, Path]) -> list[tuple[Path, str | None]]:
+    """The study's outputs logged to its parent run: every one but the particle data."""
+    return [(path, None) for name, path in paths.items() if name != "data"]
 
 
 def _write_summary(plan: Any, runs: Any, paths: dict[str, Path]) -> dict[str, Any] | None:

@@ -48,6 +48,7 @@ class _Plan:
     n_existing: int = 0
     data_sha256: str = ""
     shown_dir: str = ""  # the study directory as the user named it, for messages
+    mlflow: Any = None  # nnlab.hpo._search.MlflowTarget: a parent run per study, a child per run
 
     def shown(self, path: Path | str) -> str:
         """``path`` for a message: under the study directory as the user named it."""
@@ -115,7 +116,7 @@ def _resolve_base(spec: StudySpec) -> dict[str, Any]:
 
 
 def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | None, study_name: str | None,
-          data: Any, progress: bool) -> _Plan:
+              data: Any, progress: bool, mlflow: str | None = None) -> _Plan:
     """Validate everything once, before any file is written.
 
     Raises:
@@ -162,9 +163,14 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
         generated = False
     else:
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
+    if mlflow is not None and not isinstance(mlflow, str):
+        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(mlflow).__name__}")
+    from nnlab.hpo._search import resolve_mlflow
+
+    target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     return _Plan(kind=spec.kind, keys=spec.keys, cells=tuple(cells), seeds=tuple(spec.seeds),
                  reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
                  storage=store, study_name=name, lock_path=study_dir.resolve() / f".study-{safe}",
                  data_path=data_path, data_generated=generated, workers=workers, progress=progress,
-                 shown_dir=str(study_dir))
+                 shown_dir=str(study_dir), mlflow=target)

@@ -254,11 +254,18 @@ def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) ->
 
     record: dict[str, Any] = {"run_id": "", "run_dir": "", "metrics": {}, "error": ""}
     cfg = Config.from_flat(plan.base).updated({**cell["overrides"], SEED_KEY: seed}, source=cell["source"])
+    tags = None
+    if plan.mlflow is not None:
+        cfg = cfg.updated(plan.mlflow.run_overrides(), source="--mlflow")
+        tags = plan.mlflow.child_tags({"nnlab.study_name": plan.study_name, "nnlab.study_kind": plan.kind,
+                                       "nnlab.cell": cell["label"], "nnlab.seed": seed,
+                                       **{f"nnlab.cell.{k}": v for k, v in cell["key"].items()}})
     prepared = data.get(seed)
     try:
         model = AdvancedNeuralNetwork((prepared.X_train.shape[1],), prepared.y_train.shape[1], cfg)
         results = train_with_tracking(model, *prepared, cfg, data=prepared, output_dir=plan.study_dir,
-                                      preset=plan.preset, verbose=0, data_source=data.source(seed))
+                                      preset=plan.preset, verbose=0, data_source=data.source(seed),
+                                      mlflow_tags=tags)
     except Exception as exc:  # recorded on the unit's trial, not swallowed: the study goes on
         logger.debug("study unit %s seed %s failed", cell["label"], seed, exc_info=True)
         return {**record, "status": "failed", "error": _one_line(exc)}
