@@ -362,13 +362,15 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
             if chosen is None:
                 return None
             params.update(chosen)
-        if params:
-            study.enqueue_trial(params)
+        # Enqueued with its owner, so the trial ask() starts carries it from its first write: a worker
+        # killed between the two can no longer leave a running trial nobody owns (which a rerun would
+        # have to leave alone for UNOWNED_GRACE_S).
+        study.enqueue_trial(params, user_attrs={"worker": dict(owner), **params})
         with warnings.catch_warnings():
             # Optuna expects heartbeats only under Study.optimize; heartbeat() records them here.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        trial.set_user_attr("worker", dict(owner))
+        trial.set_user_attr("worker", dict(owner))  # a waiting trial left by another claim may be the one popped
         for key, value in params.items():  # visible to the next claim before the trial suggests
             trial.set_user_attr(key, value)
         return trial
