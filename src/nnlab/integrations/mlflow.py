@@ -78,7 +78,7 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     store = local_store_dir(tracking_uri)
     location = (store / "mlartifacts").resolve().as_uri() if store is not None else None
     try:
-        # The kind makes MLflow 3's UI open on its model-training view (runs, metrics), not GenAI traces.
+        # The experiment kind MLflow 3's UI itself records for classic model training (not GenAI traces).
         return client.create_experiment(name, artifact_location=location,
                                         tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
