@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from nnlab.hpo._study import (
     open_storage,
     open_study,
     storage_spec,
+    wait_for_running_trials,
 )
 
 __all__ = ["DEFAULT_PRESETS", "MlflowTarget", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers",
@@ -172,10 +172,6 @@ def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
     return None
 
 
-def _shown_uri(uri: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)  # no password in the console
-
-
 def parent_name(study_name: str, storage_label: str) -> str:
     """The name of a parent run: the study's, and 8 hex digits of its storage.
 
@@ -193,6 +189,7 @@ def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_lab
     MLflow that cannot be used (package missing, server unreachable) costs one
     warning; the search or study goes on without it.
     """
+    from nnlab._redact import redact_url_password
     from nnlab.integrations.mlflow import open_parent_run
     from nnlab.tracking import ErrorRecorder
 
@@ -202,7 +199,7 @@ def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_lab
                              errors=ErrorRecorder())
     if run_id is not None and say is not None:
         say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}') in "
-            f"{_shown_uri(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")
+            f"{redact_url_password(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")
     return dataclasses.replace(target, parent=run_id)
 
 
@@ -470,6 +467,7 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
                       metrics=_parent_metrics(_counts(study), None), files=files)
         raise
 
+    wait_for_running_trials(study, plan.lock_path, say)  # trials still training elsewhere on the study
     best = write_results(study, paths, storage_label=plan.storage.label)
     counts = _counts(study)
     finish_parent(plan.mlflow, status="FINISHED" if best is not None and not failed_workers else "FAILED",

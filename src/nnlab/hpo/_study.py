@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "fail_interrupted_trials",
     "counts_towards_budget",
     "claim_trial",
+    "wait_for_running_trials",
     "heartbeat",
     "worker_identity",
     "budget_lock_path",
@@ -56,6 +58,8 @@ HEARTBEAT_GRACE_S = 120
 # asking for it and recording itself (microseconds apart); after this long it
 # is treated as interrupted.
 UNOWNED_GRACE_S = 300
+# Opening a new database from several processes at once: tries after losing the race to create the tables.
+SCHEMA_RACE_RETRIES = 3
 SETTINGS_ATTR = "nnlab_settings"
 OUTCOME_ATTR = "outcome"  # set by nnlab on every trial it finishes itself
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -75,7 +79,9 @@ class StorageSpec:
     @property
     def label(self) -> str:
         """For messages and files: the path, or the URL without its password."""
-        label = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.location)
+        from nnlab._redact import redact_url_password
+
+        label = redact_url_password(self.location)
         return f"{label} [{self.instance}]" if self.instance else label
 
     @property
@@ -182,15 +188,26 @@ def open_storage(spec: StorageSpec) -> Any:
     url = spec.location
     if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are experimental in Optuna; they are what detects a dead machine.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                              grace_period=HEARTBEAT_GRACE_S)
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--storage: cannot open '{spec.label}': {reason}") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are experimental in Optuna; they are what detects a dead machine.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                                  grace_period=HEARTBEAT_GRACE_S)
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as exc:
+            # Workers started together on a new database all create Optuna's tables; all but one
+            # lose that race ("already exists") and find the tables there when they try again.
+            if "already exists" not in str(exc) or attempt == SCHEMA_RACE_RETRIES:
+                raise ConfigError(f"--storage: cannot open '{spec.label}': {_first_line(exc)}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            raise ConfigError(f"--storage: cannot open '{spec.label}': {_first_line(exc)}") from None
+    raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, label: str,
@@ -347,7 +364,9 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
                 choose: Any = None) -> Any | None:
     """Ask for a new trial if the budget allows, else return None.
 
-    Under the lock: fail interrupted trials, count, then ask. ``choose``, if
+    Under the lock: fail interrupted trials, count, then ask; after the lock,
+    the trial is checked against the budget in the storage itself (workers on
+    other machines do not share the lock). ``choose``, if
     given, is called with the counted trials and returns the fixed parameters of
     the next trial, or None when nothing is left (benchmarking: the next preset).
     """
@@ -373,7 +392,59 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
         trial.set_user_attr("worker", dict(owner))  # a waiting trial left by another claim may be the one popped
         for key, value in params.items():  # visible to the next claim before the trial suggests
             trial.set_user_attr(key, value)
-        return trial
+    # The budget is enforced in the storage, not by the lock (a file on this machine only): of
+    # claims made at once on several machines, the trials with the lowest numbers -- in the order
+    # the database created them -- are within the budget, and the others are given back.
+    earlier = [t for t in study.get_trials(deepcopy=False)
+               if t.number < trial.number and counts_towards_budget(t)]
+    if len(earlier) >= budget:
+        _give_back(study, trial, "over budget: other workers claimed the last trials at the same moment")
+        return None
+    return trial
+
+
+def _give_back(study: Any, trial: Any, reason: str) -> None:
+    """Fail a claimed trial that will not run (no outcome: not counted, not listed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial_id = _trial_id(study, trial.number)
+    try:
+        study._storage.set_trial_user_attr(trial_id, "error", reason)
+        study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed meanwhile as interrupted: the same end
+
+
+def wait_for_running_trials(study: Any, lock_path: Path, say: Any = None, *, poll_s: float = 2.0) -> int:
+    """Wait until no trial of the study runs (in other processes, on other machines); returns how many ran.
+
+    A search ends when its budget is claimed; the last trials may still be
+    training elsewhere. Waiting for them lets every worker write the same,
+    final results files. Trials whose worker died are failed meanwhile: on this
+    host by their process, on an RDB storage by their heartbeat. A journal's
+    trial running on another host cannot be checked, so it is not waited for.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    heartbeats = isinstance(study._storage, optuna.storages.RDBStorage)
+    waited_for = 0
+    while True:
+        with locked(lock_path):
+            fail_interrupted_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        checkable = [t for t in running
+                     if heartbeats or (t.user_attrs.get("worker") or {}).get("host", host) == host]
+        if not checkable:
+            return waited_for
+        if not waited_for and say is not None:
+            numbers = ", ".join(str(t.number) for t in checkable)
+            say(f"waiting for trial{'s' if len(checkable) > 1 else ''} {numbers}, running in other "
+                "processes, to finish (the results files are written after them)")
+        waited_for = max(waited_for, len(checkable))
+        time.sleep(poll_s)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import keras
 
 from nnlab._files import atomic_write_json
 from nnlab._numbers import float_or_none
+from nnlab._redact import redact_url_password
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
@@ -137,7 +138,10 @@ def run_files(run_dir: Path) -> list[tuple[Path, str | None]]:
 
 
 def run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's ``mlflow_run.json`` (tracking_uri, experiment_id, run_id), or None when there is none."""
+    """The run's ``mlflow_run.json`` (tracking_uri, experiment_id, run_id), or None when there is none.
+
+    ``tracking_uri`` is the configured one (with its password, if it has one), which the file itself never holds.
+    """
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
         return None
@@ -145,7 +149,17 @@ def run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    # The record keeps no password; the run's configuration has the URI as it was given.
+    try:
+        saved = json.loads((Path(run_dir) / "training_config.json").read_text(encoding="utf-8"))
+        configured = saved["config"]["mlflow_tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        configured = None
+    if isinstance(configured, str) and redact_url_password(configured) == record.get("tracking_uri"):
+        record["tracking_uri"] = configured
+    return record
 
 
 class MlflowSink(keras.callbacks.Callback):
@@ -221,7 +235,9 @@ class MlflowSink(keras.callbacks.Callback):
 
         client = client_for(self.tracking_uri)
         record = run_record(self.run_dir) if self.resuming else None
-        if record is not None and record.get("tracking_uri") == self.tracking_uri and record.get("run_id"):
+        shown_uri = redact_url_password(self.tracking_uri)  # the record keeps no password
+        if (record is not None and redact_url_password(str(record.get("tracking_uri"))) == shown_uri
+                and record.get("run_id")):
             self.run_id = str(record["run_id"])
             client.update_run(self.run_id, status="RUNNING")
             history = client.get_metric_history(self.run_id, "train_loss")
@@ -230,7 +246,7 @@ class MlflowSink(keras.callbacks.Callback):
             exp_id = experiment_id(client, self.experiment, self.tracking_uri)
             run = client.create_run(exp_id, tags=self.tags, run_name=self.tags.get("nnlab.run_id"))
             self.run_id = run.info.run_id
-            atomic_write_json(self.run_dir / RUN_RECORD, {"tracking_uri": self.tracking_uri,
+            atomic_write_json(self.run_dir / RUN_RECORD, {"tracking_uri": shown_uri,
                                                           "experiment_id": exp_id, "run_id": self.run_id})
             client.log_batch(self.run_id, params=[Param(k, _text(v)[:6000]) for k, v in self.config_params.items()])
         self.client = client
@@ -255,7 +271,7 @@ class MlflowSink(keras.callbacks.Callback):
         """The MLflow run, for the run's summary (None when the sink failed or never started)."""
         if self.client is None or self.run_id is None:
             return None
-        return f"run {self.run_id}, experiment '{self.experiment}' at {self.tracking_uri}"
+        return f"run {self.run_id}, experiment '{self.experiment}' at {redact_url_password(self.tracking_uri)}"
 
     def finish(self, status: str, test: Mapping[str, Any] | None) -> None:
         """Log what is left, the test metrics, the run's files and tags; end the MLflow run."""

@@ -21,6 +21,7 @@ from nnlab._files import (
     is_disk_full,
     upsert_csv_row,
 )
+from nnlab._redact import redact_argv
 from nnlab.config import Config, resolve_config
 from nnlab.errors import NnlabError
 from nnlab.formats import evaluate_formats
@@ -274,7 +275,7 @@ def train_with_tracking(
         source["csv_sha256"] = _safe(errors, "training_config.json", file_digest, source["csv_path"])
     source["arrays_sha256"] = arrays_digest((X_train, X_val, X_test, y_train, y_val, y_test))
     saved = {"run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
-             "versions": library_versions(), "command": sys.argv, "data": source}
+             "versions": library_versions(), "command": redact_argv(sys.argv), "data": source}
     saved["settings_sha256"] = settings_digest(saved)
     run.tags = run_tags(run_id, source, mlflow_tags)
     _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", saved)

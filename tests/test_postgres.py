@@ -1,0 +1,84 @@
+"""Searches on a real PostgreSQL server: independent worker processes, one budget, no password written.
+
+The server is the session fixture of tests/conftest.py (the machine's PostgreSQL
+binaries in a temporary directory); each test gets its own database.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = {"hidden_layers": [[16], [32, 16]], "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
+TINY = ["--epochs", "2", "--num-particles", "200", "--batch-size", "32", "--presets", "fast_debug",
+        "--set", "jit_compile=false", "--set", "tensorboard=false"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    env.pop("NNLAB_CONFIG_DIR", None)
+    return env
+
+
+def hpo(cwd: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "hpo_agent.py"), *TINY, "--space", "space.json", *args],
+                            cwd=cwd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def every_file_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+
+
+def test_two_independent_processes_share_one_budget(tmp_path, postgres_db, postgres_server):
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    # Two shells, as on two machines: own output directories, one study by name on one database.
+    procs = [hpo(tmp_path, "--storage", postgres_db, "--study-name", "shared", "--max-trials", "4",
+                 "--output-dir", f"machine{i}") for i in (1, 2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        # The password is never shown, written or recorded (the URL is masked everywhere).
+        assert postgres_server.password not in out + err
+    for machine in ("machine1", "machine2"):
+        assert postgres_server.password not in every_file_text(tmp_path / machine)
+    study = optuna.load_study(study_name="shared", storage=postgres_db)
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED
+                or (t.state == TrialState.FAIL and "outcome" in t.user_attrs)]
+    assert len(finished) == 4 and len({t.number for t in finished}) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    # Both machines end with the same results, read from the shared storage.
+    first, second = (tmp_path / m / "analysis" / "hpo_results.csv" for m in ("machine1", "machine2"))
+    assert first.read_bytes() == second.read_bytes()
+    assert sorted(int(r["trial_number"]) for r in rows(first)) == sorted(t.number for t in finished)
+    assert {r["run_id"] for r in rows(first)} == {t.user_attrs["run_id"] for t in finished}
+    assert "***" in json.loads((tmp_path / "machine1" / "analysis" / "hpo_study.json").read_text())["storage"]
+
+
+def test_password_from_the_environment(tmp_path, postgres_db, postgres_server):
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    url = postgres_db.replace(f":{postgres_server.password}@", "@")
+    assert postgres_server.password not in url
+    proc = hpo(tmp_path, "--storage", url, "--max-trials", "1", "--output-dir", "out",
+               PGPASSWORD=postgres_server.password)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert len(rows(tmp_path / "out" / "analysis" / "hpo_results.csv")) == 1
+    # Without it: a clear error naming the storage (password-less), exit 2, no traceback.
+    proc = hpo(tmp_path, "--storage", url, "--max-trials", "2", "--output-dir", "out2", PGPASSWORD="wrong")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert f"error: --storage: cannot open '{url}'" in err and "password authentication failed" in err
