@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -82,3 +84,40 @@ def test_password_from_the_environment(tmp_path, postgres_db, postgres_server):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err
     assert f"error: --storage: cannot open '{url}'" in err and "password authentication failed" in err
+
+
+def _running_on(url: str, study_name: str, host: str) -> list:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=url)
+    except KeyError:
+        return []  # not created yet
+    return [t for t in study.get_trials(states=(TrialState.RUNNING,))  # sampled: training
+            if (t.user_attrs.get("worker") or {}).get("host") == host and t.params]
+
+
+def test_killed_worker_trial_failed_by_heartbeat_and_retried(tmp_path, postgres_db):
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    common = ["--storage", postgres_db, "--study-name", "ft", "--max-trials", "3", "--heartbeat", "1",
+              "--grace-period", "4", "--retries", "1"]
+    # Two "machines": host names differ, so only the heartbeat can tell that a worker died.
+    doomed = hpo(tmp_path, *common, "--output-dir", "a", NNLAB_WORKER_HOST="machine-a")
+    deadline = time.monotonic() + 120
+    while not _running_on(postgres_db, "ft", "machine-a"):
+        assert doomed.poll() is None and time.monotonic() < deadline, doomed.communicate()
+        time.sleep(0.2)
+    survivor = hpo(tmp_path, *common, "--output-dir", "b", NNLAB_WORKER_HOST="machine-b")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    study = optuna.load_study(study_name="ft", storage=postgres_db)
+    # Failed by the survivor once its heartbeat stopped (no outcome: not counted, not listed).
+    killed = [t for t in study.trials if t.state == TrialState.FAIL and "outcome" not in t.user_attrs]
+    assert len(killed) == 1 and killed[0].user_attrs["worker"]["host"] == "machine-a"
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == killed[0].params  # the same trial, run again
+    finished = [t for t in study.trials if "outcome" in t.user_attrs and t.state.is_finished()]
+    assert len(finished) == 3  # the budget, exactly
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(rows(tmp_path / "b" / "analysis" / "hpo_results.csv")) == 3

@@ -11,6 +11,16 @@ from nnlab.cli import seed_int as _seed_int
 __all__ = ["add_arguments", "run"]
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _preset_list(text: str) -> tuple[str, ...]:
     presets = tuple(p.strip() for p in text.split(",") if p.strip())
     if not presets:
@@ -41,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--benchmarking", action="store_true", help="train each preset once as-is, no sampling (--max-trials is ignored)")
     add("--space", metavar="FILE", help="search space JSON file (default: the built-in space; see --show-space)")
     add("--show-space", action="store_true", help="print the search space as JSON and exit")
+    add("--export", metavar="DIR",
+        help="write hpo_results.csv, best_config.json and hpo_study.json of the study (--storage, --study-name) "
+             "into DIR from the storage alone, on any machine, and exit; no training")
     add("--sampler", choices=SAMPLERS, default="random", help="default: random")
     add("--pruner", choices=PRUNERS, help="default: none for random, median for tpe")
     add("--startup-trials", type=_positive_int, metavar="N",
@@ -49,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--storage", metavar="URL|FILE",
         help="Optuna storage: a journal FILE or a database URL (sqlite:///, postgresql://, mysql://); "
              "default: <output-dir>/analysis/hpo_journal.log")
+    add("--heartbeat", dest="heartbeat_interval", type=_positive_int, default=30, metavar="SECONDS",
+        help="database storages: seconds between a running trial's heartbeats (default: 30)")
+    add("--grace-period", type=_positive_int, default=120, metavar="SECONDS",
+        help="database storages: a trial without a heartbeat for this long (its worker or machine died) is "
+             "failed by the other workers (default: 120)")
+    add("--retries", type=_non_negative_int, default=1, metavar="N",
+        help="database storages: run a trial failed that way again, up to N times (default: 1; 0: never)")
     add("--study-name", metavar="NAME", help="default: nnlab-hpo (nnlab-benchmark with --benchmarking)")
     add("--workers", type=_positive_int, default=1, metavar="N", help="processes sharing the study (default: 1)")
     add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
@@ -72,13 +92,19 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(load_search_space(args.space).to_dict(), indent=2))
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own progress
+    if args.export is not None:
+        from nnlab.hpo._search import export_results
+
+        return export_results(args.export, storage=args.storage, study_name=args.study_name,
+                              output_dir=args.output_dir)
     settings = SearchSettings(
         max_trials=args.max_trials, presets=args.presets, epochs=args.epochs, batch_size=args.batch_size,
         num_particles=args.num_particles, seed=args.seed, output_dir=args.output_dir, output=args.output,
         benchmarking=args.benchmarking, sampler=args.sampler, pruner=args.pruner,
         startup_trials=args.startup_trials, storage=args.storage, study_name=args.study_name,
         workers=args.workers, space=args.space, config_dir=args.config_dir,
-        overrides=parse_overrides(args.overrides), mlflow=args.mlflow,
+        overrides=parse_overrides(args.overrides), mlflow=args.mlflow, heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period, retries=args.retries,
     )
     summary = run_search(settings)
     return 0 if summary.best_trial is not None and not summary.failed_workers else 1

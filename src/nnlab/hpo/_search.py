@@ -17,6 +17,8 @@ from typing import Any
 from nnlab._files import probe_writable
 from nnlab.errors import ConfigError
 from nnlab.hpo._study import (
+    HEARTBEAT_GRACE_S,
+    HEARTBEAT_INTERVAL_S,
     StorageSpec,
     budget_lock_path,
     check_storage,
@@ -29,7 +31,7 @@ from nnlab.hpo._study import (
 )
 
 __all__ = ["DEFAULT_PRESETS", "MlflowTarget", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers",
-           "finish_parent", "open_parent", "resolve_mlflow", "run_search"]
+           "export_results", "finish_parent", "open_parent", "resolve_mlflow", "run_search"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
 DEFAULT_STUDY_NAME = "nnlab-hpo"
@@ -73,6 +75,13 @@ class SearchSettings:
             a child run per trial. None: only if the configuration sets
             ``mlflow_tracking_uri``. Not part of the study's settings: a rerun
             with or without it continues the same study.
+        heartbeat_interval: database storages: seconds between a running
+            trial's heartbeats (``--heartbeat``).
+        grace_period: database storages: a running trial whose heartbeat is
+            older than this is failed by the other workers (``--grace-period``).
+        retries: database storages: how many times a trial failed that way (its
+            worker killed, its machine gone) is run again with the same
+            parameters (``--retries``; 0: never).
         verbose: print one line per trial and a summary.
     """
 
@@ -95,6 +104,9 @@ class SearchSettings:
     config_dir: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     mlflow: str | None = None
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S
+    grace_period: int = HEARTBEAT_GRACE_S
+    retries: int = 1
     verbose: bool = True
 
 
@@ -255,6 +267,13 @@ def plan_search(settings: SearchSettings) -> _Plan:
         _positive(name.replace("_", "-"), getattr(s, name))
     if s.startup_trials is not None:
         _positive("startup-trials", s.startup_trials)
+    _positive("heartbeat", s.heartbeat_interval)
+    _positive("grace-period", s.grace_period)
+    if s.grace_period <= s.heartbeat_interval:
+        raise ConfigError(f"--grace-period ({s.grace_period} s) must be longer than --heartbeat "
+                          f"({s.heartbeat_interval} s): a live trial would be failed between two heartbeats")
+    if isinstance(s.retries, bool) or not isinstance(s.retries, int) or s.retries < 0:
+        raise ConfigError(f"retries must be an integer >= 0, got {s.retries!r}")
     from nnlab.config import SEED_MAX
 
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed <= SEED_MAX:
@@ -305,6 +324,9 @@ def plan_search(settings: SearchSettings) -> _Plan:
     if spec.kind == "journal":
         spec = StorageSpec("journal", str(Path(spec.location).resolve()))
     _check_no_collision(paths, spec, output_dir)
+    if spec.kind == "rdb":
+        spec = dataclasses.replace(spec, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
+                                   retries=s.retries)
     if spec.per_process:
         if s.workers > 1:
             raise ConfigError(f"--storage: '{spec.location}' is an in-memory database that each process opens "
@@ -484,6 +506,47 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         best_overrides=best.user_attrs.get("overrides") if best is not None else None,
         counts=counts, failed_workers=failed_workers,
     )
+
+
+def export_results(directory: str | os.PathLike, *, storage: str | None, study_name: str | None,
+                   output_dir: str | os.PathLike = "training_output") -> int:
+    """``nnlab hpo --export DIR``: the study's results files rebuilt in ``DIR`` from its storage alone.
+
+    Every machine of a search reaches the same files this way (the study's
+    trials, best configuration and record), whatever it ran itself. Files in
+    ``DIR`` that another study wrote are refused, like a search's.
+
+    Returns:
+        0 (the files were written), 1 when the study has no completed trial yet.
+
+    Raises:
+        ConfigError: no such study in the storage, or a bad storage or DIR.
+    """
+    import optuna
+
+    from nnlab.hpo._results import ResultPaths, check_results_owner, format_best, write_results
+
+    spec = storage_spec(storage, output_dir)
+    check_storage(spec)
+    if spec.kind == "journal" and not Path(spec.location).is_file():
+        raise ConfigError(f"--storage: journal file '{spec.location}' does not exist; give the search's "
+                          "--storage (and --output-dir for the default journal)")
+    name = study_name or DEFAULT_STUDY_NAME
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--export: '{target}' is not a directory")
+    paths = ResultPaths(target / "hpo_results.csv")
+    check_results_owner(paths, name, spec.label)
+    study_storage = open_storage(spec)
+    names = [s.study_name for s in study_storage.get_all_studies()]
+    if name not in names:
+        raise ConfigError(f"--study-name: no study '{name}' in {spec.label}; it has "
+                          f"{', '.join(repr(n) for n in names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=study_storage)
+    target.mkdir(parents=True, exist_ok=True)
+    best = write_results(study, paths, storage_label=spec.label)
+    print(format_best(best, paths, _counts(study)), end="")
+    return 0 if best is not None else 1
 
 
 def _parent_metrics(counts: Mapping[str, int], best: Any) -> dict[str, Any]:

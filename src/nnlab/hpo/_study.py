@@ -43,17 +43,21 @@ __all__ = [
     "counts_towards_budget",
     "claim_trial",
     "wait_for_running_trials",
+    "running_elsewhere",
+    "this_host",
     "heartbeat",
     "worker_identity",
     "budget_lock_path",
 ]
 
 JOURNAL_FILE = "hpo_journal.log"
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 120
+# How often a worker whose budget is claimed looks again at trials running in other processes.
+POLL_S = 2.0
 RDB_DIALECTS = ("sqlite", "postgresql", "mysql")
 # RDB storages record a heartbeat per running trial; a trial whose heartbeat is
 # older than the grace period (its process or machine died) is failed.
-HEARTBEAT_INTERVAL_S = 30
-HEARTBEAT_GRACE_S = 120
 # A running trial without an owner record is one whose process died between
 # asking for it and recording itself (microseconds apart); after this long it
 # is treated as interrupted.
@@ -75,6 +79,12 @@ class StorageSpec:
     location: str
     # Set for a per-process database (see per_process): which process's study it is.
     instance: str = ""
+    # RDB storages: a running trial records a heartbeat every heartbeat_interval seconds; one whose
+    # heartbeat is older than grace_period (its process or machine died) is failed by the other
+    # workers and, up to `retries` times, run again with the same parameters.
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S
+    grace_period: int = HEARTBEAT_GRACE_S
+    retries: int = 0
 
     @property
     def label(self) -> str:
@@ -193,8 +203,10 @@ def open_storage(spec: StorageSpec) -> Any:
             with warnings.catch_warnings():
                 # Heartbeats are experimental in Optuna; they are what detects a dead machine.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                                  grace_period=HEARTBEAT_GRACE_S)
+                retry = (optuna.storages.RetryFailedTrialCallback(max_retry=spec.retries)
+                         if spec.retries > 0 else None)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=spec.heartbeat_interval,
+                                                  grace_period=spec.grace_period, failed_trial_callback=retry)
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as exc:
             # Workers started together on a new database all create Optuna's tables; all but one
             # lose that race ("already exists") and find the tables there when they try again.
@@ -275,11 +287,32 @@ def make_pruner(kind: str, *, startup_trials: int, epochs: int) -> Any:
 # Interrupted trials and the budget
 
 
+def has_heartbeats(storage: Any) -> bool:
+    """Whether running trials record heartbeats in ``storage`` (an RDB storage, as opened by open_storage).
+
+    A study's storage is Optuna's cache around the RDB storage, not the
+    ``RDBStorage`` itself: Optuna's own test, not an isinstance check.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def this_host() -> str:
+    """The host name a worker records on its trials: ``NNLAB_WORKER_HOST`` if set, else the machine's.
+
+    Workers on one host check each other's processes; a trial of another host
+    is failed only by its heartbeat (RDB storages). Set ``NNLAB_WORKER_HOST``
+    where machines share a host name (containers).
+    """
+    return os.environ.get("NNLAB_WORKER_HOST") or socket.gethostname()
+
+
 def worker_identity() -> dict[str, Any]:
     """This process, as recorded on the trials it runs: host, pid and start time."""
     import psutil
 
-    return {"host": socket.gethostname(), "pid": os.getpid(),
+    return {"host": this_host(), "pid": os.getpid(),
             "started": psutil.Process().create_time()}
 
 
@@ -314,7 +347,7 @@ def fail_interrupted_trials(study: Any) -> list[tuple[int, str]]:
     from optuna.trial import TrialState
 
     storage = study._storage
-    host = socket.gethostname()
+    host = this_host()
     now = datetime.now()
     failed: list[tuple[int, str]] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -335,7 +368,10 @@ def fail_interrupted_trials(study: Any) -> list[tuple[int, str]]:
                 failed.append((trial.number, reason))
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-    if isinstance(storage, optuna.storages.RDBStorage):
+        retry = storage.get_failed_trial_callback() if has_heartbeats(storage) else None
+        if retry is not None:  # as the heartbeat's failures are: run again, up to the retry count
+            retry(study, storage.get_trial(trial_id))
+    if has_heartbeats(storage):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -370,6 +406,8 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
     given, is called with the counted trials and returns the fixed parameters of
     the next trial, or None when nothing is left (benchmarking: the next preset).
     """
+    from optuna.trial import TrialState
+
     with locked(lock_path):
         fail_interrupted_trials(study)
         counted = [t for t in study.get_trials(deepcopy=False) if counts_towards_budget(t)]
@@ -383,8 +421,10 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
             params.update(chosen)
         # Enqueued with its owner, so the trial ask() starts carries it from its first write: a worker
         # killed between the two can no longer leave a running trial nobody owns (which a rerun would
-        # have to leave alone for UNOWNED_GRACE_S).
-        study.enqueue_trial(params, user_attrs={"worker": dict(owner), **params})
+        # have to leave alone for UNOWNED_GRACE_S). A trial already waiting (a retry of a failed one)
+        # is taken as it is: ask() starts the oldest waiting trial, and one enqueued now would be left.
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.enqueue_trial(params, user_attrs={"worker": dict(owner), **params})
         with warnings.catch_warnings():
             # Optuna expects heartbeats only under Study.optimize; heartbeat() records them here.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -416,7 +456,17 @@ def _give_back(study: Any, trial: Any, reason: str) -> None:
         pass  # failed meanwhile as interrupted: the same end
 
 
-def wait_for_running_trials(study: Any, lock_path: Path, say: Any = None, *, poll_s: float = 2.0) -> int:
+def running_elsewhere(study: Any) -> list[Any]:
+    """The running trials whose end this process can see: all on an RDB storage (heartbeats), else this host's."""
+    from optuna.trial import TrialState
+
+    host = this_host()
+    heartbeats = has_heartbeats(study._storage)
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if heartbeats or (t.user_attrs.get("worker") or {}).get("host", host) == host]
+
+
+def wait_for_running_trials(study: Any, lock_path: Path, say: Any = None, *, poll_s: float = POLL_S) -> int:
     """Wait until no trial of the study runs (in other processes, on other machines); returns how many ran.
 
     A search ends when its budget is claimed; the last trials may still be
@@ -425,18 +475,12 @@ def wait_for_running_trials(study: Any, lock_path: Path, say: Any = None, *, pol
     host by their process, on an RDB storage by their heartbeat. A journal's
     trial running on another host cannot be checked, so it is not waited for.
     """
-    import optuna
-    from optuna.trial import TrialState
 
-    host = socket.gethostname()
-    heartbeats = isinstance(study._storage, optuna.storages.RDBStorage)
     waited_for = 0
     while True:
         with locked(lock_path):
             fail_interrupted_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        checkable = [t for t in running
-                     if heartbeats or (t.user_attrs.get("worker") or {}).get("host", host) == host]
+        checkable = running_elsewhere(study)
         if not checkable:
             return waited_for
         if not waited_for and say is not None:
@@ -450,19 +494,20 @@ def wait_for_running_trials(study: Any, lock_path: Path, say: Any = None, *, pol
 @contextlib.contextmanager
 def heartbeat(study: Any, trial: Any) -> Iterator[None]:
     """Record the trial's heartbeat while it runs (RDB storages; a no-op for journals)."""
-    import optuna
 
     storage = study._storage
-    if not isinstance(storage, optuna.storages.RDBStorage):
+    if not has_heartbeats(storage):
         yield
         return
     trial_id = _trial_id(study, trial.number)
     stop = threading.Event()
 
+    interval = storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL_S
+
     def beat() -> None:
         while True:
             storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_INTERVAL_S):
+            if stop.wait(interval):
                 return
 
     thread = threading.Thread(target=beat, name=f"hpo-heartbeat-{trial.number}", daemon=True)

@@ -15,12 +15,14 @@ from nnlab.hpo._results import ResultPaths, format_progress, write_results
 from nnlab.hpo._space import SearchSpace
 from nnlab.hpo._study import (
     OUTCOME_ATTR,
+    POLL_S,
     claim_trial,
     counts_towards_budget,
     heartbeat,
     make_pruner,
     make_sampler,
     open_storage,
+    running_elsewhere,
     worker_identity,
 )
 
@@ -121,6 +123,11 @@ def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) 
         while True:
             trial = claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner, choose=choose)
             if trial is None:
+                if running_elsewhere(study):
+                    # The budget is claimed, but a trial still runs elsewhere: if its worker dies, the
+                    # trial is failed (heartbeat, or its process gone) and its retry is run here.
+                    time.sleep(POLL_S)
+                    continue
                 return ran
             frozen = run_trial(study, trial, plan=plan, space=space, data=data)
             ran += 1
