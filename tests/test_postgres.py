@@ -121,3 +121,38 @@ def test_killed_worker_trial_failed_by_heartbeat_and_retried(tmp_path, postgres_
     assert len(finished) == 3  # the budget, exactly
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(rows(tmp_path / "b" / "analysis" / "hpo_results.csv")) == 3
+
+
+def _finished(url: str, name: str) -> list:
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return []
+    return [t for t in study.trials if t.state.is_finished() and "outcome" in t.user_attrs]
+
+
+def test_database_stopped_mid_search_then_rerun(tmp_path, postgres_db, postgres_server):
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    args = ["--storage", postgres_db, "--max-trials", "5", "--output-dir", "out"]
+    proc = hpo(tmp_path, *args)
+    deadline = time.monotonic() + 120
+    while not _finished(postgres_db, "nnlab-hpo"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    postgres_server.stop()
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        postgres_server.start()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and postgres_server.password not in out + err
+    assert "lost the connection to the storage postgresql+psycopg://postgres:***@127.0.0.1" in err
+    assert "Rerun the same command when the database is back" in err, err
+    # Back up: the same command completes the study, no trial twice.
+    again = hpo(tmp_path, *args)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    finished = _finished(postgres_db, "nnlab-hpo")
+    assert len(finished) == 5 and len({t.number for t in finished}) == 5
+    assert len({t.user_attrs["run_id"] for t in finished}) == 5
+    assert len(rows(tmp_path / "out" / "analysis" / "hpo_results.csv")) == 5

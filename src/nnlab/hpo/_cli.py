@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from nnlab.cli import positive_int as _positive_int
 from nnlab.cli import seed_int as _seed_int
@@ -106,5 +107,18 @@ def run(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides), mlflow=args.mlflow, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, retries=args.retries,
     )
-    summary = run_search(settings)
+    from nnlab.hpo._study import StorageLostError, is_connection_error
+
+    try:
+        summary = run_search(settings)
+    except StorageLostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        # Outside a worker's trials (opening the study, the final results): nothing to retry for.
+        print(f"error: the storage stopped answering: {' '.join(str(exc).split())[:300]}; rerun the same "
+              "command when the database is back", file=sys.stderr)
+        return 1
     return 0 if summary.best_trial is not None and not summary.failed_workers else 1

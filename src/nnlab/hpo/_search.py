@@ -485,8 +485,13 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
             else:
                 failed_workers = _run_workers(plan, n_existing)
     except BaseException as exc:  # the parent run ends as the search did; the exception goes on
-        finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                      metrics=_parent_metrics(_counts(study), None), files=files)
+        if plan.mlflow is not None and plan.mlflow.parent is not None:
+            try:
+                counts = _counts(study)
+            except Exception:  # noqa: BLE001 - the storage may be what failed; the original error goes on
+                counts = {}
+            finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                          metrics=_parent_metrics(counts, None), files=files)
         raise
 
     wait_for_running_trials(study, plan.lock_path, say)  # trials still training elsewhere on the study
@@ -524,7 +529,12 @@ def export_results(directory: str | os.PathLike, *, storage: str | None, study_n
     """
     import optuna
 
-    from nnlab.hpo._results import ResultPaths, check_results_owner, format_best, write_results
+    from nnlab.hpo._results import (
+        ResultPaths,
+        check_results_owner,
+        format_best,
+        write_results,
+    )
 
     spec = storage_spec(storage, output_dir)
     check_storage(spec)

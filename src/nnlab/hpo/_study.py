@@ -44,6 +44,10 @@ __all__ = [
     "claim_trial",
     "wait_for_running_trials",
     "running_elsewhere",
+    "StorageLostError",
+    "is_connection_error",
+    "reconnect",
+    "release_own_trials",
     "this_host",
     "heartbeat",
     "worker_identity",
@@ -203,10 +207,10 @@ def open_storage(spec: StorageSpec) -> Any:
             with warnings.catch_warnings():
                 # Heartbeats are experimental in Optuna; they are what detects a dead machine.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = (optuna.storages.RetryFailedTrialCallback(max_retry=spec.retries)
-                         if spec.retries > 0 else None)
+                if spec.per_process:  # one process's in-memory database: nobody else to tell that it lives
+                    return optuna.storages.RDBStorage(url)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=spec.heartbeat_interval,
-                                                  grace_period=spec.grace_period, failed_trial_callback=retry)
+                                                  grace_period=spec.grace_period, **_retry_option(spec.retries))
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as exc:
             # Workers started together on a new database all create Optuna's tables; all but one
             # lose that race ("already exists") and find the tables there when they try again.
@@ -216,6 +220,25 @@ def open_storage(spec: StorageSpec) -> Any:
         except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
             raise ConfigError(f"--storage: cannot open '{spec.label}': {_first_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def _retry_option(retries: int) -> dict[str, Any]:
+    """RDBStorage's keyword for re-running trials failed by their heartbeat (renamed in Optuna 4.9)."""
+    import optuna
+
+    if retries <= 0:
+        return {}
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retries)}
+
+
+def retry_callback(storage: Any) -> Any:
+    """The storage's callback that re-runs a trial failed by its heartbeat; None when there is none."""
+    if not has_heartbeats(storage):
+        return None
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    return getter()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -285,6 +308,74 @@ def make_pruner(kind: str, *, startup_trials: int, epochs: int) -> Any:
 
 # ---------------------------------------------------------------------------
 # Interrupted trials and the budget
+
+
+class StorageLostError(Exception):
+    """The storage's database stopped answering and did not come back (exit status 1, not a usage error)."""
+
+
+# Seconds between tries to reach a storage that stopped answering; then the worker gives up.
+RECONNECT_DELAYS_S = (1, 2, 4, 8)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a lost or refused database connection."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+                isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def reconnect(probe: Any, label: str, error: BaseException, say: Any = None) -> None:
+    """Call ``probe()`` (storage calls) with back-off until it succeeds; StorageLostError when it never does.
+
+    Raises:
+        StorageLostError: naming the storage (no password), the last error and what to do.
+    """
+    reason = " ".join(str(error).split())[:200]
+    if say is not None:
+        say(f"lost the connection to the storage {label} ({reason}); trying again for "
+            f"{sum(RECONNECT_DELAYS_S)} s")
+    for delay in RECONNECT_DELAYS_S:
+        time.sleep(delay)
+        try:
+            probe()
+            return
+        except Exception as exc:  # noqa: BLE001 - only connection errors are retried
+            if not is_connection_error(exc):
+                raise
+            reason = " ".join(str(exc).split())[:200]
+    raise StorageLostError(
+        f"lost the connection to the storage {label} and it did not answer for {sum(RECONNECT_DELAYS_S)} s "
+        f"({reason}); this worker stops, its running trial is left for the other workers (failed by its "
+        "heartbeat or its process, then retried). Rerun the same command when the database is back.")
+
+
+def release_own_trials(study: Any, owner: Mapping[str, Any]) -> None:
+    """Fail (and retry, as configured) this process's running trials: after a lost connection nobody else will."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") != owner.get("host") or worker.get("pid") != owner.get("pid"):
+            continue
+        trial_id = _trial_id(study, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "error", "interrupted: the storage connection was lost")
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                retry = retry_callback(storage)
+                if retry is not None:
+                    retry(study, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
 
 
 def has_heartbeats(storage: Any) -> bool:
@@ -368,7 +459,7 @@ def fail_interrupted_trials(study: Any) -> list[tuple[int, str]]:
                 failed.append((trial.number, reason))
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        retry = storage.get_failed_trial_callback() if has_heartbeats(storage) else None
+        retry = retry_callback(storage)
         if retry is not None:  # as the heartbeat's failures are: run again, up to the retry count
             retry(study, storage.get_trial(trial_id))
     if has_heartbeats(storage):
@@ -506,7 +597,11 @@ def heartbeat(study: Any, trial: Any) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - the worker's own storage calls report the loss
+                if not is_connection_error(exc):
+                    raise
             if stop.wait(interval):
                 return
 

@@ -16,12 +16,16 @@ from nnlab.hpo._space import SearchSpace
 from nnlab.hpo._study import (
     OUTCOME_ATTR,
     POLL_S,
+    StorageLostError,
     claim_trial,
     counts_towards_budget,
     heartbeat,
+    is_connection_error,
     make_pruner,
     make_sampler,
     open_storage,
+    reconnect,
+    release_own_trials,
     running_elsewhere,
     worker_identity,
 )
@@ -56,6 +60,9 @@ def worker_main(plan: Any, worker: int, n_existing: int) -> None:
     except NnlabError as exc:
         print(f"error: worker {worker}: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except StorageLostError as exc:
+        print(f"error: worker {worker}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -119,19 +126,28 @@ def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) 
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.addFilter(_drop_retracing_warning)
     bar = _trial_bar(plan.budget, _finished_count(study)) if s.verbose and s.workers == 1 else None
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if s.verbose else None
     try:
         while True:
-            trial = claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner, choose=choose)
-            if trial is None:
-                if running_elsewhere(study):
-                    # The budget is claimed, but a trial still runs elsewhere: if its worker dies, the
-                    # trial is failed (heartbeat, or its process gone) and its retry is run here.
-                    time.sleep(POLL_S)
-                    continue
-                return ran
-            frozen = run_trial(study, trial, plan=plan, space=space, data=data)
-            ran += 1
-            best = write_results(study, paths, storage_label=plan.storage.label)
+            try:
+                trial = claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner,
+                                    choose=choose)
+                if trial is None:
+                    if running_elsewhere(study):
+                        # The budget is claimed, but a trial still runs elsewhere: if its worker dies, the
+                        # trial is failed (heartbeat, or its process gone) and its retry is run here.
+                        time.sleep(POLL_S)
+                        continue
+                    return ran
+                frozen = run_trial(study, trial, plan=plan, space=space, data=data)
+                ran += 1
+                best = write_results(study, paths, storage_label=plan.storage.label)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                # Back: this worker's trial (if any) is failed and retried. StorageLostError if it stays away.
+                reconnect(lambda: release_own_trials(study, owner), plan.storage.label, exc, say)
+                continue
             if s.verbose:
                 line = format_progress(frozen, best, worker=worker if s.workers > 1 else None)
                 if bar is None:
