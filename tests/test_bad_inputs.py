@@ -516,6 +516,17 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: --mlflow: 'http://' is not an MLflow tracking URI: it names no host (or port 0)"]),
     ("study arguments", "nnlab study precision --mlflow http://127.0.0.1:99999 --output-dir o", {},
      ["error: --mlflow: 'http://127.0.0.1:99999' is not an MLflow tracking URI: its port is not a number from 1 to 65535"]),
+    ("HPO arguments", "nnlab hpo --heartbeat 10 --grace-period 5 --output-dir o", {},
+     ["error: --grace-period (5 s) must be longer than --heartbeat (10 s): a live trial would be failed between "
+      "two heartbeats"]),
+    ("HPO arguments", "nnlab hpo --retries -1 --output-dir o", {},
+     ["nnlab hpo: error: argument --retries: expected an integer >= 0, got -1"]),
+    ("HPO arguments", "nnlab hpo --export results --output-dir o", {},
+     ["error: --storage: journal file 'o/analysis/hpo_journal.log' does not exist; give the search's --storage "
+      "(and --output-dir for the default journal)"]),
+    ("HPO arguments", "nnlab hpo --storage postgresql+psycopg://nnlab:secret@127.0.0.1:1/nnlab --output-dir o", {},
+     ["error: --storage: cannot open 'postgresql+psycopg://nnlab:***@127.0.0.1:1/nnlab': (psycopg.OperationalError) "
+      "connection failed"]),
     ("--set", "nnlab hpo --set mlflow_tracking_uri=http:// --output-dir o", {},
      ["error: invalid configuration:", "--set: mlflow_tracking_uri = \"http://\" is invalid: 'http://' is not an "
       "MLflow tracking URI: it names no host"]),

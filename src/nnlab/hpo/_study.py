@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlab._files import locked, special_file_kind
-from nnlab.errors import ConfigError
+from nnlab.errors import ConfigError, NnlabError
 
 __all__ = [
     "JOURNAL_FILE",
@@ -325,10 +325,12 @@ def is_connection_error(exc: BaseException) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, NnlabError):
+            return False  # already a message for the user (e.g. a storage that cannot be opened)
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
                 isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
             return True
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return False
 
 
