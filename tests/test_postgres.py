@@ -156,3 +156,18 @@ def test_database_stopped_mid_search_then_rerun(tmp_path, postgres_db, postgres_
     assert len(finished) == 5 and len({t.number for t in finished}) == 5
     assert len({t.user_attrs["run_id"] for t in finished}) == 5
     assert len(rows(tmp_path / "out" / "analysis" / "hpo_results.csv")) == 5
+
+
+def test_study_runs_on_postgres(tmp_path, postgres_db, postgres_server):
+    from nnlab.config import load_config
+    from nnlab.study import StudySpec, run_study
+
+    base = load_config(str(REPO / "ml_config"), overrides={
+        "epochs": 1, "num_particles_default": 200, "hidden_layers": [8], "batch_size": 32, "jit_compile": False,
+        "tensorboard": False})
+    spec = StudySpec.compare({"plain": {}, "js": {"enable_james_stein": True}}, seeds=1, base=base)
+    result = run_study(spec, output_dir=tmp_path / "s", storage=postgres_db, progress=False)
+    assert result.complete and sorted(result.runs["variant"]) == ["js", "plain"]
+    assert postgres_server.password not in every_file_text(tmp_path / "s")
+    again = run_study(spec, output_dir=tmp_path / "s", storage=postgres_db, progress=False)  # nothing redone
+    assert list(again.runs["run_id"]) == list(result.runs["run_id"])
