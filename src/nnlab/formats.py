@@ -36,10 +36,6 @@ FORMATS: dict[str, type] = {
     "float8_e5m2": ml_dtypes.float8_e5m2,
 }
 
-# Up to this many rows one compiled call (predict_on_batch); above, batched
-# predict -- the same split as AdvancedNeuralNetwork.predict, so the float32
-# reference is the run's own test R².
-_ONE_CALL_ROWS = 65536
 
 
 def _format_dtype(fmt: str | Any) -> np.dtype:
@@ -92,9 +88,11 @@ def cast_weights(weights: Sequence[np.ndarray], fmt: str | Any) -> tuple[list[np
 
 
 def _predict(model: keras.Model, X: np.ndarray) -> np.ndarray:
-    if len(X) <= _ONE_CALL_ROWS:
-        return np.asarray(model.predict_on_batch(X))
-    return np.asarray(model.predict(X, batch_size=1024, verbose=0))
+    # The prediction AdvancedNeuralNetwork.predict makes, so the float32 reference is the run's own test R².
+    # (Imported here: nnlab.model imports the constraints, which may read FORMAT_BITS.)
+    from nnlab.model import predict_array
+
+    return predict_array(model, X)
 
 
 def evaluate_formats(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from nnlab.errors import ConfigError, DataValidationError
 from nnlab.losses import build_adaptive_loss
 from nnlab.tracking import ErrorRecorder
 
-__all__ = ["AdvancedNeuralNetwork", "build_optimizer"]
+__all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
 
 METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
 # R² compares the error with the spread of the targets: one row has none.
@@ -34,6 +35,54 @@ def build_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimiz
     if name not in optimizers:
         raise ConfigError(f"optimizer = {name!r} is invalid: allowed {', '.join(optimizers)}")
     return optimizers[name](learning_rate=learning_rate)
+
+
+# Up to this many rows one compiled call (predict_on_batch): model.predict builds a
+# dataset and an iterator per call, which dominates the time for test-set-sized inputs.
+ONE_CALL_ROWS = 65536
+
+
+def predict_array(model: keras.Model, X: Any, *, batch_size: int = 1024) -> np.ndarray:
+    """``model``'s predictions of ``X`` as a float32 array (one compiled call for test-set sizes).
+
+    Under a MirroredStrategy (``distribution = "mirrored"``), Keras' ``predict_on_batch``
+    hands the whole batch to every replica and concatenates their outputs (n_replicas x
+    the rows); there the mirrored weights are called directly, batch by batch.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        parts = [keras.ops.convert_to_numpy(model(X[i:i + batch_size], training=False))
+                 for i in range(0, len(X), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
+    if len(X) <= ONE_CALL_ROWS:
+        return np.asarray(model.predict_on_batch(X))
+    return np.asarray(model.predict(X, batch_size=batch_size, verbose=0))
+
+
+def build_strategy(config: Config) -> Any:
+    """``tf.distribute.MirroredStrategy`` for ``distribution = "mirrored"``; None for ``"none"``."""
+    t = config.training
+    if t.distribution == "none":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    wanted = t.distribution_devices
+    if gpus:
+        if wanted is not None and wanted > len(gpus):
+            raise ConfigError(f"distribution_devices = {wanted}, but {len(gpus)} GPU(s) are visible")
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(wanted or len(gpus))])
+    count = wanted or 1
+    if count > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:  # (listing the logical devices first would start the runtime)
+            tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError:
+            if len(tf.config.list_logical_devices("CPU")) < count:
+                raise ConfigError(f"distribution_devices = {count}: logical CPU devices must be made before "
+                                  "TensorFlow starts its runtime; start a new process") from None
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:count]])
 
 
 def _check_xy(X: Any, y: Any, name: str, n_features: int, n_targets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,23 +136,31 @@ class AdvancedNeuralNetwork:
         # Refuse before allocating: a network beyond memory would be killed, or swap for hours.
         check_network_fits(self.config, n_features=shape[0], n_targets=self.output_dim)
         self.errors = ErrorRecorder()
+        # distribution = "mirrored": the network, its optimizer and every variable of the lab live in
+        # the strategy's scope (one replica per device, gradients all-reduced each step).
+        self.strategy = build_strategy(self.config)
         seed = self.config.model.seed
         if seed is not None:
             # Python, NumPy and TensorFlow seeds: same seed, same initial weights,
             # same shuffling, same dropout masks.
             keras.utils.set_random_seed(seed)
-        self.model = self._build()
-        self.loss, self.loss_callback = build_adaptive_loss(self.config)
-        # The constraint chain stays a plain graph: compiling it with XLA costs
-        # seconds at its first application, more than XLA saves over a run's
-        # few applications (see the README's Performance section).
-        self.constraint_callback = build_constraint_callback(self.config, jit_compile=False)
-        # constraint_schedule = "step": the binary limits run inside the compiled
-        # train step, after every optimizer update (attached at compile time).
-        self.step_constraints = build_step_constraints(self.config)
+        with self.scope():
+            self.model = self._build()
+            self.loss, self.loss_callback = build_adaptive_loss(self.config)
+            # The constraint chain stays a plain graph: compiling it with XLA costs
+            # seconds at its first application, more than XLA saves over a run's
+            # few applications (see the README's Performance section).
+            self.constraint_callback = build_constraint_callback(self.config, jit_compile=False)
+            # constraint_schedule = "step": the binary limits run inside the compiled
+            # train step, after every optimizer update (attached at compile time).
+            self.step_constraints = build_step_constraints(self.config)
         self._build_standard_callbacks()
         self.history: dict[str, list[float]] = {}
         self._compiled = False
+
+    def scope(self) -> Any:
+        """The distribution strategy's scope (``distribution = "mirrored"``), else a no-op context."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     # -- building -------------------------------------------------------------
     def _build(self) -> keras.Model:
@@ -140,18 +197,25 @@ class AdvancedNeuralNetwork:
         with ``constraint_schedule = step`` the binary limits are attached to
         the weights, to run after every optimizer update."""
         m, t = self.config.model, self.config.training
-        optimizer = build_optimizer(m.optimizer, m.learning_rate)
-        if m.precision_policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        self.model.compile(
-            optimizer=optimizer,
-            loss=self.loss,
-            metrics=["mse", "mae", keras.metrics.R2Score(name="r2_score")],
-            steps_per_execution=t.steps_per_execution,
-            jit_compile=t.jit_compile,
-        )
-        if self.step_constraints is not None:
-            self.step_constraints.attach(self.model)
+        steps, jit = t.steps_per_execution, t.jit_compile
+        if self.strategy is not None:
+            # Both fail under MirroredStrategy here (Keras 3.15, TF 2.21): several steps per call feed
+            # the replicas' while loop no input ("You must feed a value for placeholder tensor"), and XLA
+            # cannot use variables of other (logical) devices. The config validator warns about it.
+            steps, jit = 1, False
+        with self.scope():
+            optimizer = build_optimizer(m.optimizer, m.learning_rate)
+            if m.precision_policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.model.compile(
+                optimizer=optimizer,
+                loss=self.loss,
+                metrics=["mse", "mae", keras.metrics.R2Score(name="r2_score")],
+                steps_per_execution=steps,
+                jit_compile=jit,
+            )
+            if self.step_constraints is not None:
+                self.step_constraints.attach(self.model)
         self._compiled = True
         return self.model
 
@@ -294,12 +358,7 @@ class AdvancedNeuralNetwork:
     # -- evaluation -----------------------------------------------------------
     def predict(self, X: Any, batch_size: int = 1024) -> np.ndarray:
         """Predictions (in the scaled target space)."""
-        X = np.asarray(X, dtype=np.float32)
-        if len(X) <= 65536:
-            # One compiled call: model.predict builds a dataset and an iterator
-            # per call, which dominates the time for test-set-sized inputs.
-            return np.asarray(self.model.predict_on_batch(X))
-        return np.asarray(self.model.predict(X, batch_size=batch_size, verbose=0))
+        return predict_array(self.model, X, batch_size=batch_size)
 
     def evaluate_model(self, X_test: Any, y_test: Any, *, repeats: int = 5) -> dict[str, Any]:
         """Test metrics on the scaled targets, averaged over targets.

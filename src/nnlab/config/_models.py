@@ -151,9 +151,22 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(10, ge=1)
     steps_per_execution: int = Field(10, ge=1)
     jit_compile: StrictBool = True
+    distribution: Literal["none", "mirrored"] = "none"
+    distribution_devices: int | None = Field(None, ge=1, le=64)
     tensorboard: StrictBool = True
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = Field("nnlab", min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _mirrored_runs_one_step_per_call(self) -> "TrainingConfig":
+        if self.distribution == "mirrored" and (self.steps_per_execution != 1 or self.jit_compile):
+            warnings.warn(
+                "distribution = 'mirrored' trains with steps_per_execution = 1 and jit_compile = false: both "
+                "fail under tf.distribute.MirroredStrategy in this Keras/TensorFlow (several steps per call, "
+                "and XLA on the replicas' variables). Set them so to silence this warning.",
+                UserWarning, stacklevel=2,
+            )
+        return self
 
     @field_validator("mlflow_tracking_uri")
     @classmethod
