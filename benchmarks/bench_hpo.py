@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_hpo.py [--trials 12] [--epochs 10] [--num-particles 2000]
         [--seeds 0,1,2] [--presets baseline,deep_regularized] [--batch-size 64]
+    python benchmarks/bench_hpo.py --postgres [URL] [--trials 12] [--epochs 10] ...
 
 For each seed both searches run through ``nnlab.hpo.run_search`` with the same
 budget (``--trials`` finished trials of ``--epochs`` epochs), the same data
@@ -23,6 +24,15 @@ Prints one JSON line: {"trials", "epochs", "num_particles", "batch_size",
 per-seed lists ``best_val_r2`` (best validation R² of a completed trial),
 ``wall_s``, ``cpu_s`` (process CPU seconds), ``epochs_trained`` (summed over
 trials; pruning lowers it), ``pruned`` and ``failed``, and their means.
+
+``--postgres [URL]``: the storage and the workers instead. The same random
+search (seed 0: ``--trials`` trials, default space and presets) on the journal
+file with 1 worker, on PostgreSQL with 1 worker and with 2 worker processes
+(each run a new study). Without a URL a throwaway server is started from the
+machine's PostgreSQL packages (as the tests do). Reports wall time, trials per
+hour, the speed-up of 2 workers over 1 and its parallel efficiency (speed-up /
+2), and the storage's own cost per trial: claim, 10 reports, tell and the
+results files for 30 trials without training, journal against PostgreSQL.
 """
 
 from __future__ import annotations
@@ -72,6 +82,67 @@ def one_search(side: str, seed: int, args: argparse.Namespace, root: Path) -> di
     }
 
 
+def _storage_cost_ms(storage: str, root: Path, trials: int = 30, epochs: int = 10) -> float:
+    """Milliseconds of storage work per trial without training: claim, per-epoch reports, tell, results."""
+    from nnlab.hpo._results import ResultPaths, write_results
+    from nnlab.hpo._study import claim_trial, open_storage, storage_spec, worker_identity
+
+    root.mkdir(parents=True, exist_ok=True)
+    spec = storage_spec(storage, root)
+    study = optuna.create_study(study_name="overhead", storage=open_storage(spec), direction="maximize")
+    paths, owner = ResultPaths(root / "overhead.csv"), worker_identity()
+    started = time.perf_counter()
+    for _ in range(trials):
+        trial = claim_trial(study, budget=trials, lock_path=root / ".overhead-lock", owner=owner)
+        for epoch in range(epochs):
+            trial.report(0.5, epoch)
+        trial.set_user_attr("outcome", "complete")
+        study.tell(trial, 0.5)
+        write_results(study, paths, storage_label=spec.label)
+    return (time.perf_counter() - started) / trials * 1000
+
+
+def storage_comparison(args: argparse.Namespace) -> dict:
+    """--postgres: the same search on the journal (1 worker) and PostgreSQL (1 and 2 workers)."""
+    server = None
+    url = args.postgres
+    if not url:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import PostgresServer  # the tests' throwaway server (machine's PostgreSQL packages)
+
+        server = PostgresServer()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_hpo_pg-") as tmp:
+            root = Path(tmp)
+            run_search(max_trials=1, epochs=1, num_particles=200, presets=("fast_debug",),
+                       space={"hidden_layers": [[16]]}, output_dir=str(root / "warmup"), verbose=False)
+            runs = {}
+            for name, workers, pg in (("journal_1_worker", 1, False), ("postgres_1_worker", 1, True),
+                                      ("postgres_2_workers", 2, True)):
+                storage = (server.create_database(name) if server else url) if pg else None
+                start = time.perf_counter()
+                summary = run_search(max_trials=args.trials, epochs=args.epochs, num_particles=args.num_particles,
+                                     batch_size=args.batch_size, presets=tuple(args.presets.split(",")), seed=0,
+                                     output_dir=str(root / name), storage=storage, workers=workers,
+                                     study_name=f"bench-{name}", verbose=False)
+                wall = time.perf_counter() - start
+                finished = sum(summary.counts.values())
+                runs[name] = {"wall_s": round(wall, 1), "finished": finished,
+                              "trials_per_hour": round(finished / wall * 3600, 1), "best_val_r2": summary.best_value}
+                print(f"# {name}: {runs[name]}", file=sys.stderr, flush=True)
+            pg_db = server.create_database("overhead") if server else url
+            overhead = {"journal_ms": round(_storage_cost_ms(None, root / "oj"), 1),
+                        "postgres_ms": round(_storage_cost_ms(pg_db, root / "op"), 1)}
+    finally:
+        if server is not None:
+            server.close()
+    speedup = runs["postgres_1_worker"]["wall_s"] / runs["postgres_2_workers"]["wall_s"]
+    return {"mode": "postgres", "trials": args.trials, "epochs": args.epochs, "num_particles": args.num_particles,
+            "presets": args.presets.split(","), **runs,
+            "speedup_2_workers": round(speedup, 2), "parallel_efficiency": round(speedup / 2, 2),
+            "storage_ms_per_trial": overhead, "cpus": os.cpu_count(), "optuna": optuna.__version__}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
@@ -80,7 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--presets", default="baseline,deep_regularized")
+    parser.add_argument("--postgres", nargs="?", const="", metavar="URL",
+                        help="compare storages and workers instead (a throwaway server without URL)")
     args = parser.parse_args(argv)
+    if args.postgres is not None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        print(json.dumps(storage_comparison(args)))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
