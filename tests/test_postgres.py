@@ -68,6 +68,15 @@ def test_two_independent_processes_share_one_budget(tmp_path, postgres_db, postg
     assert sorted(int(r["trial_number"]) for r in rows(first)) == sorted(t.number for t in finished)
     assert {r["run_id"] for r in rows(first)} == {t.user_attrs["run_id"] for t in finished}
     assert "***" in json.loads((tmp_path / "machine1" / "analysis" / "hpo_study.json").read_text())["storage"]
+    # A third machine that ran nothing rebuilds the same results from the storage alone.
+    export = subprocess.run([sys.executable, str(REPO / "hpo_agent.py"), "--export", "exported", "--storage",
+                             postgres_db, "--study-name", "shared"], cwd=tmp_path, env=_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    assert (tmp_path / "exported" / "hpo_results.csv").read_bytes() == first.read_bytes()
+    assert json.loads((tmp_path / "exported" / "best_config.json").read_text()) == json.loads(
+        (tmp_path / "machine1" / "analysis" / "best_config.json").read_text())
+    assert postgres_server.password not in every_file_text(tmp_path / "exported") + export.stdout + export.stderr
 
 
 def test_password_from_the_environment(tmp_path, postgres_db, postgres_server):
