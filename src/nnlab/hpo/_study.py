@@ -516,15 +516,17 @@ def claim_trial(study: Any, *, budget: int, lock_path: Path, owner: Mapping[str,
         # killed between the two can no longer leave a running trial nobody owns (which a rerun would
         # have to leave alone for UNOWNED_GRACE_S). A trial already waiting (a retry of a failed one)
         # is taken as it is: ask() starts the oldest waiting trial, and one enqueued now would be left.
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        own = not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if own:
             study.enqueue_trial(params, user_attrs={"worker": dict(owner), **params})
         with warnings.catch_warnings():
             # Optuna expects heartbeats only under Study.optimize; heartbeat() records them here.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
         trial.set_user_attr("worker", dict(owner))  # a waiting trial left by another claim may be the one popped
-        for key, value in params.items():  # visible to the next claim before the trial suggests
-            trial.set_user_attr(key, value)
+        if own:  # a retry keeps the parameters (and their attributes) of the trial it repeats
+            for key, value in params.items():  # visible to the next claim before the trial suggests
+                trial.set_user_attr(key, value)
     # The budget is enforced in the storage, not by the lock (a file on this machine only): of
     # claims made at once on several machines, the trials with the lowest numbers -- in the order
     # the database created them -- are within the budget, and the others are given back.
