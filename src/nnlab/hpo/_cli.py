@@ -6,20 +6,11 @@ import argparse
 import json
 import sys
 
+from nnlab.cli import non_negative_int as _non_negative_int
 from nnlab.cli import positive_int as _positive_int
 from nnlab.cli import seed_int as _seed_int
 
 __all__ = ["add_arguments", "run"]
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _preset_list(text: str) -> tuple[str, ...]:
