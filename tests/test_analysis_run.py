@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("training_dynamics_dashboard.png", "learning_rate_analysis.png", "residual_analysis_suite.png",
            "prediction_scatter_plots.png", "baseline_comparison.png", "james_stein_comparison.png",
-           "hyperparameter_impact_heatmap.png", "loss_weights_and_constraints.png")
+           "hyperparameter_impact_heatmap.png", "loss_weights_and_constraints.png", "physics_consistency.png")
 SUMMARY_KEYS = ("analysis_timestamp", "run_id", "best_validation_loss", "best_r2_score", "total_training_epochs",
                 "prediction_mae", "james_stein_comparison", "baselines", "recommendations", "skipped_sections")
 JS_KEYS = ("binary_constraints_best_loss", "james_stein_best_loss", "no_constraints_best_loss", "p_values",

@@ -104,6 +104,13 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["--set: dropout_rate = 1.5 is invalid: Input should be less than 1"]),
     ("--set", "python main.py --set optimiser=adam", {},
      ["error: --set: unknown key 'optimiser'; did you mean 'optimizer'?"]),
+    ("--set", "python main.py --set physics_loss_weight=-1", {},
+     ["--set: physics_loss_weight = -1 is invalid: Input should be greater than or equal to 0"]),
+    ("--set", "python main.py --set 'physics_loss_terms=[\"speed\", \"momentum\"]'", {},
+     ["--set: physics_loss_terms[1] = [\"speed\", \"momentum\"] is invalid: Input should be 'speed', "
+      "'energy' or 'displacement'"]),
+    ("--set", "python main.py --set 'physics_loss_terms=[\"speed\", \"speed\"]'", {},
+     ["--set: physics_loss_terms = [\"speed\", \"speed\"] is invalid: Value error, each term at most once"]),
     ("--set", "python main.py --set epochs", {},
      ["error: --set expects KEY=VALUE (e.g. learning_rate=0.001), got 'epochs'"]),
     ("--set", "python main.py --set epochs=abc", {},
@@ -180,7 +187,7 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
     ("analysis arguments", "nnlab analyze --skip bogus", {},
      ["nnlab analyze: error: argument --skip: unknown section(s) bogus; choose from artifacts, dynamics, "
       "learning_rate, residuals, predictions, baselines, james_stein, recommendations, heatmap, "
-      "loss_and_constraints"]),
+      "loss_and_constraints, physics"]),
     ("analysis arguments", "nnlab analyze --sample-size 0", {},
      ["nnlab analyze: error: argument --sample-size: expected an integer >= 1, got 0"]),
 

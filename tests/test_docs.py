@@ -28,7 +28,7 @@ def test_readme_is_a_landing_page():
     for heading in ("## Quick start", "## What it does", "## Command line"):
         assert heading in text
     for page in ("configuration", "data", "training", "tracking", "constraints", "losses", "hpo", "scale-out", "analysis",
-                 "reliability", "bad_inputs", "performance"):
+                 "reliability", "bad_inputs", "performance", "physics"):
         assert f"(docs/{page}.md" in text, page
 
 

@@ -30,10 +30,12 @@ from nnlab.training import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# Small but convergent: the final R² is stable enough to compare runs.
+# Small but convergent: the final R² is stable enough to compare runs. With the physics loss term
+# on: a resume must rebuild it as configured.
 RUN = ["--num-particles", "400", "--epochs", "24", "--seed", "3", "--quiet",
        "--set", "hidden_layers=[64,32]", "--set", "learning_rate=0.003", "--set", "checkpoint_every=4",
-       "--set", "jit_compile=false"]
+       "--set", "jit_compile=false", "--set", "physics_loss_weight=0.5",
+       "--set", 'physics_loss_terms=["speed", "energy"]']
 
 
 def main_py(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
@@ -99,6 +101,11 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     rows = pd.read_csv(run_dir / "training_results.csv")
     assert rows["epoch"].tolist() == list(range(1, 25))  # one row per epoch, none duplicated or missing
     assert pd.read_csv(run_dir / "loss_history.csv")["epoch"].tolist() == list(range(24))
+    # The resumed epochs trained with the same physics term: logged, and part of the loss.
+    assert np.isfinite(rows[["physics_loss", "val_physics_loss"]].to_numpy()).all()
+    assert (rows["train_loss"] > 0.5 * rows["physics_loss"]).all()
+    assert "+ physics term 0.5 x (speed, energy)" in stdout
+    assert json.loads((run_dir / "test_metrics.json").read_text())["physics"]["speed_violation"] > 0
     log = pd.read_csv(out / "configuration_log.csv")
     assert len(log) == 1 and log["status"].iloc[0] == "completed" and log["epochs_run"].iloc[0] == 24
     assert abs(final_test_r2(run_dir) - final_test_r2(uninterrupted)) < 0.01

@@ -376,7 +376,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
               f"{len(data.feature_names)} features -> {len(data.target_names)} targets")
-    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
+    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
     results = train_with_tracking(
         model, *data, cfg, data=data, output_dir=args.output_dir,
         preset=args.preset, verbose=_progress_mode(args),

@@ -14,7 +14,7 @@ from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
 from nnlab.constraints import build_constraint_callback, build_step_constraints
 from nnlab.errors import ConfigError, DataValidationError
-from nnlab.losses import build_adaptive_loss
+from nnlab.losses import PhysicsInformedModel, PhysicsLoss, build_adaptive_loss
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
@@ -109,14 +109,19 @@ class AdvancedNeuralNetwork:
     layer then has no bias, batch norm's beta replaces it --, the activation,
     and dropout when ``dropout_rate > 0``), with L2 kernel regularisation, and a
     linear output layer. The loss is an :class:`~nnlab.losses.AdaptiveLoss`
-    reweighted each epoch by the configured strategy; the weight constraints of
-    the configuration are applied every ``constraint_interval`` epochs.
+    reweighted each epoch by the configured strategy, plus the physics term
+    ``physics_loss_weight * PhysicsLoss`` when that weight is > 0; the weight
+    constraints of the configuration are applied every ``constraint_interval`` epochs.
 
     Args:
         input_shape: shape of one input row, e.g. ``(23,)``.
         output_dim: number of regression targets.
         config: a :class:`~nnlab.config.Config` or a flat dict of keys (on top of
             the defaults).
+        scalers: the data's fitted scalers and column names (a
+            :class:`~nnlab.data.PreparedData` or :class:`~nnlab.data.Scalers`);
+            needed when ``physics_loss_weight > 0`` (the physics term de-scales
+            predictions and features with them, see :class:`~nnlab.losses.PhysicsLoss`).
 
     Example:
         >>> net = AdvancedNeuralNetwork((23,), 6, {"hidden_layers": [64, 32], "epochs": 2})
@@ -124,7 +129,8 @@ class AdvancedNeuralNetwork:
         >>> # results = net.train_with_custom_constraints(X_train, y_train, X_val, y_val, epochs=2)
     """
 
-    def __init__(self, input_shape: Sequence[int] | int, output_dim: int, config: Config | Mapping | None = None):
+    def __init__(self, input_shape: Sequence[int] | int, output_dim: int, config: Config | Mapping | None = None,
+                 *, scalers: Any = None):
         self.config = resolve_config(config)
         shape = (int(input_shape),) if isinstance(input_shape, (int, np.integer)) else tuple(int(d) for d in input_shape)
         if len(shape) != 1 or shape[0] < 1:
@@ -144,6 +150,7 @@ class AdvancedNeuralNetwork:
             # Python, NumPy and TensorFlow seeds: same seed, same initial weights,
             # same shuffling, same dropout masks.
             keras.utils.set_random_seed(seed)
+        self.physics_loss = self._physics_loss(scalers)
         with self.scope():
             self.model = self._build()
             self.loss, self.loss_callback = build_adaptive_loss(self.config)
@@ -163,6 +170,20 @@ class AdvancedNeuralNetwork:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     # -- building -------------------------------------------------------------
+    def _physics_loss(self, scalers: Any) -> PhysicsLoss | None:
+        m = self.config.model
+        if m.physics_loss_weight == 0:
+            return None
+        if scalers is None:
+            raise ConfigError(f"physics_loss_weight = {m.physics_loss_weight:g} needs the data's scalers to de-scale "
+                              "predictions and features: pass scalers= (a PreparedData or Scalers), or set "
+                              "physics_loss_weight to 0")
+        names = (len(scalers.feature_names), len(scalers.target_names))
+        if names != (self.input_shape[0], self.output_dim):
+            raise ConfigError(f"the scalers are for {names[0]} features -> {names[1]} targets, the network for "
+                              f"{self.input_shape[0]} -> {self.output_dim}")
+        return PhysicsLoss(scalers, m.physics_loss_terms, weight=m.physics_loss_weight)
+
     def _build(self) -> keras.Model:
         m = self.config.model
         regularizer = keras.regularizers.L2(m.l2_regularization) if m.l2_regularization > 0 else None
@@ -188,6 +209,8 @@ class AdvancedNeuralNetwork:
             if m.dropout_rate > 0:
                 x = keras.layers.Dropout(m.dropout_rate, name=f"dropout_{i}", dtype=policy)(x)
         outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets", dtype="float32")(x)
+        if self.physics_loss is not None:
+            return PhysicsInformedModel(inputs, outputs, physics=self.physics_loss, name="advanced_neural_network")
         return keras.Model(inputs, outputs, name="advanced_neural_network")
 
     def compile_model(self) -> keras.Model:

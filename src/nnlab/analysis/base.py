@@ -39,6 +39,7 @@ SECTIONS: dict[str, str] = {
     "recommendations": "8. Hyperparameter recommendations",
     "heatmap": "9. Hyperparameter impact heatmap",
     "loss_and_constraints": "10. Adaptive-loss weights and constraint statistics",
+    "physics": "11. Physics consistency",
 }
 
 

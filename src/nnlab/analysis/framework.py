@@ -261,6 +261,24 @@ class ExperimentAnalysis:
         return loss_and_constraint_evolution(self.run_artifacts.results, self.run_artifacts.loss_history,
                                              self.analysis_dir)
 
+    def _section_physics(self) -> SectionResult:
+        from nnlab.analysis.physics import physics_consistency
+
+        arrays: dict[str, Any] = {}
+        unavailable = None
+        try:
+            pred, data = self.network_predictions(), self.data()
+        except SectionSkipped as exc:  # the table of recorded metrics needs no network
+            unavailable = str(exc)
+        else:
+            X = data.scalers.x_scaler.inverse_transform(np.asarray(data.prepared.X_test, dtype=np.float64))
+            arrays = {"y_pred": pred["physical"], "y_true": pred["actual_physical"], "X": X,
+                      "target_names": list(data.scalers.target_names),
+                      "feature_names": list(data.scalers.feature_names)}
+        return physics_consistency(self.output_dir, self.run_id, self.analysis_dir, config=self.run_artifacts.config,
+                                   test_metrics=self.run_artifacts.test_metrics, unavailable=unavailable,
+                                   seed=self.seed, **arrays)
+
     # -- running ------------------------------------------------------------------------
     def run_section(self, name: str) -> SectionResult:
         """Run one section (see :data:`~nnlab.analysis.base.SECTIONS`) and keep its result.
@@ -364,11 +382,13 @@ class ExperimentAnalysis:
             "recommendations": (self.results["recommendations"].summary.get("rows", [])
                                 if self._done("recommendations") else []),
             "hyperparameter_impact": self.results["heatmap"].summary if self._done("heatmap") else None,
+            "physics_consistency": self.results["physics"].summary if self._done("physics") else None,
             "skipped_sections": {n: r.reason for n, r in self.results.items() if r.status == "skipped"},
             "failed_sections": {n: r.reason for n, r in self.results.items() if r.status == "failed"},
             "sections": {n: {"status": r.status, "reason": r.reason, "elapsed_s": round(r.elapsed_s, 3),
                              "figures": [p.name for p in r.figures],
-                             "summary": r.summary if n not in ("james_stein", "baselines", "recommendations") else None}
+                             "summary": (r.summary if n not in ("james_stein", "baselines", "recommendations",
+                                                                "physics") else None)}
                          for n, r in self.results.items()},
             "figures": [p.name for r in self.results.values() for p in r.figures],
         }

@@ -161,6 +161,8 @@ def load_network(run: RunArtifacts, n_features: int, n_targets: int):
     if path is None:
         raise SectionSkipped(f"no weights in {run.run_dir / 'weights'} (final.weights.h5 or best.weights.h5)")
     cfg = run_config(run)
+    # Only predictions are made here: the physics loss term (which needs the scalers) is not built.
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"physics_loss_weight": 0.0})})
     network = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
     try:
         network.model.load_weights(path)

@@ -36,6 +36,9 @@ LOSS_WEIGHTING_STRATEGIES = (
     "none",
 )
 
+# Relations the physics-informed loss term can enforce (nnlab.losses.PhysicsLoss).
+PHYSICS_LOSS_TERMS = ("speed", "energy", "displacement")
+
 # NumPy's legacy seeding and scikit-learn's random_state take 0 <= seed < 2**32.
 SEED_MAX = 2**32 - 1
 # Error messages show at most this many characters of a value, and this many problems.
@@ -102,6 +105,10 @@ class ModelConfig(_Section):
     relobralo_alpha: float = Field(0.999, ge=0.0, le=1.0)
     relobralo_temperature: float = Field(0.1, gt=0.0)
     relobralo_expected_lookback: float = Field(0.999, ge=0.0, le=1.0)
+    physics_loss_weight: float = Field(0.0, ge=0.0, le=1e6)
+    physics_loss_terms: list[Literal[PHYSICS_LOSS_TERMS]] = Field(
+        default_factory=lambda: list(PHYSICS_LOSS_TERMS), min_length=1
+    )
     seed: int | None = 42
 
     @model_validator(mode="after")
@@ -124,6 +131,13 @@ class ModelConfig(_Section):
                     UserWarning, stacklevel=2,
                 )
         return self
+
+    @field_validator("physics_loss_terms")
+    @classmethod
+    def _distinct_terms(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each term at most once, got {value}")
+        return value
 
     @field_validator("hidden_layers")
     @classmethod

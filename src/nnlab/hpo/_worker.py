@@ -262,7 +262,7 @@ def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str
                                        "nnlab.preset": preset})
     pruning = TrialPruningCallback(trial)
     try:
-        model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
+        model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
         results = train_with_tracking(model, *data, run_cfg, data=data, output_dir=plan.settings.output_dir,
                                       preset=preset, verbose=0, callbacks=[pruning], mlflow_tags=tags)
     except Exception as exc:  # recorded on the trial, not swallowed: the search goes on

@@ -7,7 +7,10 @@
   weights live in a non-trainable variable read by the compiled train step;
 * :class:`AdaptiveLossCallback` -- assigns the scheduler's weights to that
   variable after every epoch and records them;
-* :func:`build_adaptive_loss` -- the loss and callback for a configuration.
+* :func:`build_adaptive_loss` -- the loss and callback for a configuration;
+* :class:`PhysicsLoss` -- the physics-informed term (speed, energy,
+  displacement relations of de-scaled predictions), added to the compiled loss
+  by :class:`PhysicsInformedModel`.
 
 The TensorFlow-backed names load on first use, so strategies stay importable
 (and fast) without TensorFlow. To ``keras.models.load_model`` a model saved with
@@ -23,9 +26,13 @@ Example:
 from __future__ import annotations
 
 from nnlab._lazy import lazy_attributes
-
+from nnlab.config import PHYSICS_LOSS_TERMS
 from nnlab.losses._scheduler import LossWeightScheduler
-from nnlab.losses._strategies import LOSS_TERMS, LOSS_WEIGHTING_STRATEGIES, compute_loss_weights
+from nnlab.losses._strategies import (
+    LOSS_TERMS,
+    LOSS_WEIGHTING_STRATEGIES,
+    compute_loss_weights,
+)
 
 # TensorFlow-backed names -> defining module, imported lazily by __getattr__.
 _LAZY = {
@@ -33,11 +40,14 @@ _LAZY = {
     "AdaptiveLossCallback": "nnlab.losses._callback",
     "build_adaptive_loss": "nnlab.losses._callback",
     "HISTORY_COLUMNS": "nnlab.losses._callback",
+    "PhysicsLoss": "nnlab.losses._physics",
+    "PhysicsInformedModel": "nnlab.losses._physics",
 }
 
 __all__ = [
     "LOSS_TERMS",
     "LOSS_WEIGHTING_STRATEGIES",
+    "PHYSICS_LOSS_TERMS",
     "compute_loss_weights",
     "LossWeightScheduler",
     *_LAZY,

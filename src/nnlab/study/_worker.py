@@ -262,7 +262,7 @@ def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) ->
                                        **{f"nnlab.cell.{k}": v for k, v in cell["key"].items()}})
     prepared = data.get(seed)
     try:
-        model = AdvancedNeuralNetwork((prepared.X_train.shape[1],), prepared.y_train.shape[1], cfg)
+        model = AdvancedNeuralNetwork((prepared.X_train.shape[1],), prepared.y_train.shape[1], cfg, scalers=prepared)
         results = train_with_tracking(model, *prepared, cfg, data=prepared, output_dir=plan.study_dir,
                                       preset=plan.preset, verbose=0, data_source=data.source(seed),
                                       mlflow_tags=tags)

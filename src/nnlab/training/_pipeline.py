@@ -27,6 +27,7 @@ from nnlab.errors import NnlabError
 from nnlab.formats import evaluate_formats
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
+from nnlab.physics import physics_report
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
 from nnlab.training._lock import RunLock, lock_new_run
 from nnlab.training._runs import (
@@ -366,6 +367,8 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         total_time_s=time.perf_counter() - started,
         weight_modifications=model.constraints_used(),
         loss_weighting_strategy=cfg.model.loss_weighting_strategy,
+        physics_loss=({"weight": cfg.model.physics_loss_weight, "terms": list(cfg.model.physics_loss_terms)}
+                      if cfg.model.physics_loss_weight > 0 else None),
         weight_files=_file_sizes(run_dir / "weights"),
         error_count=len(errors), resumed_from_epoch=start_epoch if run.resume is not None else None,
     )
@@ -381,9 +384,14 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
             "n_samples": test["n_samples"],
         }
         if data is not None and hasattr(data, "inverse_transform_targets"):
-            physical = regression_metrics(data.inverse_transform_targets(np.asarray(y_test)),
-                                          data.inverse_transform_targets(model.predict(X_test)))
+            y_true, y_pred = (data.inverse_transform_targets(np.asarray(y)) for y in (y_test, model.predict(X_test)))
+            physical = regression_metrics(y_true, y_pred)
             test_report["per_target_physical"] = _per_target(physical, target_names)
+            if hasattr(data, "x_scaler"):
+                test_report["physics"] = _safe(
+                    errors, "physics metrics", physics_report, y_pred, y_true,
+                    data.x_scaler.inverse_transform(np.asarray(X_test, dtype=np.float64)),
+                    target_names=target_names, feature_names=list(data.feature_names))
         # After the final weights are saved and the test metrics computed; the weights
         # are restored afterwards, so nothing downstream sees cast ones.
         formats = _evaluate_formats_safe(errors, model, X_test, y_test, test["r2"])

@@ -104,11 +104,11 @@ def resume_training(
         raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
     data = _rebuild_data(run_dir, saved, cfg)
     n_features, n_targets = data.X_train.shape[1], data.y_train.shape[1]
-    state = load_latest_checkpoint(run_dir, check=lambda s: _check_restorable(s, cfg, n_features, n_targets))
+    state = load_latest_checkpoint(run_dir, check=lambda s: _check_restorable(s, cfg, data))
     if state.epoch >= cfg.training.epochs:
         raise NnlabError(f"run '{run_dir.name}' already trained {state.epoch} of {cfg.training.epochs} epochs; "
                          "nothing to resume")
-    model = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
+    model = AdvancedNeuralNetwork((n_features,), n_targets, cfg, scalers=data)
     try:
         row = config_log_row(output_dir, run_dir.name)
     except (OSError, UnicodeDecodeError, csv.Error):
@@ -198,13 +198,13 @@ def _rebuild_data(run_dir: Path, saved: Mapping[str, Any], cfg: Config) -> Any:
     return data
 
 
-def _check_restorable(state: TrainingState, cfg: Config, n_features: int, n_targets: int) -> None:
+def _check_restorable(state: TrainingState, cfg: Config, data: Any) -> None:
     """Raise :class:`CheckpointError` unless ``state`` restores cleanly into a model built from ``cfg``.
 
     The state is restored into a scratch model (never the one that trains), so a
     checkpoint that does not fit is found before any file of the run is touched.
     """
-    scratch = AdvancedNeuralNetwork((n_features,), n_targets, cfg)
+    scratch = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
     scratch.compile_model()
     weights = WeightCheckpoint(os.devnull, errors=scratch.errors)  # never saves: no callback runs
     components = _checkpointed_components(scratch, weights)

@@ -35,7 +35,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
         f" ms for the test set ({_fmt(s.get('samples_per_second'), ',.0f')} samples/s)",
         f"  constraints          {', '.join(s['weight_modifications']) or 'none'} "
         f"(applied {s['constraint_applications']}x)",
-        f"  loss strategy        {s['loss_weighting_strategy']}",
+        f"  loss strategy        {s['loss_weighting_strategy']}{_physics_term(s.get('physics_loss'))}",
         f"  errors               {s['error_count']}",
     ]
     if s.get("resumed_from_epoch") is not None:
@@ -47,6 +47,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     if per_target:
         lines.append("  test per target (physical units): R² / RMSE")
         lines += [f"    {name:<20} {_fmt(m['r2'])} / {_fmt(m['rmse'], '.4g')}" for name, m in per_target.items()]
+    lines += _physics_lines(test.get("physics"))
     for entry in results.get("error_summary", {}).get("errors", []):
         lines.append(f"  ! {entry['component']}: {entry['message']}")
     if results.get("failure"):
@@ -55,3 +56,25 @@ def format_summary(results: Mapping[str, Any]) -> str:
     for name, where in (results.get("tracking") or {}).items():
         lines.append(f"  {name:<20} {where}")
     return "\n".join(lines) + "\n"
+
+
+def _physics_term(term: Mapping[str, Any] | None) -> str:
+    if not term:
+        return ""
+    return f" + physics term {term['weight']:g} x ({', '.join(term['terms'])})"
+
+
+def _physics_lines(physics: Mapping[str, Any] | None) -> list[str]:
+    """The test set's consistency metrics (and the true data's, the simulation's self-check)."""
+    if not physics:
+        return []
+    from nnlab.physics import PHYSICS_METRICS
+
+    true = physics.get("true_data") or {}
+    lines = ["  physics consistency  relative RMS violation on the test set: predictions (true data)"]
+    for metric in PHYSICS_METRICS:
+        value = physics.get(metric)
+        shown = (f"{_fmt(value, '.4g')} ({_fmt(true.get(metric), '.1g')})" if value is not None
+                 else f"n/a: {physics.get('not_applicable', {}).get(metric, 'not applicable')}")
+        lines.append(f"    {metric.removesuffix('_violation'):<20} {shown}")
+    return lines

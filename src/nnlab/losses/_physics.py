@@ -1,0 +1,150 @@
+"""The physics-informed loss term and the Keras model that adds it to the compiled loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
+
+from nnlab.config import PHYSICS_LOSS_TERMS
+from nnlab.errors import ConfigError
+from nnlab.physics import RELATIONS
+
+__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss"]
+
+# Keeps the gradient of |v| = sqrt(vx² + vy²) finite at v = 0 (physical units: negligible).
+_SQRT_FLOOR = 1e-12
+
+
+class PhysicsLoss:
+    """Mean squared violation of the chosen physics relations, on de-scaled predictions.
+
+    Per sample and term, the violation of :mod:`nnlab.physics`'s relation
+    (speed: |v_pred| − |v_0|; energy: KE_pred − ½ m |v_pred|²; displacement:
+    d_pred − |r_pred − r_0|) squared and divided by the mean square of the
+    quantity over the training data (from the scalers: ``mean² + var``), so each
+    term is a squared relative violation and the terms are comparable. The value
+    is the sum over terms, averaged over the batch.
+
+    Everything is computed in-graph: the scalers' means and scales of the needed
+    columns are constants of the compiled step; predictions and the initial
+    quantities (read from the input features) are de-scaled with them.
+
+    Args:
+        scalers: anything with ``x_scaler``, ``y_scaler`` (fitted ``StandardScaler``),
+            ``feature_names`` and ``target_names`` (``PreparedData``, ``Scalers``).
+        terms: a non-empty subset of :data:`PHYSICS_LOSS_TERMS`.
+        weight: the factor of the term in the total loss (config ``physics_loss_weight``).
+
+    Raises:
+        ConfigError: an unknown term, or one whose targets are not predicted or
+            whose initial quantities are not among the features (names
+            ``physics_loss_terms``).
+
+    Example:
+        >>> loss = PhysicsLoss(prepared, ["speed"], weight=1.0)  # doctest: +SKIP
+        >>> float(loss(X_batch, model(X_batch)))  # doctest: +SKIP
+    """
+
+    def __init__(self, scalers: Any, terms: Sequence[str] = PHYSICS_LOSS_TERMS, *, weight: float = 1.0):
+        terms = list(terms)
+        unknown = [t for t in terms if t not in PHYSICS_LOSS_TERMS]
+        if unknown or not terms or len(set(terms)) != len(terms):
+            raise ConfigError(f"physics_loss_terms = {terms} is invalid: choose distinct names from "
+                              f"{list(PHYSICS_LOSS_TERMS)}")
+        features, targets = list(scalers.feature_names), list(scalers.target_names)
+        for term in terms:
+            needed_targets, needed_inputs = RELATIONS[term]
+            missing = [t for t in needed_targets if t not in targets]
+            if missing:
+                raise ConfigError(f"physics_loss_terms includes {term!r}, which needs the target(s) "
+                                  f"{', '.join(missing)}; the model predicts {', '.join(targets)}")
+            missing = [f for f in needed_inputs if f not in features]
+            if missing:
+                raise ConfigError(f"physics_loss_terms includes {term!r}, which needs the feature(s) "
+                                  f"{', '.join(missing)}; the features are {', '.join(features)}")
+        self.terms = terms
+        self.weight = float(weight)
+        x_mean, x_var = np.asarray(scalers.x_scaler.mean_), np.asarray(scalers.x_scaler.var_)
+        y_mean, y_var = np.asarray(scalers.y_scaler.mean_), np.asarray(scalers.y_scaler.var_)
+        # Column -> (index, mean, scale) for the de-scaling, and mean squares for the normalisers.
+        self._x = {n: (j, float(x_mean[j]), float(scalers.x_scaler.scale_[j])) for j, n in enumerate(features)}
+        self._y = {n: (j, float(y_mean[j]), float(scalers.y_scaler.scale_[j])) for j, n in enumerate(targets)}
+        x_square = {n: float(x_mean[j] ** 2 + x_var[j]) for j, n in enumerate(features)}
+        y_square = {n: float(y_mean[j] ** 2 + y_var[j]) for j, n in enumerate(targets)}
+        self.normalisers = {
+            "speed": x_square.get("initial_velocity_x", 0.0) + x_square.get("initial_velocity_y", 0.0),
+            "energy": y_square.get("kinetic_energy", 0.0),
+            "displacement": y_square.get("displacement", 0.0),
+        }
+        for term in terms:
+            if not self.normalisers[term] > 0:
+                raise ConfigError(f"physics_loss_terms includes {term!r}, but its quantity is 0 on every "
+                                  "training sample: nothing to normalise the violation by")
+
+    @staticmethod
+    def _column(values: tf.Tensor, entry: tuple[int, float, float]) -> tf.Tensor:
+        j, mean, scale = entry
+        return values[:, j] * scale + mean
+
+    def violations(self, x: Any, y_pred: Any) -> dict[str, tf.Tensor]:
+        """Per term, each sample's squared relative violation ``violation² / E[quantity²]``, shape (batch,)."""
+        y_pred = ops.cast(y_pred, "float32")
+        x = ops.cast(x, "float32")
+        p = lambda name: self._column(y_pred, self._y[name])
+        i = lambda name: self._column(x, self._x[name])
+        out = {}
+        for term in self.terms:
+            if term == "speed":
+                v = ops.sqrt(ops.square(p("final_velocity_x")) + ops.square(p("final_velocity_y")) + _SQRT_FLOOR)
+                v0 = ops.sqrt(ops.square(i("initial_velocity_x")) + ops.square(i("initial_velocity_y")))
+                violation = v - v0
+            elif term == "energy":
+                v2 = ops.square(p("final_velocity_x")) + ops.square(p("final_velocity_y"))
+                violation = p("kinetic_energy") - 0.5 * i("mass") * v2
+            else:
+                dx = p("final_position_x") - i("initial_position_x")
+                dy = p("final_position_y") - i("initial_position_y")
+                violation = p("displacement") - ops.sqrt(ops.square(dx) + ops.square(dy) + _SQRT_FLOOR)
+            out[term] = ops.square(violation) / self.normalisers[term]
+        return out
+
+    def __call__(self, x: Any, y_pred: Any) -> tf.Tensor:
+        """The term of a batch: the sum over terms of the relative RMS violation (unweighted)."""
+        return sum(ops.sqrt(ops.mean(v) + _SQRT_FLOOR) for v in self.violations(x, y_pred).values())
+
+    def __repr__(self) -> str:
+        return f"PhysicsLoss(terms={self.terms}, weight={self.weight:g})"
+
+
+class PhysicsInformedModel(keras.Model):
+    """A functional Keras model whose loss is the compiled loss plus ``physics.weight * physics``.
+
+    :meth:`compute_loss` is Keras' documented hook: it sees the inputs, so the
+    term reads the initial quantities from the features. The unweighted term is
+    tracked as the metric ``physics_loss`` (``val_physics_loss`` on validation
+    data); the logged ``loss`` includes the weighted term.
+
+    Args:
+        inputs, outputs: as for a functional ``keras.Model``.
+        physics: the :class:`PhysicsLoss`.
+        **kwargs: passed to ``keras.Model`` (``name``).
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, **kwargs: Any):
+        super().__init__(inputs, outputs, **kwargs)
+        self.physics = physics
+        self.physics_tracker = keras.metrics.Mean(name="physics_loss")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        term = self.physics(x, y_pred)
+        # Weighted by the batch size, as Keras' own loss tracker: the epoch value is the per-sample mean.
+        self.physics_tracker.update_state(term, sample_weight=ops.shape(y_pred)[0])
+        # Replicas' losses are summed by tf.distribute: scaled like Keras' own extra losses.
+        return loss + scale_loss_for_distribution(ops.cast(self.physics.weight, loss.dtype) * ops.cast(term, loss.dtype))
