@@ -14,12 +14,14 @@ from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
 from nnlab.constraints import build_constraint_callback, build_step_constraints
 from nnlab.errors import ConfigError, DataValidationError
-from nnlab.losses import PhysicsInformedModel, PhysicsLoss, build_adaptive_loss
+from nnlab.losses import PhysicsInformedModel, PhysicsLoss, build_adaptive_loss, collocation_inputs
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
 
 METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
+# Added to the model seed for the physics term's collocation draws (distinct from the data's).
+COLLOCATION_SEED_OFFSET = 1_000_003
 # R² compares the error with the spread of the targets: one row has none.
 MIN_ROWS_FOR_R2 = 2
 
@@ -182,7 +184,10 @@ class AdvancedNeuralNetwork:
         if names != (self.input_shape[0], self.output_dim):
             raise ConfigError(f"the scalers are for {names[0]} features -> {names[1]} targets, the network for "
                               f"{self.input_shape[0]} -> {self.output_dim}")
-        return PhysicsLoss(scalers, m.physics_loss_terms, weight=m.physics_loss_weight)
+        # Collocation draws never repeat the data's: a seed of their own, derived from the model seed.
+        seed = None if m.seed is None else (m.seed + COLLOCATION_SEED_OFFSET) % 2**32
+        free = collocation_inputs(scalers, self.config.generation, m.physics_collocation_points, seed=seed)
+        return PhysicsLoss(scalers, m.physics_loss_terms, weight=m.physics_loss_weight, collocation=free)
 
     def _build(self) -> keras.Model:
         m = self.config.model
@@ -210,7 +215,8 @@ class AdvancedNeuralNetwork:
                 x = keras.layers.Dropout(m.dropout_rate, name=f"dropout_{i}", dtype=policy)(x)
         outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets", dtype="float32")(x)
         if self.physics_loss is not None:
-            return PhysicsInformedModel(inputs, outputs, physics=self.physics_loss, name="advanced_neural_network")
+            return PhysicsInformedModel(inputs, outputs, physics=self.physics_loss, seed=self.config.model.seed,
+                                        name="advanced_neural_network")
         return keras.Model(inputs, outputs, name="advanced_neural_network")
 
     def compile_model(self) -> keras.Model:

@@ -109,6 +109,7 @@ class ModelConfig(_Section):
     physics_loss_terms: list[Literal[PHYSICS_LOSS_TERMS]] = Field(
         default_factory=lambda: list(PHYSICS_LOSS_TERMS), min_length=1
     )
+    physics_collocation_points: int = Field(16384, ge=0, le=10_000_000)
     seed: int | None = 42
 
     @model_validator(mode="after")

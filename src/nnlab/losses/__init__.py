@@ -42,6 +42,7 @@ _LAZY = {
     "HISTORY_COLUMNS": "nnlab.losses._callback",
     "PhysicsLoss": "nnlab.losses._physics",
     "PhysicsInformedModel": "nnlab.losses._physics",
+    "collocation_inputs": "nnlab.losses._physics",
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ from nnlab.config import PHYSICS_LOSS_TERMS
 from nnlab.errors import ConfigError
 from nnlab.physics import RELATIONS
 
-__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss"]
+__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss", "collocation_inputs"]
 
 # Keeps the gradient of |v| = sqrt(vx² + vy²) finite at v = 0 (physical units: negligible).
 _SQRT_FLOOR = 1e-12
@@ -40,6 +40,9 @@ class PhysicsLoss:
             ``feature_names`` and ``target_names`` (``PreparedData``, ``Scalers``).
         terms: a non-empty subset of :data:`PHYSICS_LOSS_TERMS`.
         weight: the factor of the term in the total loss (config ``physics_loss_weight``).
+        collocation: scaled inputs without targets (see :func:`collocation_inputs`) on
+            which :class:`PhysicsInformedModel` also evaluates the term, a random
+            batch per training step; None: the training batch only.
 
     Raises:
         ConfigError: an unknown term, or one whose targets are not predicted or
@@ -51,7 +54,8 @@ class PhysicsLoss:
         >>> float(loss(X_batch, model(X_batch)))  # doctest: +SKIP
     """
 
-    def __init__(self, scalers: Any, terms: Sequence[str] = PHYSICS_LOSS_TERMS, *, weight: float = 1.0):
+    def __init__(self, scalers: Any, terms: Sequence[str] = PHYSICS_LOSS_TERMS, *, weight: float = 1.0,
+                 collocation: np.ndarray | None = None):
         terms = list(terms)
         unknown = [t for t in terms if t not in PHYSICS_LOSS_TERMS]
         if unknown or not terms or len(set(terms)) != len(terms):
@@ -70,6 +74,9 @@ class PhysicsLoss:
                                   f"{', '.join(missing)}; the features are {', '.join(features)}")
         self.terms = terms
         self.weight = float(weight)
+        self.collocation = None if collocation is None or len(collocation) == 0 else np.asarray(collocation, np.float32)
+        if self.collocation is not None and self.collocation.shape[1:] != (len(features),):
+            raise ValueError(f"collocation inputs must have shape (n, {len(features)}), got {self.collocation.shape}")
         x_mean, x_var = np.asarray(scalers.x_scaler.mean_), np.asarray(scalers.x_scaler.var_)
         y_mean, y_var = np.asarray(scalers.y_scaler.mean_), np.asarray(scalers.y_scaler.var_)
         # Column -> (index, mean, scale) for the de-scaling, and mean squares for the normalisers.
@@ -114,9 +121,13 @@ class PhysicsLoss:
             out[term] = ops.square(violation) / self.normalisers[term]
         return out
 
+    def per_sample(self, x: Any, y_pred: Any) -> tf.Tensor:
+        """Each sample's term: the sum over terms of its squared relative violation, shape (batch,)."""
+        return sum(self.violations(x, y_pred).values())
+
     def __call__(self, x: Any, y_pred: Any) -> tf.Tensor:
-        """The term of a batch: the sum over terms of the relative RMS violation (unweighted)."""
-        return sum(ops.sqrt(ops.mean(v) + _SQRT_FLOOR) for v in self.violations(x, y_pred).values())
+        """The term of a batch: the batch mean of :meth:`per_sample` (unweighted)."""
+        return ops.mean(self.per_sample(x, y_pred))
 
     def __repr__(self) -> str:
         return f"PhysicsLoss(terms={self.terms}, weight={self.weight:g})"
@@ -126,25 +137,64 @@ class PhysicsInformedModel(keras.Model):
     """A functional Keras model whose loss is the compiled loss plus ``physics.weight * physics``.
 
     :meth:`compute_loss` is Keras' documented hook: it sees the inputs, so the
-    term reads the initial quantities from the features. The unweighted term is
-    tracked as the metric ``physics_loss`` (``val_physics_loss`` on validation
-    data); the logged ``loss`` includes the weighted term.
+    term reads the initial quantities from the features. The unweighted term of
+    the training batch is tracked as the metric ``physics_loss``
+    (``val_physics_loss`` on validation data). In training, when the
+    :class:`PhysicsLoss` has collocation inputs, the term of a random batch of them
+    (as many rows as the training batch, through the network in training mode) is
+    added too; the logged ``loss`` includes both, weighted.
 
     Args:
         inputs, outputs: as for a functional ``keras.Model``.
         physics: the :class:`PhysicsLoss`.
+        seed: seed of the collocation batches (None: unseeded).
         **kwargs: passed to ``keras.Model`` (``name``).
     """
 
-    def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, **kwargs: Any):
+    def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, seed: int | None = None, **kwargs: Any):
         super().__init__(inputs, outputs, **kwargs)
         self.physics = physics
         self.physics_tracker = keras.metrics.Mean(name="physics_loss")
+        self._collocation = None
+        if physics.collocation is not None:
+            # A constant of the compiled step; a random batch of it per step (seeded: repeatable runs).
+            self._collocation = ops.convert_to_tensor(physics.collocation)
+            self._collocation_seed = keras.random.SeedGenerator(seed)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         term = self.physics(x, y_pred)
         # Weighted by the batch size, as Keras' own loss tracker: the epoch value is the per-sample mean.
         self.physics_tracker.update_state(term, sample_weight=ops.shape(y_pred)[0])
+        total = term
+        if training and self._collocation is not None:
+            # The relations hold for any initial state: asked of inputs without targets too, they
+            # generalise beyond the training rows (physics-informed learning's collocation points).
+            index = keras.random.randint(ops.shape(y_pred)[:1], 0, ops.shape(self._collocation)[0],
+                                         seed=self._collocation_seed)
+            x_free = ops.take(self._collocation, index, axis=0)
+            total = total + self.physics(x_free, self(x_free, training=True))
         # Replicas' losses are summed by tf.distribute: scaled like Keras' own extra losses.
-        return loss + scale_loss_for_distribution(ops.cast(self.physics.weight, loss.dtype) * ops.cast(term, loss.dtype))
+        return loss + scale_loss_for_distribution(ops.cast(self.physics.weight, loss.dtype) * ops.cast(total, loss.dtype))
+
+
+def collocation_inputs(scalers: Any, generation: Any, n: int, *, seed: int | None) -> np.ndarray:
+    """``n`` scaled input rows of freshly simulated initial states, for the physics term only.
+
+    The initial quantities are drawn like the data's (``generation``: a
+    :class:`~nnlab.config.GenerationConfig`, its ranges and charges), the derived
+    features computed from them, and the rows scaled with the data's feature
+    scaler. Their final quantities are never used: the term needs no targets.
+
+    Args:
+        scalers: the data's scalers and column names (``x_scaler``, ``feature_names``).
+        generation: the generation configuration.
+        n: number of rows (0: an empty array).
+        seed: the draw's seed.
+    """
+    from nnlab.data import add_derived_features, generate_particle_data
+
+    if n == 0:
+        return np.zeros((0, len(scalers.feature_names)), np.float32)
+    particles = add_derived_features(generate_particle_data(n, generation, seed=seed))
+    return scalers.x_scaler.transform(particles[list(scalers.feature_names)].to_numpy()).astype(np.float32)
