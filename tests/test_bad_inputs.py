@@ -106,10 +106,10 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["error: --set: unknown key 'optimiser'; did you mean 'optimizer'?"]),
     ("--set", "python main.py --set physics_loss_weight=-1", {},
      ["--set: physics_loss_weight = -1 is invalid: Input should be greater than or equal to 0"]),
-    ("--set", "python main.py --set 'physics_loss_terms=[\"speed\", \"momentum\"]'", {},
+    ("--set", "python main.py --set physics_loss_terms=[\"speed\",\"momentum\"]", {},
      ["--set: physics_loss_terms[1] = [\"speed\", \"momentum\"] is invalid: Input should be 'speed', "
       "'energy' or 'displacement'"]),
-    ("--set", "python main.py --set 'physics_loss_terms=[\"speed\", \"speed\"]'", {},
+    ("--set", "python main.py --set physics_loss_terms=[\"speed\",\"speed\"]", {},
      ["--set: physics_loss_terms = [\"speed\", \"speed\"] is invalid: Value error, each term at most once"]),
     ("--set", "python main.py --set epochs", {},
      ["error: --set expects KEY=VALUE (e.g. learning_rate=0.001), got 'epochs'"]),

@@ -148,8 +148,8 @@ def test_loss_term_is_zero_on_exact_predictions_and_matches_the_formula(prepared
     from nnlab.losses import PhysicsLoss
 
     loss = PhysicsLoss(prepared, ["speed", "energy", "displacement"])
-    assert float(loss(prepared.X_test, prepared.y_test)) < 1e-5  # float32 round trip; 3 x sqrt(1e-12) floor
-    # The speed term of a scaled-velocity prediction: sqrt(mean((|v_pred| - |v0|)^2) / E|v0|^2), E from the scalers.
+    assert float(loss(prepared.X_test, prepared.y_test)) < 1e-9
+    # The speed term of a scaled-velocity prediction: mean((|v_pred| - |v0|)^2) / E|v0|^2, E from the scalers.
     speed = PhysicsLoss(prepared, ["speed"])
     names = prepared.target_names
     y = _physical(prepared, prepared.y_test)
@@ -162,7 +162,7 @@ def test_loss_term_is_zero_on_exact_predictions_and_matches_the_formula(prepared
     X_train = prepared.x_scaler.inverse_transform(prepared.X_train)
     mean_square = np.mean(X_train[:, prepared.feature_names.index("initial_velocity_x")] ** 2
                           + X_train[:, prepared.feature_names.index("initial_velocity_y")] ** 2)
-    expected = np.sqrt(np.mean((0.1 * v0) ** 2) / mean_square)
+    expected = np.mean((0.1 * v0) ** 2) / mean_square
     assert float(speed(prepared.X_test, y_scaled)) == pytest.approx(expected, rel=1e-4)
 
 
@@ -248,3 +248,31 @@ def test_training_with_the_term_under_every_strategy(prepared):
     # Off (the default): a plain functional model, no physics metric.
     net = AdvancedNeuralNetwork((p.X_train.shape[1],), p.y_train.shape[1], {"hidden_layers": [16]})
     assert net.physics_loss is None and not isinstance(net.model, PhysicsInformedModel)
+
+
+def test_collocation_inputs_are_fresh_initial_states_scaled_like_the_data(prepared):
+    from nnlab.config import GenerationConfig
+    from nnlab.data import add_derived_features
+    from nnlab.losses import collocation_inputs
+    from nnlab.model import AdvancedNeuralNetwork
+
+    generation = GenerationConfig()
+    rows = collocation_inputs(prepared, generation, 500, seed=9)
+    assert rows.shape == (500, len(prepared.feature_names)) and rows.dtype == np.float32
+    physical = prepared.x_scaler.inverse_transform(rows.astype(np.float64))
+    frame = {name: physical[:, j] for j, name in enumerate(prepared.feature_names)}
+    low, high = generation.mass_range
+    assert low - 1e-4 <= frame["mass"].min() and frame["mass"].max() <= high + 1e-4
+    assert set(np.round(frame["charge"], 4)) <= {-1.0, 0.0, 1.0}
+    import pandas as pd
+    derived = add_derived_features(pd.DataFrame({c: frame[c] for c in INITIAL_COLUMNS}))
+    np.testing.assert_allclose(frame["initial_speed"], derived["initial_speed"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(rows, collocation_inputs(prepared, generation, 500, seed=9))  # repeatable
+    assert collocation_inputs(prepared, generation, 0, seed=9).shape == (0, len(prepared.feature_names))
+    # The model's pool: the configured size, the same for the same seed (a resumed run gets the same one).
+    cfg = {"hidden_layers": [8], "physics_loss_weight": 1.0, "physics_collocation_points": 300, "seed": 5}
+    a = AdvancedNeuralNetwork((rows.shape[1],), 6, cfg, scalers=prepared).physics_loss.collocation
+    b = AdvancedNeuralNetwork((rows.shape[1],), 6, cfg, scalers=prepared).physics_loss.collocation
+    assert a.shape == (300, rows.shape[1]) and np.array_equal(a, b)
+    off = AdvancedNeuralNetwork((rows.shape[1],), 6, {**cfg, "physics_collocation_points": 0}, scalers=prepared)
+    assert off.physics_loss.collocation is None

@@ -14,7 +14,13 @@ from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
 from nnlab.constraints import build_constraint_callback, build_step_constraints
 from nnlab.errors import ConfigError, DataValidationError
-from nnlab.losses import PhysicsInformedModel, PhysicsLoss, build_adaptive_loss, collocation_inputs
+from nnlab.losses import (
+    PhysicsInformedModel,
+    PhysicsLoss,
+    PhysicsWeightWarmup,
+    build_adaptive_loss,
+    collocation_inputs,
+)
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
@@ -253,6 +259,8 @@ class AdvancedNeuralNetwork:
         """The constraint and adaptive-loss callbacks, in the order they must run
         (before anything that reads their statistics from the logs)."""
         callbacks: list[keras.callbacks.Callback] = []
+        if self.physics_loss is not None:
+            callbacks.append(PhysicsWeightWarmup(self.model, self.config.model.physics_loss_warmup_epochs))
         if self.step_constraints is not None:
             callbacks.append(self.step_constraints)
         if self.constraint_callback is not None:

@@ -224,8 +224,8 @@ def _float(logs: Mapping[str, Any], *keys: str) -> float:
 class PerformanceTracker(keras.callbacks.Callback):
     """Record per-epoch time, memory, metrics and constraint statistics.
 
-    One row per epoch (columns :data:`TRACKER_COLUMNS`, then ``physics_loss`` and
-    ``val_physics_loss`` when the physics term is on, then every
+    One row per epoch (columns :data:`TRACKER_COLUMNS`, then ``physics_loss``,
+    ``val_physics_loss`` and ``physics_loss_weight`` when the physics term is on, then every
     ``constraint/...`` statistic found in the logs) is kept in :attr:`rows` and,
     when ``csv_path`` is given, written and flushed immediately. Place it after
     the callbacks that add to the logs (constraints, adaptive loss) so their
@@ -326,6 +326,7 @@ class PerformanceTracker(keras.callbacks.Callback):
         if "physics_loss" in logs:  # physics_loss_weight > 0: the unweighted physics term
             row["physics_loss"] = _float(logs, "physics_loss")
             row["val_physics_loss"] = _float(logs, "val_physics_loss")
+            row["physics_loss_weight"] = _float(logs, "physics_loss_weight")
         for key in sorted(k for k in logs if k.startswith(CONSTRAINT_LOG_PREFIX)):
             row[key] = float(logs[key])
         return row

@@ -110,6 +110,7 @@ class ModelConfig(_Section):
         default_factory=lambda: list(PHYSICS_LOSS_TERMS), min_length=1
     )
     physics_collocation_points: int = Field(16384, ge=0, le=10_000_000)
+    physics_loss_warmup_epochs: int = Field(30, ge=0)
     seed: int | None = 42
 
     @model_validator(mode="after")

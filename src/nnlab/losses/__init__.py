@@ -43,6 +43,7 @@ _LAZY = {
     "PhysicsLoss": "nnlab.losses._physics",
     "PhysicsInformedModel": "nnlab.losses._physics",
     "collocation_inputs": "nnlab.losses._physics",
+    "PhysicsWeightWarmup": "nnlab.losses._physics",
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ from nnlab.config import PHYSICS_LOSS_TERMS
 from nnlab.errors import ConfigError
 from nnlab.physics import RELATIONS
 
-__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss", "collocation_inputs"]
+__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss", "PhysicsWeightWarmup", "collocation_inputs"]
 
 # Keeps the gradient of |v| = sqrt(vx² + vy²) finite at v = 0 (physical units: negligible).
 _SQRT_FLOOR = 1e-12
@@ -154,6 +154,8 @@ class PhysicsInformedModel(keras.Model):
     def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, seed: int | None = None, **kwargs: Any):
         super().__init__(inputs, outputs, **kwargs)
         self.physics = physics
+        # The weight the compiled step reads: PhysicsWeightWarmup ramps it up between epochs (no retracing).
+        self.physics_weight = tf.Variable(physics.weight, trainable=False, dtype=tf.float32, name="physics_loss_weight")
         self.physics_tracker = keras.metrics.Mean(name="physics_loss")
         self._collocation = None
         if physics.collocation is not None:
@@ -175,7 +177,43 @@ class PhysicsInformedModel(keras.Model):
             x_free = ops.take(self._collocation, index, axis=0)
             total = total + self.physics(x_free, self(x_free, training=True))
         # Replicas' losses are summed by tf.distribute: scaled like Keras' own extra losses.
-        return loss + scale_loss_for_distribution(ops.cast(self.physics.weight, loss.dtype) * ops.cast(total, loss.dtype))
+        weight = ops.cast(self.physics_weight, loss.dtype)
+        return loss + scale_loss_for_distribution(weight * ops.cast(total, loss.dtype))
+
+
+class PhysicsWeightWarmup(keras.callbacks.Callback):
+    """Ramps the physics term's weight linearly from 0 to its full value over the first epochs.
+
+    Early in training the predictions are far from the data and the physics
+    relations alike; a full-weight term then dominates the gradient and steers the
+    network to physics-consistent but wrong outputs it does not recover from.
+    At the start of epoch ``e`` (0-based, counted over the whole run, so a resumed
+    run continues the same ramp) the weight is ``weight * min(1, (e + 1) / (warmup_epochs + 1))``.
+    The current value is logged as ``physics_loss_weight``.
+
+    Args:
+        model: the :class:`PhysicsInformedModel`.
+        warmup_epochs: epochs of the ramp (0: the full weight from the start).
+
+    Example:
+        >>> # model.fit(..., callbacks=[PhysicsWeightWarmup(model, warmup_epochs=30)])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: PhysicsInformedModel, warmup_epochs: int):
+        super().__init__()
+        self.target_model = model
+        self.warmup_epochs = int(warmup_epochs)
+
+    def weight_at(self, epoch: int) -> float:
+        """The weight of epoch ``epoch`` (0-based)."""
+        return self.target_model.physics.weight * min(1.0, (epoch + 1) / (self.warmup_epochs + 1))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target_model.physics_weight.assign(self.weight_at(epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["physics_loss_weight"] = self.weight_at(epoch)
 
 
 def collocation_inputs(scalers: Any, generation: Any, n: int, *, seed: int | None) -> np.ndarray:
