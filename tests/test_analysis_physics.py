@@ -28,7 +28,8 @@ def runs(tmp_path_factory) -> tuple[Path, str, str]:
     """Two runs trained in this process on the same data: without and with the physics term (weight 1)."""
     out = tmp_path_factory.mktemp("physics") / "training_output"
     assert main(["train", *TINY, "--output-dir", str(out)]) == 0
-    assert main(["train", *TINY, "--set", "physics_loss_weight=1.0", "--output-dir", str(out)]) == 0
+    assert main(["train", *TINY, "--set", "physics_loss_weight=1.0", "--set", "physics_collocation_points=2000",
+                 "--set", "physics_collocation_batch_size=64", "--output-dir", str(out)]) == 0
     plain, physics = sorted(p.name for p in (out / "runs").iterdir())
     return out, plain, physics
 

@@ -234,6 +234,7 @@ def test_training_with_the_term_under_every_strategy(prepared):
     p = prepared
     for strategy in LOSS_WEIGHTING_STRATEGIES:
         cfg = {"hidden_layers": [16], "physics_loss_weight": 2.0, "loss_weighting_strategy": strategy,
+               "physics_collocation_points": 2000, "physics_collocation_batch_size": 64,
                "steps_per_execution": 4, "jit_compile": strategy == "physics_aware", "l2_regularization": 0.0}
         net = AdvancedNeuralNetwork((p.X_train.shape[1],), p.y_train.shape[1], cfg, scalers=p)
         assert isinstance(net.model, PhysicsInformedModel)

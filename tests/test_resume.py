@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = ["--num-particles", "400", "--epochs", "24", "--seed", "3", "--quiet",
        "--set", "hidden_layers=[64,32]", "--set", "learning_rate=0.003", "--set", "checkpoint_every=4",
        "--set", "jit_compile=false", "--set", "physics_loss_weight=0.1", "--set", "physics_collocation_points=2000",
+       "--set", "physics_collocation_batch_size=64",
        "--set", 'physics_loss_terms=["speed", "energy"]']
 
 

@@ -222,6 +222,7 @@ class AdvancedNeuralNetwork:
         outputs = keras.layers.Dense(self.output_dim, activation="linear", name="targets", dtype="float32")(x)
         if self.physics_loss is not None:
             return PhysicsInformedModel(inputs, outputs, physics=self.physics_loss, seed=self.config.model.seed,
+                                        collocation_batch_size=self.config.model.physics_collocation_batch_size,
                                         name="advanced_neural_network")
         return keras.Model(inputs, outputs, name="advanced_neural_network")
 

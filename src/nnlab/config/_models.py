@@ -109,8 +109,9 @@ class ModelConfig(_Section):
     physics_loss_terms: list[Literal[PHYSICS_LOSS_TERMS]] = Field(
         default_factory=lambda: list(PHYSICS_LOSS_TERMS), min_length=1
     )
-    physics_collocation_points: int = Field(16384, ge=0, le=10_000_000)
+    physics_collocation_points: int = Field(262144, ge=0, le=10_000_000)
     physics_loss_warmup_epochs: int = Field(30, ge=0)
+    physics_collocation_batch_size: int = Field(1024, ge=1, le=1_000_000)
     seed: int | None = 42
 
     @model_validator(mode="after")

@@ -148,16 +148,19 @@ class PhysicsInformedModel(keras.Model):
         inputs, outputs: as for a functional ``keras.Model``.
         physics: the :class:`PhysicsLoss`.
         seed: seed of the collocation batches (None: unseeded).
+        collocation_batch_size: rows of each collocation batch (None: as many as the training batch).
         **kwargs: passed to ``keras.Model`` (``name``).
     """
 
-    def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, seed: int | None = None, **kwargs: Any):
+    def __init__(self, inputs: Any, outputs: Any, *, physics: PhysicsLoss, seed: int | None = None,
+                 collocation_batch_size: int | None = None, **kwargs: Any):
         super().__init__(inputs, outputs, **kwargs)
         self.physics = physics
         # The weight the compiled step reads: PhysicsWeightWarmup ramps it up between epochs (no retracing).
         self.physics_weight = tf.Variable(physics.weight, trainable=False, dtype=tf.float32, name="physics_loss_weight")
         self.physics_tracker = keras.metrics.Mean(name="physics_loss")
         self._collocation = None
+        self.collocation_batch_size = collocation_batch_size
         if physics.collocation is not None:
             # A constant of the compiled step; a random batch of it per step (seeded: repeatable runs).
             self._collocation = ops.convert_to_tensor(physics.collocation)
@@ -172,8 +175,8 @@ class PhysicsInformedModel(keras.Model):
         if training and self._collocation is not None:
             # The relations hold for any initial state: asked of inputs without targets too, they
             # generalise beyond the training rows (physics-informed learning's collocation points).
-            index = keras.random.randint(ops.shape(y_pred)[:1], 0, ops.shape(self._collocation)[0],
-                                         seed=self._collocation_seed)
+            rows = (self.collocation_batch_size,) if self.collocation_batch_size else ops.shape(y_pred)[:1]
+            index = keras.random.randint(rows, 0, ops.shape(self._collocation)[0], seed=self._collocation_seed)
             x_free = ops.take(self._collocation, index, axis=0)
             total = total + self.physics(x_free, self(x_free, training=True))
         # Replicas' losses are summed by tf.distribute: scaled like Keras' own extra losses.
