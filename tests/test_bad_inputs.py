@@ -110,7 +110,7 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
      ["--set: physics_loss_terms[1] = [\"speed\", \"momentum\"] is invalid: Input should be 'speed', "
       "'energy' or 'displacement'"]),
     ("--set", "python main.py --set physics_loss_terms=[\"speed\",\"speed\"]", {},
-     ["--set: physics_loss_terms = [\"speed\", \"speed\"] is invalid: Value error, each term at most once"]),
+     ["--set: physics_loss_terms = [\"speed\", \"speed\"] is invalid: each term at most once"]),
     ("--set", "python main.py --set epochs", {},
      ["error: --set expects KEY=VALUE (e.g. learning_rate=0.001), got 'epochs'"]),
     ("--set", "python main.py --set epochs=abc", {},

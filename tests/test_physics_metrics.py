@@ -200,7 +200,7 @@ def test_gradient_moves_a_perturbed_prediction_toward_consistency(prepared):
     ({"physics_loss_weight": -0.5}, "physics_loss_weight", "greater than or equal to 0"),
     ({"physics_loss_terms": ["speed", "momentum"]}, "physics_loss_terms", "speed"),
     ({"physics_loss_terms": []}, "physics_loss_terms", "at least 1"),
-    ({"physics_loss_terms": ["speed", "speed"]}, "physics_loss_terms", "at most once"),
+    ({"physics_loss_terms": ["speed", "speed"]}, "physics_loss_terms", "each term at most once"),
 ])
 def test_bad_physics_config_names_the_key(flat, key, allowed):
     with pytest.raises(ConfigError) as err:
@@ -242,9 +242,10 @@ def test_training_with_the_term_under_every_strategy(prepared):
                                               batch_size=100, verbose=0)["history"]
         assert len(h["physics_loss"]) == len(h["val_physics_loss"]) == 2
         assert all(v > 0 and np.isfinite(v) for v in h["physics_loss"] + h["val_physics_loss"])
-        # val_loss = the adaptive loss at this epoch's weights + weight * physics term.
+        # val_loss = the adaptive loss at this epoch's weights + this epoch's (warm-up) weight * physics term.
+        np.testing.assert_allclose(h["physics_loss_weight"], [2.0 / 31, 4.0 / 31], rtol=1e-6)
         expected = (np.array(h["mse_weight"]) * h["val_mse"] + np.array(h["mae_weight"]) * h["val_mae"]
-                    + 2.0 * np.array(h["val_physics_loss"]))
+                    + np.array(h["physics_loss_weight"]) * h["val_physics_loss"])
         np.testing.assert_allclose(h["val_loss"], expected, rtol=1e-4, err_msg=strategy)
     # Off (the default): a plain functional model, no physics metric.
     net = AdvancedNeuralNetwork((p.X_train.shape[1],), p.y_train.shape[1], {"hidden_layers": [16]})

@@ -139,7 +139,7 @@ class ModelConfig(_Section):
     @classmethod
     def _distinct_terms(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"each term at most once, got {value}")
+            raise ValueError("each term at most once")
         return value
 
     @field_validator("hidden_layers")
