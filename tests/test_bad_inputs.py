@@ -621,6 +621,9 @@ def case_outcomes(request, tmp_path_factory) -> dict[int, BaseException | None]:
             return exc
         return None
 
+    # pytest creates its base temporary directory on first use; two threads doing that at once (the
+    # first test of an xdist worker) race, and one of them fails or removes the other's directory.
+    tmp_path_factory.getbasetemp()
     with ThreadPoolExecutor(max_workers=PARALLEL_CASES) as pool:
         return dict(zip(selected, pool.map(outcome, selected)))
 

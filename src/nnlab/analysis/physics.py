@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from nnlab._numbers import float_or_none
 from nnlab.analysis.artifacts import _read_json, list_runs
 from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
 from nnlab.analysis.residuals import sample_indices
@@ -57,16 +58,9 @@ _MEANING = (
 )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _physics_config(config: Mapping[str, Any]) -> tuple[float, list[str] | None]:
     """(physics_loss_weight, its terms or None when the term was off); runs that predate it: (0, None)."""
-    weight = _number(config.get("physics_loss_weight")) or 0.0
+    weight = float_or_none(config.get("physics_loss_weight")) or 0.0
     terms = config.get("physics_loss_terms")
     terms = [str(t) for t in terms] if weight > 0 and isinstance(terms, list) else None
     return weight, terms
@@ -74,7 +68,7 @@ def _physics_config(config: Mapping[str, Any]) -> tuple[float, list[str] | None]
 
 def _true_max(physics: Mapping[str, Any]) -> float | None:
     true = physics.get("true_data") if isinstance(physics.get("true_data"), Mapping) else {}
-    values = [v for v in (_number(true.get(m)) for m in PHYSICS_METRICS) if v is not None]
+    values = [v for v in (float_or_none(true.get(m)) for m in PHYSICS_METRICS) if v is not None]
     return max(values) if values else None
 
 
@@ -83,8 +77,8 @@ def _row(run_id: str, config: Mapping[str, Any], test_metrics: Mapping[str, Any]
     weight, terms = _physics_config(config)
     scaled = test_metrics.get("scaled") if isinstance(test_metrics.get("scaled"), Mapping) else {}
     return {"run_id": run_id, "physics_loss_weight": weight,
-            "physics_loss_terms": ", ".join(terms) if terms else None, "test_r2": _number(scaled.get("r2")),
-            **{m: _number(physics.get(m)) for m in PHYSICS_METRICS}, "true_data_max": _true_max(physics)}
+            "physics_loss_terms": ", ".join(terms) if terms else None, "test_r2": float_or_none(scaled.get("r2")),
+            **{m: float_or_none(physics.get(m)) for m in PHYSICS_METRICS}, "true_data_max": _true_max(physics)}
 
 
 def physics_runs_table(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
@@ -125,8 +119,8 @@ def _scaled(values: np.ndarray, scale: float) -> np.ndarray:
     return values / scale if math.isfinite(scale) and scale > 0 else np.full(values.shape, np.nan)
 
 
-def prediction_errors(predicted: Mapping[str, Any], actual: Mapping[str, Any],
-                      initial: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
+def prediction_errors(predicted: Mapping[str, Any], actual: Mapping[str, Any], initial: Mapping[str, Any],
+                      residuals: Mapping[str, Any] | None = None) -> dict[str, np.ndarray | None]:
     """Per-sample prediction error in the quantities each relation involves, relative to their typical size.
 
     The samples match :func:`nnlab.physics.consistency_residuals` (for ``gyration``
@@ -136,6 +130,7 @@ def prediction_errors(predicted: Mapping[str, Any], actual: Mapping[str, Any],
     Args:
         predicted, actual: final quantities by target name, physical units.
         initial: initial quantities by column name.
+        residuals: ``consistency_residuals(predicted, initial)`` when the caller has it.
 
     Returns:
         ``{relation: errors or None}``, None where the relation does not apply.
@@ -143,7 +138,8 @@ def prediction_errors(predicted: Mapping[str, Any], actual: Mapping[str, Any],
     def col(values: Mapping[str, Any], name: str) -> np.ndarray:
         return np.asarray(values[name], dtype=np.float64).reshape(-1)
 
-    residuals = consistency_residuals(predicted, initial)
+    if residuals is None:
+        residuals = consistency_residuals(predicted, initial)
     out: dict[str, np.ndarray | None] = {}
     for relation in RELATIONS:
         if residuals[relation] is None or any(t not in actual for t in RELATIONS[relation][0]):
@@ -259,7 +255,7 @@ def physics_consistency(output_dir: str | os.PathLike, run_id: str, out_dir: Pat
         actual = {name: y_true[:, j] for j, name in enumerate(names)}
         initial = {name: X[:, j] for j, name in enumerate(features)}
         residuals = consistency_residuals(predicted, initial)
-        errors = prediction_errors(predicted, actual, initial)
+        errors = prediction_errors(predicted, actual, initial, residuals)
         for relation in RELATIONS:
             metric = f"{relation}_violation"
             if residuals[relation] is None or errors[relation] is None or recomputed[metric] is None:
@@ -319,16 +315,16 @@ def physics_consistency(output_dir: str | os.PathLike, run_id: str, out_dir: Pat
     by_relation = []
     for relation in RELATIONS:
         metric, panel = f"{relation}_violation", by_panel.get(relation, {})
-        by_relation.append({"relation": relation, "violation": _number(physics.get(metric)),
-                            "true_data": _number((physics.get("true_data") or {}).get(metric)),
+        by_relation.append({"relation": relation, "violation": float_or_none(physics.get(metric)),
+                            "true_data": float_or_none((physics.get("true_data") or {}).get(metric)),
                             "spearman_rho": panel.get("spearman"), "spearman_p": panel.get("spearman_p"),
                             "n_samples": panel.get("n"),
                             "prediction_error": _AXES[relation][0] if panel else None})
     summary = {
         "run_id": run_id,
-        "violations": {m: _number(physics.get(m)) for m in PHYSICS_METRICS},
+        "violations": {m: float_or_none(physics.get(m)) for m in PHYSICS_METRICS},
         "violations_source": "test_metrics.json" if recorded is not None else "recomputed from the test predictions",
-        "true_data": {m: _number((physics.get("true_data") or {}).get(m)) for m in PHYSICS_METRICS},
+        "true_data": {m: float_or_none((physics.get("true_data") or {}).get(m)) for m in PHYSICS_METRICS},
         "not_applicable": not_applicable,
         "physics_loss": {"weight": weight, "terms": terms},
         "spearman": {p["relation"]: p["spearman"] for p in panels},
