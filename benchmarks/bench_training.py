@@ -54,7 +54,7 @@ import keras  # noqa: E402
 from nnlab.config import load_config  # noqa: E402
 from nnlab.data import complete_data_pipeline  # noqa: E402
 from nnlab.model import AdvancedNeuralNetwork  # noqa: E402
-from nnlab.training import train_with_tracking  # noqa: E402
+from nnlab.runs import train_with_tracking  # noqa: E402
 
 
 class EpochEnds(keras.callbacks.Callback):

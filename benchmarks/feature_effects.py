@@ -32,7 +32,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from nnlab.config import load_config  # noqa: E402
 from nnlab.data import complete_data_pipeline  # noqa: E402
 from nnlab.model import AdvancedNeuralNetwork  # noqa: E402
-from nnlab.training import train_with_tracking  # noqa: E402
+from nnlab.runs import train_with_tracking  # noqa: E402
 
 OFF = {
     "oscillation_dampeners_off": {"enable_weight_oscillation_dampener": False,

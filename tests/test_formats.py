@@ -17,7 +17,7 @@ from nnlab.data import complete_data_pipeline
 from nnlab.errors import DataValidationError
 from nnlab.formats import FORMAT_BITS, FORMATS, cast_weights, evaluate_formats
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
-from nnlab.training import train_with_tracking
+from nnlab.runs import train_with_tracking
 
 F32 = np.float32
 
@@ -270,7 +270,7 @@ def test_failing_formats_degrade(data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("cast failed")
 
-    monkeypatch.setattr("nnlab.training._pipeline.evaluate_formats", broken)
+    monkeypatch.setattr("nnlab.runs._pipeline.evaluate_formats", broken)
     with pytest.warns(RuntimeWarning, match="formats: RuntimeError: cast failed"):
         _, results = train(data, tmp_path)
     assert results["status"] == "completed"

@@ -25,7 +25,7 @@ from nnlab.data import complete_data_pipeline
 from nnlab.integrations.mlflow import RUN_RECORD, run_record
 from nnlab.integrations.tensorboard import TENSORBOARD_DIR, cut_event_files, read_events
 from nnlab.model import AdvancedNeuralNetwork
-from nnlab.training import train_with_tracking
+from nnlab.runs import train_with_tracking
 
 EPOCHS = 6
 RUN = ["--num-particles", "300", "--epochs", str(EPOCHS), "--seed", "5", "--quiet",

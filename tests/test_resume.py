@@ -20,7 +20,7 @@ from nnlab.data import complete_data_pipeline
 from nnlab.integrations.mlflow import run_record
 from nnlab.integrations.tensorboard import read_events
 from nnlab.model import AdvancedNeuralNetwork
-from nnlab.training import (
+from nnlab.runs import (
     CheckpointError,
     RunLockedError,
     list_checkpoints,
@@ -265,7 +265,7 @@ def test_two_processes_same_output_dir(tmp_path):
 
 
 def test_unwritable_checkpoints_mid_run_warn_and_training_finishes(tmp_path, monkeypatch):
-    import nnlab.training._state as state_module
+    import nnlab.runs._state as state_module
 
     def disk_full(*args, **kwargs):
         raise OSError(13, "Permission denied")  # (a full disk stops the run instead)

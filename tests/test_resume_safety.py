@@ -25,7 +25,7 @@ import pytest
 from nnlab.data import complete_data_pipeline, generate_particle_data, prepare_csv, save_particle_data
 from nnlab.errors import NnlabError
 from nnlab.model import AdvancedNeuralNetwork
-from nnlab.training import (
+from nnlab.runs import (
     CheckpointError,
     RunLock,
     RunLockedError,
@@ -225,7 +225,7 @@ def test_resume_racing_the_training_process_is_refused(tmp_path):
 
 def _edit(run_dir: Path, change, *, recompute: bool) -> None:
     """Edit training_config.json; with ``recompute`` also its digest (as a careful forger would)."""
-    from nnlab.training._runs import settings_digest
+    from nnlab.runs._runs import settings_digest
 
     path = run_dir / "training_config.json"
     saved = json.loads(path.read_text())

@@ -36,7 +36,7 @@ from nnlab.data import complete_data_pipeline
 from nnlab.errors import ConfigError
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.tracking import CSVRowWriter, ErrorRecorder
-from nnlab.training import CONFIG_LOG_NAME, format_summary, load_latest_checkpoint, train_with_tracking
+from nnlab.runs import CONFIG_LOG_NAME, format_summary, load_latest_checkpoint, train_with_tracking
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_layers": [16], "epochs": 2, "batch_size": 64, "checkpoint_every": 1, "jit_compile": False,
@@ -211,7 +211,7 @@ def test_disk_full_in_any_writer_stops_the_run(data, tmp_path, monkeypatch):
 
 
 def test_disk_full_before_training_stops_after_the_first_batch(data, tmp_path, monkeypatch):
-    import nnlab.training._pipeline as pipeline
+    import nnlab.runs._pipeline as pipeline
 
     real = pipeline.atomic_write_json
 
@@ -454,7 +454,7 @@ def test_formulas_in_run_paths_and_presets_are_neutralised(data, tmp_path, monke
     assert raw[0]["preset"] == "'" + preset
     assert raw[0]["run_dir"] == "'" + results["run_dir"]
     assert raw[0]["learning_rate"] == str(TINY.get("learning_rate", raw[0]["learning_rate"]))
-    from nnlab.training import config_log_row
+    from nnlab.runs import config_log_row
 
     assert config_log_row("=cmd|x", results["run_id"])["run_dir"] == results["run_dir"]
 
@@ -465,7 +465,7 @@ def test_formulas_in_run_paths_and_presets_are_neutralised(data, tmp_path, monke
 def test_model_does_not_import_training():
     import nnlab.model
 
-    assert "nnlab.training" not in inspect.getsource(nnlab.model)
+    assert "nnlab.runs" not in inspect.getsource(nnlab.model)
     net = AdvancedNeuralNetwork((23,), 6, {"hidden_layers": [8], "reduce_lr_on_plateau": True,
                                            "early_stopping_patience": 3})
     states = net.standard_callback_states()

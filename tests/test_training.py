@@ -19,7 +19,7 @@ from nnlab.errors import ConfigError, DataValidationError  # noqa: E402
 from nnlab.losses import compute_loss_weights  # noqa: E402
 from nnlab.model import AdvancedNeuralNetwork  # noqa: E402
 from nnlab.tracking import TRACKER_COLUMNS  # noqa: E402
-from nnlab.training import CONFIG_LOG_COLUMNS, train_with_tracking  # noqa: E402
+from nnlab.runs import CONFIG_LOG_COLUMNS, train_with_tracking  # noqa: E402
 
 SMALL = {"hidden_layers": [32, 16], "epochs": 3, "batch_size": 64, "checkpoint_every": 2, "jit_compile": False,
          "constraint_interval": 1, "seed": 7}
@@ -207,13 +207,13 @@ def test_loss_weights_follow_strategy(first_run):
 
 
 def test_unwritable_weights_dir_is_reported_not_fatal(data, tmp_path, monkeypatch):
-    import nnlab.training._weights
+    import nnlab.runs._weights
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "weights")
 
     # Weight files are built in memory and written by atomic_write (see WeightCheckpoint).
-    monkeypatch.setattr(nnlab.training._weights, "atomic_write", refuse)
+    monkeypatch.setattr(nnlab.runs._weights, "atomic_write", refuse)
     with pytest.warns(RuntimeWarning, match="checkpoint"):
         _, results = run(data, tmp_path, epochs=2)
     assert results["status"] == "completed"

@@ -37,7 +37,7 @@ _EXPORTS = {
     "complete_data_pipeline": "nnlab.data",
     "PreparedData": "nnlab.data",
     "AdvancedNeuralNetwork": "nnlab.model",
-    "train_with_tracking": "nnlab.training",
+    "train_with_tracking": "nnlab.runs",
     "PerformanceTracker": "nnlab.tracking",
     "WeightConstraintCallback": "nnlab.constraints",
     "BinaryPrecisionMax": "nnlab.constraints",

@@ -284,19 +284,19 @@ def _cmd_data_resimulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _finish_training(results: dict, output_dir: str) -> int:
-    from nnlab.training import format_summary
+def _finish_training(result, output_dir: str) -> int:
+    from nnlab.runs import RunStatus, format_summary
 
-    print(format_summary(results), end="")
-    if results["status"] == "interrupted":
-        print(f"interrupted: checkpoint written; resume with\n  python main.py --resume {results['run_id']} "
+    print(format_summary(result.details), end="")
+    if result.status == RunStatus.INTERRUPTED:
+        print(f"interrupted: checkpoint written; resume with\n  python main.py --resume {result.run_id} "
               f"--output-dir {output_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if results["status"] == "diverged":
+    if result.status == RunStatus.DIVERGED:
         print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
         return 1
-    if results.get("failure"):  # the disk filled up: the run stopped, what it wrote is intact
-        print(f"error: {results['failure']}", file=sys.stderr)
+    if result.failure:  # the disk filled up: the run stopped, what it wrote is intact
+        print(f"error: {result.failure}", file=sys.stderr)
         return 1
     return EXIT_OK
 
@@ -312,7 +312,7 @@ def _progress_mode(args: argparse.Namespace) -> int | str:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from nnlab.errors import ConfigError
-    from nnlab.training import resume_training
+    from nnlab.runs import resume
 
     given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config_file),
                                       ("--epochs", args.epochs), ("--batch-size", args.batch_size),
@@ -321,8 +321,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if given or args.overrides:
         raise ConfigError(f"--resume continues a run with its own configuration and data; "
                           f"drop {', '.join(given + ['--set'] * bool(args.overrides))}")
-    results = resume_training(args.resume, output_dir=args.output_dir, verbose=_progress_mode(args))
-    return _finish_training(results, args.output_dir)
+    result = resume(args.resume, output_dir=args.output_dir, progress=_progress_mode(args))
+    return _finish_training(result, args.output_dir)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -350,37 +350,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         # Before anything else: a named pipe or device would block or never end.
         check_data_file(args.data, option="--data", hint=" (create one with `nnlab data generate --out FILE`)")
-    from nnlab.training import check_output_dir
+    from nnlab.runs import check_output_dir
 
     check_output_dir(args.output_dir, create=False)  # fail before any data or training work
-    from nnlab.data import complete_data_pipeline, prepare_csv
-    from nnlab.model import AdvancedNeuralNetwork
-    from nnlab.training import train_with_tracking
+    from nnlab.runs import DataSource, RunSpec, execute
 
-    n = args.num_particles or cfg.generation.num_particles_default
-    source = {
-        "num_particles": n if args.data is None else None,
-        "seed": cfg.generation.random_seed,
-        "csv_path": str(Path(args.data).resolve()) if args.data is not None else None,
-        "random_state": cfg.generation.random_seed if cfg.generation.random_seed is not None else 42,
-        "test_size": cfg.training.test_size,
-        "val_size": cfg.training.val_size,
-    }
-    split = dict(test_size=source["test_size"], val_size=source["val_size"], random_state=source["random_state"])
-    if args.data is not None:
-        data = prepare_csv(args.data, **split)  # trained on as found, never rewritten
-    else:
-        data = complete_data_pipeline(None, num_particles=n, config=cfg.generation, seed=source["seed"], **split)
-    if not args.quiet:
-        print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
-              f"{len(data.feature_names)} features -> {len(data.target_names)} targets")
-    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
-    results = train_with_tracking(
-        model, *data, cfg, data=data, output_dir=args.output_dir,
-        preset=args.preset, verbose=_progress_mode(args),
-        data_source=source,
-    )
-    return _finish_training(results, args.output_dir)
+    source = DataSource.for_config(cfg, csv_path=args.data, num_particles=args.num_particles)
+    spec = RunSpec(cfg, source, output_dir=args.output_dir, preset=args.preset, progress=_progress_mode(args),
+                   announce=not args.quiet)
+    return _finish_training(execute(spec), args.output_dir)
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

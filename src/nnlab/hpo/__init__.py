@@ -1,7 +1,7 @@
 """Hyperparameter search on Optuna: resumable, prunable, spread over worker processes.
 
 Each trial samples a preset and the keys of a :class:`SearchSpace`, trains
-through :func:`~nnlab.training.train_with_tracking` (its own run directory,
+through :func:`~nnlab.runs.train_with_tracking` (its own run directory,
 as ``python main.py`` would) and reports validation R² every epoch so a pruner
 can stop it. The study lives in an Optuna storage -- by default a journal file
 under ``<output_dir>/analysis/`` -- so rerunning the same command continues it,

@@ -15,7 +15,7 @@ class TrialPruningCallback(keras.callbacks.Callback):
 
     Training is stopped with ``model.stop_training`` (the epoch's artifacts are
     written first) and ``run_status`` becomes ``"pruned"``, which
-    :func:`~nnlab.training.train_with_tracking` records as the run's status.
+    :func:`~nnlab.runs.train_with_tracking` records as the run's status.
     Non-finite values are not reported.
 
     Args:

@@ -419,7 +419,7 @@ def _counts(study: Any) -> dict[str, int]:
 def run_search(settings: SearchSettings | None = None, /, **options: Any) -> SearchSummary:
     """Run (or continue) a hyperparameter search; see :class:`SearchSettings` for the options.
 
-    Each trial trains through :func:`~nnlab.training.train_with_tracking` into
+    Each trial trains through :func:`~nnlab.runs.train_with_tracking` into
     its own run directory and reports validation R² every epoch to the pruner.
     The study lives in ``storage``; rerunning with the same settings continues
     it until ``max_trials`` trials have finished.

@@ -76,15 +76,15 @@ def _limit_threads(workers: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _prepare_data(plan: Any) -> Any:
+def data_source(plan: Any) -> Any:
+    """The search's data: ``num_particles`` simulated and split with the search's seed (every trial the same)."""
     from nnlab.config import Config
-    from nnlab.data import complete_data_pipeline
+    from nnlab.runs import DataSource
 
     cfg = Config.from_flat(plan.base_configs[plan.presets[0]])
     s = plan.settings
-    return complete_data_pipeline(num_particles=s.num_particles, config=cfg.generation, seed=s.seed,
-                                  test_size=cfg.training.test_size, val_size=cfg.training.val_size,
-                                  random_state=s.seed)
+    return DataSource.simulated(s.num_particles, seed=s.seed, generation=cfg.generation, random_state=s.seed,
+                                test_size=cfg.training.test_size, val_size=cfg.training.val_size)
 
 
 def _next_preset(presets: tuple[str, ...]):
@@ -117,7 +117,8 @@ def run_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = None) 
                              startup_trials=plan.startup_trials),
         pruner=make_pruner(plan.pruner, startup_trials=plan.startup_trials, epochs=s.epochs),
     )
-    data = _prepare_data(plan)
+    data = data_source(plan)
+    data.prepare()  # once, before the first claim: a data error ends the worker, not one trial after another
     space = SearchSpace(plan.space, source=plan.space_source)
     paths = ResultPaths(plan.results)
     owner = worker_identity()
@@ -220,9 +221,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    test = (results.get("test") or {}).get("scaled") or {}
-    summary = results["performance_summary"]
+def _metrics(result: Any) -> dict[str, Any]:
+    test, summary = result.test_scaled, result.summary
     return {
         "test_mse": test.get("mse"), "test_mae": test.get("mae"), "test_rmse": test.get("rmse"),
         "test_r2": test.get("r2"),
@@ -238,12 +238,9 @@ def _finite_or_none(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str, float | None, str]:
     """(outcome, objective value, error) of one trial: build, train, evaluate."""
-    import keras
-
     from nnlab.config import Config
     from nnlab.hpo._pruning import TrialPruningCallback
-    from nnlab.model import AdvancedNeuralNetwork
-    from nnlab.training import train_with_tracking
+    from nnlab.runs import RunSpec, RunStatus, execute
 
     preset = trial.suggest_categorical("preset", list(plan.presets))
     overrides = space.sample(trial)
@@ -260,30 +257,27 @@ def _train(trial: Any, *, plan: Any, space: SearchSpace, data: Any) -> tuple[str
         run_cfg = cfg.updated(plan.mlflow.run_overrides(), source="--mlflow")
         tags = plan.mlflow.child_tags({"nnlab.hpo_study": plan.study_name, "nnlab.trial": trial.number,
                                        "nnlab.preset": preset})
-    pruning = TrialPruningCallback(trial)
+    spec = RunSpec(run_cfg, data, output_dir=plan.settings.output_dir, preset=preset, tags=tags,
+                   callbacks=[TrialPruningCallback(trial)])
     try:
-        model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
-        results = train_with_tracking(model, *data, run_cfg, data=data, output_dir=plan.settings.output_dir,
-                                      preset=preset, verbose=0, callbacks=[pruning], mlflow_tags=tags)
+        result = execute(spec)
     except Exception as exc:  # recorded on the trial, not swallowed: the search goes on
         logger.debug("trial %d failed", trial.number, exc_info=True)
         return "failed", None, _one_line(exc)
-    finally:
-        keras.backend.clear_session()  # free the graph; many trials share the process
-    trial.set_user_attr("run_id", results["run_id"])
-    trial.set_user_attr("run_dir", results["run_dir"])
-    metrics = _finite_or_none(_metrics(results))
+    trial.set_user_attr("run_id", result.run_id)
+    trial.set_user_attr("run_dir", str(result.run_dir))
+    metrics = _finite_or_none(_metrics(result))
     trial.set_user_attr("metrics", metrics)
-    if results["status"] == "interrupted":
-        # train_with_tracking turned Ctrl-C/SIGTERM into a clean stop after the epoch.
+    if result.status == RunStatus.INTERRUPTED:
+        # The run turned Ctrl-C/SIGTERM into a clean stop after the epoch.
         raise KeyboardInterrupt
-    if results["status"] == "diverged":
+    if result.status == RunStatus.DIVERGED:
         return "failed", None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"
-    if results["status"] == "pruned":
+    if result.status == RunStatus.PRUNED:
         return "pruned", None, ""
-    if str(results["status"]).startswith("failed"):
+    if result.status.failed:
         # e.g. "failed: disk full": the run stopped itself and says why.
-        return "failed", None, _one_line(results.get("failure") or results["status"])
+        return "failed", None, _one_line(Exception(result.failure or result.status))
     if metrics["best_r2"] is None:
         return "failed", None, "no finite validation R² was reached"
     return "complete", float(metrics["best_r2"]), ""

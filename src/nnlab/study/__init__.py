@@ -2,7 +2,7 @@
 
 A study is a set of *cells* (configurations that differ in a controlled way)
 each trained once per *seed*. Every (cell, seed) is a normal run through
-:func:`~nnlab.training.train_with_tracking`, with its own run directory under
+:func:`~nnlab.runs.train_with_tracking`, with its own run directory under
 the study directory. Runs of one seed share the data split and the initial
 weights, so cells are compared in pairs, seed by seed. The units are claimed
 from an Optuna study: a killed study resumes where it stopped, worker

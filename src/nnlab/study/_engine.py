@@ -44,7 +44,7 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
               progress: bool | Callable[[str], None] = True, mlflow: str | None = None) -> StudyResult:
     """Run (or continue) a study: every (cell, seed) once, through the normal training pipeline.
 
-    Each unit trains through :func:`~nnlab.training.train_with_tracking` into
+    Each unit trains through :func:`~nnlab.runs.train_with_tracking` into
     its own ``<output_dir>/runs/<run_id>/`` with a row in
     ``<output_dir>/configuration_log.csv`` (``nnlab analyze --output-dir
     <output_dir> --run RUN_ID`` analyses it). Units of one

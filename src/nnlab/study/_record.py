@@ -178,7 +178,7 @@ def prepare_data(plan: Any) -> tuple[bool, str]:
     generate it once); ``--data`` is used as found.
     """
     from nnlab._files import locked
-    from nnlab.training._runs import file_digest
+    from nnlab.runs._runs import file_digest
 
     created = False
     if plan.data_generated:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nnlab.analysis.performance import float_or_none
+from nnlab._numbers import float_or_none
 from nnlab.errors import NnlabError
 from nnlab.hpo._study import (
     OUTCOME_ATTR,
@@ -119,36 +119,27 @@ def _limit_threads(workers: int) -> None:
 
 
 class _SeedData:
-    """The study's particle CSV, prepared (split, scaled) for one seed at a time: units run seed by seed."""
+    """The study's particle CSV, as the data source of one seed's units: units run seed by seed."""
 
     def __init__(self, path: Path, base: Mapping[str, Any], expected_sha256: str) -> None:
         from nnlab.config import Config
-        from nnlab.training._runs import file_digest
+        from nnlab.runs import file_digest
 
-        self.path = path
-        self.training = Config.from_flat(base).training
-        self.generation_seed = Config.from_flat(base).generation.random_seed
+        cfg = Config.from_flat(base)
+        self.path, self.sha256 = path, expected_sha256
+        self.training, self.generation_seed = cfg.training, cfg.generation.random_seed
         found = file_digest(path)
         if found != expected_sha256:
             raise NnlabError(f"the study's data '{path}' changed since the study was created (SHA-256 "
                              f"{found[:12]}..., recorded {expected_sha256[:12]}...); restore it, or start a new study")
-        self._seed: int | None = None
-        self._data: Any = None
 
-    def source(self, seed: int) -> dict[str, Any]:
-        """How the data was made, as training_config.json records it (resume rebuilds it from this)."""
-        return {"num_particles": None, "seed": self.generation_seed, "csv_path": str(self.path),
-                "random_state": seed, "test_size": self.training.test_size, "val_size": self.training.val_size}
+    def source(self, seed: int) -> Any:
+        """The :class:`~nnlab.runs.DataSource` of a seed: the split depends on the seed only, so every
+        cell of a seed trains on the same rows."""
+        from nnlab.runs import DataSource
 
-    def get(self, seed: int) -> Any:
-        from nnlab.data import prepare_csv
-
-        if seed != self._seed:
-            # The split depends on the seed only: every cell of a seed trains on the same rows.
-            self._data = prepare_csv(self.path, test_size=self.training.test_size, val_size=self.training.val_size,
-                                     random_state=seed)
-            self._seed = seed
-        return self._data
+        return DataSource.from_csv(self.path, sha256=self.sha256, seed=self.generation_seed, random_state=seed,
+                                   test_size=self.training.test_size, val_size=self.training.val_size)
 
 
 def run_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[str], None] | None = None) -> int:
@@ -246,11 +237,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) -> dict[str, Any]:
     """Build, train, evaluate one unit: ``status``, ``run_id``, ``run_dir``, ``metrics``, ``error``."""
-    import keras
-
     from nnlab.config import Config
-    from nnlab.model import AdvancedNeuralNetwork
-    from nnlab.training import train_with_tracking
+    from nnlab.runs import RunSpec, RunStatus, execute
 
     record: dict[str, Any] = {"run_id": "", "run_dir": "", "metrics": {}, "error": ""}
     cfg = Config.from_flat(plan.base).updated({**cell["overrides"], SEED_KEY: seed}, source=cell["source"])
@@ -260,34 +248,29 @@ def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) ->
         tags = plan.mlflow.child_tags({"nnlab.study_name": plan.study_name, "nnlab.study_kind": plan.kind,
                                        "nnlab.cell": cell["label"], "nnlab.seed": seed,
                                        **{f"nnlab.cell.{k}": v for k, v in cell["key"].items()}})
-    prepared = data.get(seed)
+    spec = RunSpec(cfg, data.source(seed), output_dir=plan.study_dir, preset=plan.preset, tags=tags)
     try:
-        model = AdvancedNeuralNetwork((prepared.X_train.shape[1],), prepared.y_train.shape[1], cfg, scalers=prepared)
-        results = train_with_tracking(model, *prepared, cfg, data=prepared, output_dir=plan.study_dir,
-                                      preset=plan.preset, verbose=0, data_source=data.source(seed),
-                                      mlflow_tags=tags)
+        result = execute(spec)
     except Exception as exc:  # recorded on the unit's trial, not swallowed: the study goes on
         logger.debug("study unit %s seed %s failed", cell["label"], seed, exc_info=True)
-        return {**record, "status": "failed", "error": _one_line(exc)}
-    finally:
-        keras.backend.clear_session()  # free the graph; many units share the process
-    if results["status"] == "interrupted":
-        raise KeyboardInterrupt  # train_with_tracking turned Ctrl-C/SIGTERM into a stop after the epoch
-    record.update(run_id=results["run_id"], run_dir=results["run_dir"], status=str(results["status"]),
-                  metrics=_metrics(results))
-    if results.get("failure"):
-        record["error"] = _one_line(Exception(results["failure"]))
+        return {**record, "status": RunStatus.FAILED.value, "error": _one_line(exc)}
+    if result.status == RunStatus.INTERRUPTED:
+        raise KeyboardInterrupt  # the run turned Ctrl-C/SIGTERM into a stop after the epoch
+    record.update(run_id=result.run_id, run_dir=str(result.run_dir), status=result.status.value,
+                  metrics=_metrics(result))
+    if result.failure:
+        record["error"] = _one_line(Exception(result.failure))
     return record
 
 
-def _steady_epoch_time(results: Mapping[str, Any]) -> float | None:
+def _steady_epoch_time(run_dir: Path) -> float | None:
     """Mean epoch time without the first epoch, which also traces and XLA-compiles
     the train step (seconds, against a fraction of a second per epoch after it):
     the per-step cost of a cell is what is compared."""
     import pandas as pd
 
     try:
-        times = pd.read_csv(Path(results["run_dir"]) / "training_results.csv")["epoch_time"].to_numpy(float)
+        times = pd.read_csv(run_dir / "training_results.csv")["epoch_time"].to_numpy(float)
     except (OSError, KeyError, ValueError, pd.errors.ParserError):
         return None
     times = times[1:] if len(times) > 1 else times
@@ -295,20 +278,20 @@ def _steady_epoch_time(results: Mapping[str, Any]) -> float | None:
     return float(times.mean()) if len(times) else None
 
 
-def _metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+def _metrics(result: Any) -> dict[str, Any]:
     """The runs table's metrics of one run; the formats' R² from test_metrics.json when it has them."""
     import json
 
-    test = (results.get("test") or {}).get("scaled") or {}
-    history = (results.get("training") or {}).get("history") or {}
+    history = (result.details.get("training") or {}).get("history") or {}
     val_mse = [v for v in (float_or_none(x) for x in history.get("val_mse", [])) if v is not None]
-    summary = results.get("performance_summary") or {}
-    metrics = {"test_r2": float_or_none(test.get("r2")), "best_val_mse": min(val_mse) if val_mse else None,
-               "epoch_time_mean": _steady_epoch_time(results) or float_or_none(summary.get("avg_epoch_time"))}
-    formats: Any = (results.get("test") or {}).get("formats")
+    metrics = {"test_r2": float_or_none(result.test_scaled.get("r2")),
+               "best_val_mse": min(val_mse) if val_mse else None,
+               "epoch_time_mean": _steady_epoch_time(result.run_dir)
+               or float_or_none(result.summary.get("avg_epoch_time"))}
+    formats: Any = (result.test or {}).get("formats")
     if not isinstance(formats, Mapping):
         try:
-            saved = json.loads((Path(results["run_dir"]) / "test_metrics.json").read_text(encoding="utf-8"))
+            saved = json.loads((result.run_dir / "test_metrics.json").read_text(encoding="utf-8"))
             formats = saved.get("formats") if isinstance(saved, Mapping) else None
         except (OSError, ValueError):
             formats = None

@@ -9,7 +9,6 @@ a scratch model.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -20,34 +19,35 @@ from nnlab._files import probe_writable, read_csv_rows, write_csv_rows
 from nnlab.config import Config, read_json_object
 from nnlab.errors import ConfigError, NnlabError
 from nnlab.model import AdvancedNeuralNetwork
-from nnlab.training._lock import lock_for_resume
-from nnlab.training._pipeline import (
+from nnlab.runs._lock import lock_for_resume
+from nnlab.runs._pipeline import (
     _checkpointed_components,
     _record_status,
     _Run,
     _train_recorded,
     run_tags,
 )
-from nnlab.training._runs import (
+from nnlab.runs._runs import (
     CONFIG_LOG_COLUMNS,
     DEFAULT_OUTPUT_DIR,
     RESUMABLE_STATUSES,
     arrays_digest,
     config_log_row,
-    file_digest,
     find_resumable_run,
     read_run_status,
     resume_refusal,
     settings_digest,
 )
-from nnlab.training._state import (
+from nnlab.runs._state import (
     CheckpointError,
     TrainingState,
     list_checkpoints,
     load_latest_checkpoint,
     restore,
 )
-from nnlab.training._weights import WeightCheckpoint
+from nnlab.runs._source import DataSource
+from nnlab.runs._status import RunStatus
+from nnlab.runs._weights import WeightCheckpoint
 
 
 def resume_training(
@@ -114,12 +114,12 @@ def resume_training(
     except (OSError, UnicodeDecodeError, csv.Error):
         row = None  # the shared log is secondary; the run's row is written anew at the end
     row = {**dict.fromkeys(CONFIG_LOG_COLUMNS, ""), **(row or {"run_id": run_dir.name, "run_dir": str(run_dir)}),
-           "status": "running"}
+           "status": RunStatus.RUNNING}
     lock = lock_for_resume(run_dir, model.errors)
     try:
         # Another process may have resumed the run while it was being checked.
         record = read_run_status(run_dir, output_dir)
-        if record.get("status") not in (None, "running", *RESUMABLE_STATUSES):
+        if record.get("status") not in (None, RunStatus.RUNNING, *RESUMABLE_STATUSES):
             raise NnlabError(resume_refusal(run_dir, record) or f"run {run_dir.name} cannot be resumed")
         if list_checkpoints(run_dir) != checkpoints:
             raise NnlabError(f"run {run_dir.name} was trained by another process while this one checked it; "
@@ -139,60 +139,34 @@ def resume_training(
         raise
     run = _Run(run_dir.name, run_dir, Path(output_dir), row, resume=state, lock=lock, initial_rows=initial_rows,
                tags=run_tags(run_dir.name, saved.get("data") or {}))
-    _record_status(run, model.errors, "running", epochs=cfg.training.epochs, resumed_from_epoch=state.epoch)
+    _record_status(run, model.errors, RunStatus.RUNNING, epochs=cfg.training.epochs, resumed_from_epoch=state.epoch)
     print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
           file=sys.stderr, flush=True)
     return _train_recorded(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
 
 
-_SOURCE_TYPES = {"num_particles": int, "seed": int, "random_state": int, "test_size": float, "val_size": float,
-                 "csv_path": str}
-
-
 def _rebuild_data(run_dir: Path, saved: Mapping[str, Any], cfg: Config) -> Any:
     """The run's data, rebuilt from its recorded source and proven equal to what it was trained on."""
-    from nnlab.data import complete_data_pipeline, prepare_csv
-
-    where = f"{run_dir / 'training_config.json'}: data"
-    source = saved.get("data") or {}
-    if not isinstance(source, dict):
-        raise ConfigError(f"{where} must be an object, got {type(source).__name__}")
-    for key, kind in _SOURCE_TYPES.items():
-        value = source.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float
-                                                                             else kind)):
-            raise ConfigError(f"{where}.{key} = {json.dumps(value)} is invalid: expected {kind.__name__}")
-    csv_path = source.get("csv_path")
-    split = dict(test_size=source.get("test_size", cfg.training.test_size),
-                 val_size=source.get("val_size", cfg.training.val_size),
-                 random_state=source.get("random_state", 42))
-    if csv_path is not None:
-        if not Path(csv_path).is_file():
-            raise NnlabError(f"run '{run_dir.name}' was trained on '{csv_path}', which no longer exists")
-        recorded = source.get("csv_sha256")
-        if recorded is not None:
-            now = file_digest(csv_path)
-            if now != recorded:
-                raise NnlabError(
-                    f"run {run_dir.name} was trained on '{csv_path}' (SHA-256 {str(recorded)[:12]}...), which has "
-                    f"changed since (now {now[:12]}...); resuming would continue on different data: restore the "
-                    "file, or start a new run on the changed one")
-        data = prepare_csv(csv_path, **split)
-        described = f"'{csv_path}'"
-    else:
-        num_particles = source.get("num_particles") or cfg.generation.num_particles_default
-        seed = source.get("seed", cfg.generation.random_seed)
-        data = complete_data_pipeline(None, num_particles=num_particles, config=cfg.generation, seed=seed, **split)
-        described = f"{num_particles} particles simulated with seed {seed}"
-    recorded = source.get("arrays_sha256")
+    record = saved.get("data") or {}
+    if isinstance(record, Mapping) and not record.get("csv_path") and not record.get("num_particles"):
+        # A run that recorded its split but not its particle count simulated the configured default.
+        record = {**record, "num_particles": cfg.generation.num_particles_default}
+    if isinstance(record, Mapping) and "seed" not in record:
+        record = {**record, "seed": cfg.generation.random_seed}
+    source = DataSource.from_record(record, cfg, where=f"{run_dir / 'training_config.json'}: data")
+    source.check_unchanged(run_dir.name)
+    data = source.prepare()
+    recorded = record.get("arrays_sha256")
     if recorded is not None:
         now = arrays_digest(tuple(data))
         if now != recorded:
-            unseeded = " (the data was generated without a seed, so it cannot be rebuilt)" if (
-                csv_path is None and source.get("seed", cfg.generation.random_seed) is None) else ""
+            described = (f"'{source.csv_path}'" if source.kind == "csv"
+                         else f"{source.num_particles} particles simulated with seed {source.seed}")
+            unseeded = (" (the data was generated without a seed, so it cannot be rebuilt)"
+                        if source.kind == "simulated" and source.seed is None else "")
             raise NnlabError(
                 f"the data rebuilt for run {run_dir.name} ({described}, split with random_state "
-                f"{split['random_state']}) is not the data it was trained on (SHA-256 of the prepared arrays "
+                f"{source.random_state}) is not the data it was trained on (SHA-256 of the prepared arrays "
                 f"{str(recorded)[:12]}... recorded, {now[:12]}... now){unseeded}; resuming would continue on "
                 "different data: start a new run")
     return data

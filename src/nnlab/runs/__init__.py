@@ -1,4 +1,8 @@
-"""Training runs: run directories, checkpoints, artifacts, ``train_with_tracking``, resume.
+"""Training runs -- the one path of every run: ``RunSpec`` -> ``execute()`` / ``resume()`` -> ``RunResult``.
+
+``nnlab train``, a resume, a search trial, a study unit and the analysis's
+rebuild all go through this package; nothing above it builds or trains a network.
+``DataSource`` says where a run's rows come from and is recorded with the run.
 
 Every run gets its own directory ``<output_dir>/runs/<run_id>/`` (never reused)
 and one row in ``<output_dir>/configuration_log.csv``::
@@ -16,10 +20,12 @@ and one row in ``<output_dir>/configuration_log.csv``::
     training_log.txt       human-readable summary
 """
 
-from nnlab.training._lock import RunLock, RunLockedError, locked_by
-from nnlab.training._pipeline import train_with_tracking
-from nnlab.training._resume import resume_training
-from nnlab.training._runs import (
+from nnlab.runs._execute import RunResult, RunSpec, build_network, execute, load_network, resume
+from nnlab.runs._lock import RunLock, RunLockedError, locked_by
+from nnlab.runs._pipeline import train_with_tracking
+from nnlab.runs._resume import resume_training
+from nnlab.runs._runs import (
+    RESUMABLE_STATUSES,
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,
     DEFAULT_OUTPUT_DIR,
@@ -28,6 +34,7 @@ from nnlab.training._runs import (
     config_log_row,
     create_run_dir,
     find_resumable_run,
+    file_digest,
     find_run_dir,
     library_versions,
     list_run_dirs,
@@ -35,7 +42,8 @@ from nnlab.training._runs import (
     resume_refusal,
     write_run_status,
 )
-from nnlab.training._state import (
+from nnlab.runs._source import DEFAULT_RANDOM_STATE, DataSource
+from nnlab.runs._state import (
     CallbackAttributes,
     CheckpointError,
     InterruptRequest,
@@ -46,15 +54,27 @@ from nnlab.training._state import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from nnlab.training._summary import format_summary
-from nnlab.training._weights import WeightCheckpoint
+from nnlab.runs._status import RunStatus
+from nnlab.runs._summary import format_summary
+from nnlab.runs._weights import WeightCheckpoint
 
 __all__ = [
+    "DEFAULT_RANDOM_STATE",
+    "RESUMABLE_STATUSES",
     "CONFIG_LOG_COLUMNS",
     "CONFIG_LOG_NAME",
     "DEFAULT_OUTPUT_DIR",
     "RUN_STATUS_NAME",
     "CallbackAttributes",
+    "DataSource",
+    "RunResult",
+    "RunSpec",
+    "RunStatus",
+    "build_network",
+    "execute",
+    "file_digest",
+    "load_network",
+    "resume",
     "CheckpointError",
     "InterruptRequest",
     "ModelState",

@@ -29,8 +29,9 @@ from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.physics import physics_report
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
-from nnlab.training._lock import RunLock, lock_new_run
-from nnlab.training._runs import (
+from nnlab.runs._lock import RunLock, lock_new_run
+from nnlab.runs._status import RunStatus
+from nnlab.runs._runs import (
     CONFIG_LOG_COLUMNS,
     CONFIG_LOG_NAME,
     DEFAULT_OUTPUT_DIR,
@@ -42,7 +43,7 @@ from nnlab.training._runs import (
     settings_digest,
     write_run_status,
 )
-from nnlab.training._state import (
+from nnlab.runs._state import (
     CallbackAttributes,
     InterruptRequest,
     ModelState,
@@ -51,8 +52,8 @@ from nnlab.training._state import (
     list_checkpoints,
     restore,
 )
-from nnlab.training._summary import format_summary
-from nnlab.training._weights import WeightCheckpoint
+from nnlab.runs._summary import format_summary
+from nnlab.runs._weights import WeightCheckpoint
 
 _LOGGED_KEYS = ("hidden_layers", "activation", "optimizer", "learning_rate", "dropout_rate", "use_batch_norm",
                 "l2_regularization", "constraint_interval", "epochs", "batch_size", "seed")
@@ -168,13 +169,13 @@ def _train_recorded(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, ru
             results = _train(model, arrays, cfg, run, **kwargs)
         except KeyboardInterrupt:
             # Aborted at once (second Ctrl-C): the last checkpoint is there to resume from.
-            _record_status(run, errors, "interrupted", **fields)
-            _finish_sinks(run, "interrupted", None)
+            _record_status(run, errors, RunStatus.INTERRUPTED, **fields)
+            _finish_sinks(run, RunStatus.INTERRUPTED, None)
             raise
         except Exception as exc:
             # _train may have named the failure ("failed: disk full" can be resumed); else plain "failed".
-            status = str(run.row.get("status", ""))
-            status = status if status.startswith("failed") else "failed"
+            status = RunStatus.parse(run.row.get("status"))
+            status = status if status is not None and status.failed else RunStatus.FAILED
             _record_status(run, errors, status, **fields, error=f"{type(exc).__name__}: {exc}"[:500])
             _finish_sinks(run, status, None)
             raise
@@ -260,7 +261,7 @@ def train_with_tracking(
     row.update({
         "run_id": run_id,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "preset": preset or "",
         "loss_weighting_strategy": cfg.model.loss_weighting_strategy,
         "constraints": "+".join(model.constraints_used()) or "none",
@@ -268,11 +269,11 @@ def train_with_tracking(
         "run_dir": str(run_dir),
     })
     run = _Run(run_id, run_dir, Path(output_dir), row, lock=lock)
-    _record_status(run, errors, "running", epochs=cfg.training.epochs)
+    _record_status(run, errors, RunStatus.RUNNING, epochs=cfg.training.epochs)
     _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, run.output_dir / CONFIG_LOG_NAME, row, key="run_id")
     # Digests of the data let a resume prove it continues on the same data.
     source: dict[str, Any] = {"n_rows": int(len(X_train) + len(X_val) + len(X_test)), **(data_source or {})}
-    if source.get("csv_path"):
+    if source.get("csv_path") and not source.get("csv_sha256"):
         source["csv_sha256"] = _safe(errors, "training_config.json", file_digest, source["csv_path"])
     source["arrays_sha256"] = arrays_digest((X_train, X_val, X_test, y_train, y_val, y_test))
     saved = {"run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
@@ -297,24 +298,42 @@ def _checkpointed_components(model: AdvancedNeuralNetwork, weights: WeightCheckp
     return components
 
 
-def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, *, data: Any,
-           verbose: int | str, callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
-    X_train, X_val, X_test, y_train, y_val, y_test = arrays
-    errors, t, run_dir = model.errors, cfg.training, run.run_dir
-    log_path = run.output_dir / CONFIG_LOG_NAME
-    started = time.perf_counter()
-    start_epoch = run.resume.epoch if run.resume is not None else 0
+@dataclass
+class _Fit:
+    """What training produced, for the evaluation and the records that follow it."""
 
+    training: dict[str, Any]
+    status: RunStatus
+    tracker: PerformanceTracker
+    started: float
+    failure: str | None = None
+
+
+@dataclass
+class _Callbacks:
+    """A run's callbacks, in order (``all``), with the ones the fit refers to by name."""
+
+    all: list[keras.callbacks.Callback]
+    tracker: PerformanceTracker
+    loss_writer: RowsCallbackWriter
+    components: dict[str, Any]
+    state_checkpoint: TrainingCheckpoint
+    verbose: int | str
+
+
+def _run_callbacks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, verbose: int | str,
+                   callbacks: Sequence[keras.callbacks.Callback]) -> _Callbacks:
+    """The run's callbacks: tracker, sinks, loss writer, weights, the caller's, progress; then the checkpoint."""
+    errors, t, run_dir = model.errors, cfg.training, run.run_dir
     resuming = run.resume is not None  # the CSVs were cut back to the checkpoint by resume_training
     tracker = PerformanceTracker(run_dir / "training_results.csv", errors=errors, append=resuming,
                                  initial_rows=run.initial_rows)
     loss_writer = RowsCallbackWriter(run_dir / "loss_history.csv", lambda: model.loss_callback.history,
                                      HISTORY_COLUMNS, errors=errors, append=resuming)
     weights = WeightCheckpoint(run_dir / "weights", every=t.checkpoint_every, errors=errors)
-    interrupt = InterruptRequest()
     components = _checkpointed_components(model, weights)
-    state_checkpoint = TrainingCheckpoint(run_dir, components, every=t.checkpoint_every, interrupt=interrupt,
-                                          errors=errors)
+    state_checkpoint = TrainingCheckpoint(run_dir, components, every=t.checkpoint_every,
+                                          interrupt=InterruptRequest(), errors=errors)
     run.sinks = _build_sinks(model, cfg, run, tracker)
     run_callbacks = [tracker, *run.sinks, loss_writer, weights, *callbacks]
     if verbose == "progress":  # nnlab's own display (after the constraints: it shows their mark), not Keras'
@@ -322,105 +341,149 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
 
         run_callbacks.append(ConsoleProgress())
         verbose = 0
+    return _Callbacks(run_callbacks, tracker, loss_writer, components, state_checkpoint, verbose)
+
+
+def _fit(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, *, verbose: int | str,
+         callbacks: Sequence[keras.callbacks.Callback]) -> _Fit:
+    """Compile (restoring a resumed run's state), fit, and decide the run's status."""
+    X_train, X_val, X_test, y_train, y_val, _ = arrays
+    errors, t = model.errors, cfg.training
+    started = time.perf_counter()
+    start_epoch = run.resume.epoch if run.resume is not None else 0
+    cbs = _run_callbacks(model, cfg, run, verbose, callbacks)
     disk_full_stop = _StopOnDiskFull(errors)
     try:
         _clean_temp_files(run)
         model.compile_model()
         if run.resume is not None:
-            restore(run.resume, components)
-            loss_writer.skip_existing()
+            restore(run.resume, cbs.components)
+            cbs.loss_writer.skip_existing()
             if cfg.model.seed is not None:
                 # Fresh shuffles and dropout masks for the remaining epochs.
                 keras.utils.set_random_seed((cfg.model.seed + start_epoch) % 2**32)
-        with interrupt:
+        with cbs.state_checkpoint.interrupt:
             training = model.train_with_custom_constraints(
                 X_train, y_train, X_val, y_val, epochs=t.epochs, batch_size=t.batch_size,
-                callbacks=[*run_callbacks, disk_full_stop], verbose=verbose, initial_epoch=start_epoch,
-                final_callbacks=[state_checkpoint],
+                callbacks=[*cbs.all, disk_full_stop], verbose=cbs.verbose, initial_epoch=start_epoch,
+                final_callbacks=[cbs.state_checkpoint],
             )
     except Exception as exc:
-        full = is_disk_full(exc)
-        run.row.update(status=DISK_FULL_STATUS if full else "failed",
-                       total_time_s=round(time.perf_counter() - started, 3), error_count=len(errors) + 1)
-        _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, log_path, run.row, key="run_id")
-        if full:  # a writer that raised instead of recording: the same message, no traceback
-            raise NnlabError(_disk_full_message({"path": exc.filename, "reason": exc.strerror}, run,
-                                                len(tracker.rows), t.epochs)) from None
+        _record_crash(exc, run, errors, cbs.tracker, t.epochs, started)
         raise
     finally:
         disk_full_stop.detach()
-    requested = [getattr(cb, "run_status", None) for cb in (*callbacks, state_checkpoint)]
-    status = "diverged" if training["diverged"] else next((r for r in requested if r), "completed")
-    if status != "interrupted" and not np.isfinite(model.predict(X_test)).all():
+    fit = _Fit(training, _fit_status(model, training, X_test, (*callbacks, cbs.state_checkpoint)), cbs.tracker,
+               started)
+    if errors.disk_full is not None and fit.status != RunStatus.DIVERGED:
+        # Whatever else happened, the run's files stop at the full disk.
+        fit.status = RunStatus.DISK_FULL
+        fit.failure = _disk_full_message(errors.disk_full, run, len(cbs.tracker.rows), t.epochs)
+    return fit
+
+
+def _record_crash(exc: Exception, run: _Run, errors: ErrorRecorder, tracker: PerformanceTracker, epochs: int,
+                  started: float) -> None:
+    """A fit that raised: the log row says so; a full disk becomes one message without a traceback."""
+    full = is_disk_full(exc)
+    run.row.update(status=RunStatus.DISK_FULL if full else RunStatus.FAILED,
+                   total_time_s=round(time.perf_counter() - started, 3), error_count=len(errors) + 1)
+    _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, run.output_dir / CONFIG_LOG_NAME, run.row, key="run_id")
+    if full:  # a writer that raised instead of recording: the same message, no traceback
+        raise NnlabError(_disk_full_message({"path": exc.filename, "reason": exc.strerror}, run,
+                                            len(tracker.rows), epochs)) from None
+
+
+def _fit_status(model: AdvancedNeuralNetwork, training: dict[str, Any], X_test: Any,
+                callbacks: Sequence[Any]) -> RunStatus:
+    """Diverged, a callback's requested status (pruned, interrupted), else completed."""
+    requested = [getattr(cb, "run_status", None) for cb in callbacks]
+    status = RunStatus.DIVERGED if training["diverged"] else RunStatus(
+        next((r for r in requested if r), RunStatus.COMPLETED))
+    if status != RunStatus.INTERRUPTED and not np.isfinite(model.predict(X_test)).all():
         # A loss that grew huge but stayed finite: the network predicts inf/NaN.
         training["diverged"] = True
-        status = "diverged"
-    failure = None
-    if errors.disk_full is not None and status != "diverged":
-        # Whatever else happened, the run's files stop at the full disk.
-        status = DISK_FULL_STATUS
-        failure = _disk_full_message(errors.disk_full, run, len(tracker.rows), t.epochs)
+        status = RunStatus.DIVERGED
+    return status
 
-    summary = tracker.summary()
+
+def _test_report(model: AdvancedNeuralNetwork, X_test: Any, y_test: Any, data: Any) -> dict[str, Any]:
+    """test_metrics.json: scaled and per-target metrics, physical units and physics when the data allows."""
+    errors = model.errors
+    test = model.evaluate_model(X_test, y_test)
+    target_names = list(getattr(data, "target_names", [])) or [f"target_{i}" for i in range(model.output_dim)]
+    report: dict[str, Any] = {
+        "scaled": {k: test[k] for k in ("mse", "mae", "rmse", "r2")},
+        "per_target_scaled": _per_target(test, target_names),
+        "inference_time_s": test["inference_time"],
+        "samples_per_second": test["samples_per_second"],
+        "n_samples": test["n_samples"],
+    }
+    if data is not None and hasattr(data, "inverse_transform_targets"):
+        y_true, y_pred = (data.inverse_transform_targets(np.asarray(y)) for y in (y_test, model.predict(X_test)))
+        report["per_target_physical"] = _per_target(regression_metrics(y_true, y_pred), target_names)
+        if hasattr(data, "x_scaler"):
+            report["physics"] = _safe(
+                errors, "physics metrics", physics_report, y_pred, y_true,
+                data.x_scaler.inverse_transform(np.asarray(X_test, dtype=np.float64)),
+                target_names=target_names, feature_names=list(data.feature_names))
+    # After the final weights are saved and the test metrics computed; the weights
+    # are restored afterwards, so nothing downstream sees cast ones.
+    formats = _evaluate_formats_safe(errors, model, X_test, y_test, test["r2"])
+    if formats is not None:
+        report["formats"] = formats
+    # Unavailable metrics (R² of fewer than two rows) are null: NaN is not JSON.
+    return _finite_or_none(report)
+
+
+def _performance_summary(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, fit: _Fit) -> dict[str, Any]:
+    summary = fit.tracker.summary()
     summary.update(
-        run_id=run.run_id, run_dir=str(run_dir), status=status,
-        total_time_s=time.perf_counter() - started,
+        run_id=run.run_id, run_dir=str(run.run_dir), status=fit.status,
+        total_time_s=time.perf_counter() - fit.started,
         weight_modifications=model.constraints_used(),
         loss_weighting_strategy=cfg.model.loss_weighting_strategy,
         physics_loss=({"weight": cfg.model.physics_loss_weight, "terms": list(cfg.model.physics_loss_terms)}
                       if cfg.model.physics_loss_weight > 0 else None),
-        weight_files=_file_sizes(run_dir / "weights"),
-        error_count=len(errors), resumed_from_epoch=start_epoch if run.resume is not None else None,
+        weight_files=_file_sizes(run.run_dir / "weights"),
+        error_count=len(model.errors), resumed_from_epoch=run.resume.epoch if run.resume is not None else None,
     )
+    return summary
+
+
+def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, *, data: Any,
+           verbose: int | str, callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
+    """Fit, evaluate on the test set, and write test_metrics.json, training_log.txt and the log row."""
+    errors, X_test, y_test = model.errors, arrays[2], arrays[5]
+    fit = _fit(model, arrays, cfg, run, verbose=verbose, callbacks=callbacks)
+    summary = _performance_summary(model, cfg, run, fit)
     test_report: dict[str, Any] | None = None
-    if status not in ("interrupted", "diverged", DISK_FULL_STATUS):
-        test = model.evaluate_model(X_test, y_test)
-        target_names = list(getattr(data, "target_names", [])) or [f"target_{i}" for i in range(model.output_dim)]
-        test_report = {
-            "scaled": {k: test[k] for k in ("mse", "mae", "rmse", "r2")},
-            "per_target_scaled": _per_target(test, target_names),
-            "inference_time_s": test["inference_time"],
-            "samples_per_second": test["samples_per_second"],
-            "n_samples": test["n_samples"],
-        }
-        if data is not None and hasattr(data, "inverse_transform_targets"):
-            y_true, y_pred = (data.inverse_transform_targets(np.asarray(y)) for y in (y_test, model.predict(X_test)))
-            physical = regression_metrics(y_true, y_pred)
-            test_report["per_target_physical"] = _per_target(physical, target_names)
-            if hasattr(data, "x_scaler"):
-                test_report["physics"] = _safe(
-                    errors, "physics metrics", physics_report, y_pred, y_true,
-                    data.x_scaler.inverse_transform(np.asarray(X_test, dtype=np.float64)),
-                    target_names=target_names, feature_names=list(data.feature_names))
-        # After the final weights are saved and the test metrics computed; the weights
-        # are restored afterwards, so nothing downstream sees cast ones.
-        formats = _evaluate_formats_safe(errors, model, X_test, y_test, test["r2"])
-        if formats is not None:
-            test_report["formats"] = formats
-        # Unavailable metrics (R² of fewer than two rows) are null: NaN is not JSON.
-        test_report = _finite_or_none(test_report)
-        _safe(errors, "test_metrics.json", atomic_write_json, run_dir / "test_metrics.json", test_report)
+    if fit.status not in (RunStatus.INTERRUPTED, RunStatus.DIVERGED, RunStatus.DISK_FULL):
+        test_report = _test_report(model, X_test, y_test, data)
+        _safe(errors, "test_metrics.json", atomic_write_json, run.run_dir / "test_metrics.json", test_report)
         scaled = test_report["scaled"]
-        summary.update(inference_time_s=test["inference_time"], samples_per_second=test["samples_per_second"],
+        summary.update(inference_time_s=test_report["inference_time_s"],
+                       samples_per_second=test_report["samples_per_second"],
                        test_mse=scaled["mse"], test_mae=scaled["mae"], test_rmse=scaled["rmse"],
                        test_r2=scaled["r2"], error_count=len(errors))
-    results = {
-        "run_id": run.run_id,
-        "run_dir": str(run_dir),
-        "status": status,
-        "training": training,
-        "test": test_report,
-        "performance_summary": summary,
-        "error_summary": errors.summary(),
-    }
-    if failure is not None:
-        results["failure"] = failure
+    results = {"run_id": run.run_id, "run_dir": str(run.run_dir), "status": fit.status,
+               "training": fit.training, "test": test_report, "performance_summary": summary,
+               "error_summary": errors.summary()}
+    if fit.failure is not None:
+        results["failure"] = fit.failure
     # Where the optional sinks write (a sink that failed says nothing here; its error is listed).
     results["tracking"] = {sink.component: where for sink in run.sinks if (where := sink.describe())}
     results["training"]["errors"] = errors.summary()
-    _safe(errors, "training_log.txt", atomic_write_text, run_dir / "training_log.txt", format_summary(results))
+    _safe(errors, "training_log.txt", atomic_write_text, run.run_dir / "training_log.txt", format_summary(results))
+    _record_row(run, errors, summary)
+    results["error_summary"] = errors.summary()
+    return results
+
+
+def _record_row(run: _Run, errors: ErrorRecorder, summary: Mapping[str, Any]) -> None:
+    """The run's final configuration_log.csv row."""
     run.row.update(
-        status=status, epochs_run=summary["total_epochs"],
+        status=summary["status"], epochs_run=summary["total_epochs"],
         final_val_r2=summary["current_r2"], best_val_r2=summary["best_r2"], best_epoch=summary["best_epoch"],
         test_r2=summary.get("test_r2", ""), test_mse=summary.get("test_mse", ""),
         test_mae=summary.get("test_mae", ""),
@@ -428,14 +491,12 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
         error_count=len(errors),
     )
     # Best effort: on a full disk the log (often on the same disk) may not take the row either.
-    _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, log_path, run.row, key="run_id")
-    results["error_summary"] = errors.summary()
-    return results
+    _safe(errors, CONFIG_LOG_NAME, upsert_csv_row, run.output_dir / CONFIG_LOG_NAME, run.row, key="run_id")
 
 
 # --- a full disk ends the run --------------------------------------------------------
 
-DISK_FULL_STATUS = "failed: disk full"
+DISK_FULL_STATUS = RunStatus.DISK_FULL
 
 
 class _StopOnDiskFull(keras.callbacks.Callback):

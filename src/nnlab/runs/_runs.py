@@ -18,15 +18,16 @@ import numpy as np
 
 from nnlab._files import atomic_write_json, probe_writable, read_csv_rows
 from nnlab.errors import ConfigError, NnlabError
-from nnlab.training._lock import RunLockedError, locked_by
-from nnlab.training._state import list_checkpoints
+from nnlab.runs._lock import RunLockedError, locked_by
+from nnlab.runs._state import list_checkpoints
+from nnlab.runs._status import RunStatus
 
 DEFAULT_OUTPUT_DIR = "training_output"
 CONFIG_LOG_NAME = "configuration_log.csv"
 RUN_STATUS_NAME = "run_status.json"
 # Statuses of a run that stopped before its end and can go on from its last checkpoint
-# ("failed: disk full": stopped by a full disk, see _pipeline.DISK_FULL_STATUS).
-RESUMABLE_STATUSES = ("interrupted", "failed: disk full")
+# (RunStatus.DISK_FULL: stopped by a full disk).
+RESUMABLE_STATUSES = tuple(s for s in RunStatus if s.resumable)
 CONFIG_LOG_COLUMNS = (
     "run_id", "timestamp", "status", "preset", "loss_weighting_strategy", "constraints",
     "hidden_layers", "activation", "optimizer", "learning_rate", "dropout_rate", "use_batch_norm",
@@ -152,7 +153,7 @@ def read_run_status(run_dir: str | os.PathLike, output_dir: str | os.PathLike | 
     if row and row.get("status"):
         return {k: v for k, v in row.items() if k in ("status", "epochs_run", "epochs")} | {"source": CONFIG_LOG_NAME}
     if (run_dir / "test_metrics.json").is_file():  # written only when a run completes
-        return {"status": "completed", "source": "test_metrics.json"}
+        return {"status": RunStatus.COMPLETED.value, "source": "test_metrics.json"}
     return {}
 
 
@@ -172,13 +173,14 @@ def resume_refusal(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> str
     all (runs from before statuses were recorded: the checkpoint decides).
     """
     name = Path(run_dir).name
-    status = record.get("status")
+    text = record.get("status")
+    status = RunStatus.parse(text)
     source = record.get("source", RUN_STATUS_NAME)
-    if status is None or status in RESUMABLE_STATUSES:
+    if text is None or (status is not None and status.resumable):
         return None
-    if status == "running":
+    if status == RunStatus.RUNNING:
         return locked_by(run_dir)
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         try:
             done, total = int(record["epochs_run"]), int(record["epochs"])
         except (KeyError, TypeError, ValueError):
@@ -187,17 +189,17 @@ def resume_refusal(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> str
             return f"run {name} completed all {total} epochs (status completed); nothing to resume"
         return (f"run {name} completed after {done} of {total} epochs: early stopping ended it "
                 "(status completed); nothing to resume")
-    if status == "diverged":
+    if status == RunStatus.DIVERGED:
         return (f"run {name} diverged (the loss became NaN/inf){_epochs_text(record)} (status diverged); "
                 "start a new run with a smaller learning_rate")
-    if status == "pruned":
+    if status == RunStatus.PRUNED:
         return (f"run {name} was pruned by the hyperparameter search{_epochs_text(record)} (status pruned); "
                 "nothing to resume")
-    if status.startswith("failed"):
+    if str(text).startswith(RunStatus.FAILED.value):  # also a "failed: <reason>" of another version
         error = record.get("error")
         because = f": {error}" if error else ""
-        return f"run {name} failed (status {status}){because}; fix the cause and start a new run"
-    return (f"run {name} has status '{status}' (in {source}); only an interrupted run, or a running one whose "
+        return f"run {name} failed (status {text}){because}; fix the cause and start a new run"
+    return (f"run {name} has status '{text}' (in {source}); only an interrupted run, or a running one whose "
             "process is gone, can be resumed")
 
 
@@ -217,7 +219,7 @@ def find_resumable_run(output_dir: str | os.PathLike, run_id: str = "latest") ->
         record = read_run_status(run_dir, output_dir)
         refusal = resume_refusal(run_dir, record)
         if refusal:
-            raise (RunLockedError if record.get("status") == "running" else NnlabError)(refusal)
+            raise (RunLockedError if record.get("status") == RunStatus.RUNNING else NnlabError)(refusal)
         return run_dir
     candidates = list_run_dirs(output_dir)
     if not candidates:
@@ -235,7 +237,7 @@ def find_resumable_run(output_dir: str | os.PathLike, run_id: str = "latest") ->
         status = record.get("status", "unknown")
         if refusal is None:
             status += " without a checkpoint"
-        elif status == "running":
+        elif status == RunStatus.RUNNING:
             status += " (being trained)"
         statuses[status] = statuses.get(status, 0) + 1
     runs = Path(output_dir) / "runs"
