@@ -128,7 +128,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training output root (default: training_output)")
     parser.add_argument("--seed", type=seed_int, help="seed for data generation, weights and shuffling (repeatable runs)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
-    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+    from nnlab.integrations import MLFLOW_OPTION_HELP
 
     parser.add_argument("--mlflow", nargs="?", const="", metavar="URI", help=MLFLOW_OPTION_HELP)
     parser.add_argument("--resume", metavar="RUN_ID", nargs="?", const="latest",

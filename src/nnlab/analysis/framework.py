@@ -207,7 +207,7 @@ class ExperimentAnalysis:
         still has the recorded SHA-256, else the particle DataFrame (with its provenance sidecar)."""
         from nnlab.analysis.inputs import run_config
         from nnlab.data import GENERATOR_NAME, generate_particle_data, load_particle_data, validate_particle_data
-        from nnlab.runs._runs import file_digest
+        from nnlab.runs import file_digest
 
         source = self.data().source  # rebuilt and checked against scalers.json: the run's own data
         record = self.run_artifacts.record.get("data")

@@ -112,7 +112,7 @@ def compute_predictions(model: Any, scaler_X: Any, scaler_y: Any, particle_df: p
     """
     from nnlab.analysis.residuals import sample_indices
     from nnlab.data import DERIVED_FEATURES, add_derived_features, validate_particle_data
-    from nnlab.data._prepare import resolve_columns
+    from nnlab.data import resolve_columns
     from nnlab.model import regression_metrics
 
     if sample_size is not None and (isinstance(sample_size, bool) or not isinstance(sample_size, numbers.Integral)

@@ -43,6 +43,7 @@ from nnlab.config._models import (
     GenerationConfig,
     ModelConfig,
     TrainingConfig,
+    check_known_keys,
     shorten,
     show_value,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "TrainingConfig",
     "GenerationConfig",
     "Config",
+    "check_known_keys",
     "find_config_dir",
     "list_presets",
     "load_preset",

@@ -24,6 +24,8 @@ from nnlab.data._io import (
     load_particle_data,
     read_particle_csv,
     save_particle_data,
+    sidecar_path,
+    stale_reason,
 )
 from nnlab.data._migrate import RESIMULATOR_NAME, Resimulation, resimulate_csv, resimulate_particle_data
 from nnlab.data._prepare import (
@@ -33,6 +35,7 @@ from nnlab.data._prepare import (
     load_scalers,
     prepare_csv,
     preprocess_for_training,
+    resolve_columns,
 )
 from nnlab.data._simulate import (
     DEFAULT_TARGETS,
@@ -83,6 +86,9 @@ __all__ = [
     "read_particle_csv",
     "resimulate_csv",
     "resimulate_particle_data",
+    "resolve_columns",
     "save_particle_data",
+    "sidecar_path",
+    "stale_reason",
     "validate_particle_data",
 ]

@@ -86,7 +86,7 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
     if not text or text.endswith(("/", os.sep)):
         raise ConfigError(f"{prefix}'{text}' names a directory; give a file name (e.g. {text or './'}"
                           "particles.csv)")
-    sidecar = _sidecar_path(p)
+    sidecar = sidecar_path(p)
     for target, role in ((p, ""), (sidecar, f" (the metadata sidecar of '{p}')")):
         try:
             mode = os.stat(target).st_mode
@@ -185,7 +185,7 @@ def read_particle_csv(path: str | os.PathLike, **read_csv: Any) -> pd.DataFrame:
     return df
 
 
-def _sidecar_path(path: Path) -> Path:
+def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
@@ -215,7 +215,7 @@ def save_particle_data(df: pd.DataFrame, path: str | os.PathLike, *,
     atomic_write(p, lambda fh: df.to_csv(fh, index=False))
     meta.update(format_version=DATA_FORMAT_VERSION, num_rows=len(df), csv_bytes=p.stat().st_size)
     try:
-        atomic_write(_sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
+        atomic_write(sidecar_path(p), lambda fh: json.dump(meta, fh, indent=2))
     except OSError:
         # A CSV without its sidecar would pass for the user's own data: take it back.
         p.unlink(missing_ok=True)
@@ -223,7 +223,7 @@ def save_particle_data(df: pd.DataFrame, path: str | os.PathLike, *,
     return p
 
 
-def _stale_reason(meta: dict[str, Any], expected: dict[str, Any], csv: Path) -> str | None:
+def stale_reason(meta: dict[str, Any], expected: dict[str, Any], csv: Path) -> str | None:
     """Why the cached CSV does not hold the requested data, or None when it does."""
     if meta.get("format_version") != DATA_FORMAT_VERSION:
         return f"data format version {meta.get('format_version')} != {DATA_FORMAT_VERSION}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnlab.data._io import _sidecar_path, check_data_file, check_output_file, read_particle_csv, save_particle_data
+from nnlab.data._io import sidecar_path, check_data_file, check_output_file, read_particle_csv, save_particle_data
 from nnlab.data._simulate import FINAL_COLUMNS, INITIAL_COLUMNS, REQUIRED_COLUMNS, final_state
 from nnlab.data._validate import _rows_text, validate_particle_data
 from nnlab.errors import ConfigError, DataValidationError
@@ -148,7 +148,7 @@ def resimulate_csv(old: str | os.PathLike, new: str | os.PathLike, *, force: boo
     """
     old_p, new_p = check_data_file(old), Path(new)
     prefix = f"{option}: " if option else ""
-    for target in (new_p, _sidecar_path(new_p)):
+    for target in (new_p, sidecar_path(new_p)):
         if _same_file(old_p, target):
             raise ConfigError(f"{prefix}'{target}' is the file being converted ('{old_p}'), which is never "
                               "replaced; give another file to write")

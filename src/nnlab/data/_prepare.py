@@ -22,8 +22,8 @@ from nnlab.config import GenerationConfig
 from nnlab.data._io import (
     DATA_FORMAT_VERSION,
     GENERATOR_NAME,
-    _sidecar_path,
-    _stale_reason,
+    sidecar_path,
+    stale_reason,
     check_output_file,
     load_particle_data,
     save_particle_data,
@@ -298,7 +298,7 @@ def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
         return generate_particle_data(n, cfg, expected["seed"])
 
     path = None if csv_path is None else Path(csv_path)
-    meta_path = None if path is None else _sidecar_path(path)
+    meta_path = None if path is None else sidecar_path(path)
     if path is None:
         df = generate()
     elif not path.exists():
@@ -320,7 +320,7 @@ def complete_data_pipeline(csv_path: str | os.PathLike | None = None,
             df = load_particle_data(path)
             logger.info("using user-provided data %s (%d rows); num_particles=%d ignored",
                         path, len(df), n)
-        elif (reason := _stale_reason(meta, expected, path)) is None:
+        elif (reason := stale_reason(meta, expected, path)) is None:
             df = load_particle_data(path)
             logger.info("reusing cached particle data %s (%d rows)", path, len(df))
         else:

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="configuration key applied to every trial (repeatable); VALUE is JSON or a plain string")
-    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+    from nnlab.integrations import MLFLOW_OPTION_HELP
 
     add("--mlflow", nargs="?", const="", metavar="URI",
         help=MLFLOW_OPTION_HELP + "; a parent run per study, a child run per trial")

@@ -173,7 +173,7 @@ def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
         ConfigError: naming --mlflow, for a URI of the wrong form or a local
             store in a directory that does not exist.
     """
-    from nnlab.integrations._uri import mlflow_option
+    from nnlab.integrations import mlflow_option
 
     experiment = str(configs[0].get("mlflow_experiment") or "nnlab") if configs else "nnlab"
     if option is not None:

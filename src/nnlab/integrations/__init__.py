@@ -19,6 +19,6 @@ tracking URI's form through :mod:`nnlab.integrations._uri`.
 
 from __future__ import annotations
 
-from nnlab.integrations._uri import check_tracking_uri, default_tracking_uri, mlflow_option
+from nnlab.integrations._uri import MLFLOW_OPTION_HELP, check_tracking_uri, default_tracking_uri, mlflow_option
 
-__all__ = ["check_tracking_uri", "default_tracking_uri", "mlflow_option"]
+__all__ = ["MLFLOW_OPTION_HELP", "check_tracking_uri", "default_tracking_uri", "mlflow_option"]

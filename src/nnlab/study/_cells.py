@@ -246,7 +246,7 @@ def compare_cells(variants: Mapping[str, Mapping[str, Any] | str] | Sequence[Any
         >>> [c.key for c in compare_cells({"plain": {}, "js": {"enable_james_stein": True}})]
         [{'variant': 'plain'}, {'variant': 'js'}]
     """
-    from nnlab.config._models import check_known_keys
+    from nnlab.config import check_known_keys
 
     if isinstance(variants, Mapping):
         pairs = list(variants.items())

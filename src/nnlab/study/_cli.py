@@ -39,7 +39,7 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
         help="Optuna storage: a journal FILE or a database URL (sqlite:///, postgresql://, mysql://) that "
              "several machines can share; default: <output-dir>/study_journal.log")
     add("--study-name", metavar="NAME", help=f"default: nnlab-study-{kind}")
-    from nnlab.integrations._uri import MLFLOW_OPTION_HELP
+    from nnlab.integrations import MLFLOW_OPTION_HELP
 
     add("--mlflow", nargs="?", const="", metavar="URI",
         help=MLFLOW_OPTION_HELP.replace("<output-dir>", "<study directory>")
