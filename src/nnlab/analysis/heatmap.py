@@ -11,11 +11,13 @@ from scipy import stats
 
 from nnlab.analysis.artifacts import hidden_layers_of
 from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
+from nnlab.runs import RunStatus
 
 __all__ = ["hyperparameter_table", "impact_correlations", "hyperparameter_heatmap", "METRICS", "MIN_ROWS"]
 
 MIN_ROWS = 3
-UNFINISHED = ("pruned", "failed", "running")  # statuses whose metrics describe a cut-short run
+# Statuses whose metrics describe a cut-short run.
+UNFINISHED = (RunStatus.PRUNED, RunStatus.FAILED, RunStatus.RUNNING)
 METRICS = ("best_r2", "test_r2", "test_mae", "training_time_s")
 _SCALARS = ("dropout_rate", "batch_size", "epochs", "l2_regularization")
 
@@ -52,7 +54,7 @@ def hyperparameter_table(history: pd.DataFrame | None, hpo: pd.DataFrame | None 
         trials = {str(r): t for r, t in zip(hpo["run_id"], hpo.get("trial_number", hpo.index)) if isinstance(r, str) and r}
     if history is not None and not history.empty:
         for row in history.to_dict("records"):
-            if str(row.get("status")) in UNFINISHED:
+            if RunStatus.parse(row.get("status")) in UNFINISHED:
                 continue
             run_id = str(row.get("run_id"))
             seen.add(run_id)

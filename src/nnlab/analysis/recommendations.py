@@ -22,6 +22,7 @@ from scipy import stats
 
 from nnlab.analysis.artifacts import hidden_layers_of
 from nnlab.analysis.base import SectionResult, SectionSkipped
+from nnlab.analysis.heatmap import UNFINISHED
 from nnlab.analysis.stats import fit_exponential_decay, one_sample_ttest
 
 __all__ = ["COLUMNS", "recommend", "learning_rate_rule", "overfitting_rule", "batch_size_rule",
@@ -212,7 +213,7 @@ def _candidates(history: pd.DataFrame | None, hpo: pd.DataFrame | None) -> list[
     seen: set[str] = set()
     if history is not None and not history.empty and "test_r2" in history:
         for row in history.to_dict("records"):
-            if str(row.get("status")) in ("pruned", "failed", "running"):
+            if RunStatus.parse(row.get("status")) in UNFINISHED:
                 continue
             if np.isfinite(row.get("test_r2", np.nan)):
                 seen.add(str(row["run_id"]))

@@ -20,84 +20,56 @@ and one row in ``<output_dir>/configuration_log.csv``::
     training_log.txt       human-readable summary
 """
 
-from nnlab.runs._execute import RunResult, RunSpec, build_network, execute, load_network, resume
-from nnlab.runs._lock import RunLock, RunLockedError, locked_by
-from nnlab.runs._pipeline import train_with_tracking
-from nnlab.runs._resume import resume_training
-from nnlab.runs._runs import (
-    RESUMABLE_STATUSES,
-    CONFIG_LOG_COLUMNS,
-    CONFIG_LOG_NAME,
-    DEFAULT_OUTPUT_DIR,
-    RUN_STATUS_NAME,
-    check_output_dir,
-    config_log_row,
-    create_run_dir,
-    find_resumable_run,
-    file_digest,
-    find_run_dir,
-    library_versions,
-    list_run_dirs,
-    read_run_status,
-    resume_refusal,
-    write_run_status,
-)
-from nnlab.runs._source import DEFAULT_RANDOM_STATE, DataSource
-from nnlab.runs._state import (
-    CallbackAttributes,
-    CheckpointError,
-    InterruptRequest,
-    ModelState,
-    TrainingCheckpoint,
-    TrainingState,
-    list_checkpoints,
-    load_latest_checkpoint,
-    save_checkpoint,
-)
-from nnlab.runs._status import RunStatus
-from nnlab.runs._summary import format_summary
-from nnlab.runs._weights import WeightCheckpoint
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_RANDOM_STATE",
-    "RESUMABLE_STATUSES",
-    "CONFIG_LOG_COLUMNS",
-    "CONFIG_LOG_NAME",
-    "DEFAULT_OUTPUT_DIR",
-    "RUN_STATUS_NAME",
-    "CallbackAttributes",
-    "DataSource",
-    "RunResult",
-    "RunSpec",
-    "RunStatus",
-    "build_network",
-    "execute",
-    "file_digest",
-    "load_network",
-    "resume",
-    "CheckpointError",
-    "InterruptRequest",
-    "ModelState",
-    "RunLock",
-    "RunLockedError",
-    "TrainingCheckpoint",
-    "TrainingState",
-    "WeightCheckpoint",
-    "check_output_dir",
-    "config_log_row",
-    "create_run_dir",
-    "find_resumable_run",
-    "find_run_dir",
-    "format_summary",
-    "library_versions",
-    "list_checkpoints",
-    "list_run_dirs",
-    "load_latest_checkpoint",
-    "locked_by",
-    "read_run_status",
-    "resume_refusal",
-    "resume_training",
-    "save_checkpoint",
-    "train_with_tracking",
-    "write_run_status",
-]
+from nnlab._lazy import lazy_attributes
+
+# name -> module that defines it; resolved on first use, so `from nnlab.runs import RunStatus`
+# (the analysis, the command line's refusals) loads no TensorFlow.
+_EXPORTS = {
+    "CONFIG_LOG_COLUMNS": "nnlab.runs._runs",
+    "CONFIG_LOG_NAME": "nnlab.runs._runs",
+    "CallbackAttributes": "nnlab.runs._state",
+    "CheckpointError": "nnlab.runs._state",
+    "DEFAULT_OUTPUT_DIR": "nnlab.runs._runs",
+    "DEFAULT_RANDOM_STATE": "nnlab.runs._source",
+    "DataSource": "nnlab.runs._source",
+    "InterruptRequest": "nnlab.runs._state",
+    "ModelState": "nnlab.runs._state",
+    "RESUMABLE_STATUSES": "nnlab.runs._runs",
+    "RUN_STATUS_NAME": "nnlab.runs._runs",
+    "RunLock": "nnlab.runs._lock",
+    "RunLockedError": "nnlab.runs._lock",
+    "RunResult": "nnlab.runs._execute",
+    "RunSpec": "nnlab.runs._execute",
+    "RunStatus": "nnlab.runs._status",
+    "TrainingCheckpoint": "nnlab.runs._state",
+    "TrainingState": "nnlab.runs._state",
+    "WeightCheckpoint": "nnlab.runs._weights",
+    "build_network": "nnlab.runs._execute",
+    "check_output_dir": "nnlab.runs._runs",
+    "config_log_row": "nnlab.runs._runs",
+    "create_run_dir": "nnlab.runs._runs",
+    "execute": "nnlab.runs._execute",
+    "file_digest": "nnlab.runs._runs",
+    "find_resumable_run": "nnlab.runs._runs",
+    "find_run_dir": "nnlab.runs._runs",
+    "format_summary": "nnlab.runs._summary",
+    "library_versions": "nnlab.runs._runs",
+    "list_checkpoints": "nnlab.runs._state",
+    "list_run_dirs": "nnlab.runs._runs",
+    "load_latest_checkpoint": "nnlab.runs._state",
+    "load_network": "nnlab.runs._execute",
+    "locked_by": "nnlab.runs._lock",
+    "read_run_status": "nnlab.runs._runs",
+    "resume": "nnlab.runs._execute",
+    "resume_refusal": "nnlab.runs._runs",
+    "resume_training": "nnlab.runs._resume",
+    "save_checkpoint": "nnlab.runs._state",
+    "train_with_tracking": "nnlab.runs._pipeline",
+    "write_run_status": "nnlab.runs._runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals(), __all__)

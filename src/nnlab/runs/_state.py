@@ -40,6 +40,7 @@ import numpy as np
 
 from nnlab._files import atomic_write, atomic_write_json
 from nnlab.errors import NnlabError
+from nnlab.runs._status import RunStatus
 from nnlab.tracking import ErrorRecorder
 
 __all__ = [
@@ -375,7 +376,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self._save(done)
         if interrupted:
             self.model.stop_training = True
-            self.run_status = "interrupted"
+            self.run_status = RunStatus.INTERRUPTED
 
     def on_train_end(self, logs=None):
         # The final state, unless just saved or diverged (a NaN model is no place to resume from).
