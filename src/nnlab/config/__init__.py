@@ -65,6 +65,7 @@ from nnlab.config._sources import (
     read_json_object,
     resolve_config,
 )
+from nnlab.config._uri import check_tracking_uri
 
 __all__ = [
     "ACTIVATIONS",
@@ -78,6 +79,7 @@ __all__ = [
     "GenerationConfig",
     "Config",
     "check_known_keys",
+    "check_tracking_uri",
     "find_config_dir",
     "list_presets",
     "load_preset",

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from nnlab.config._uri import check_tracking_uri
 from nnlab.errors import ConfigError
 
 
@@ -190,8 +191,6 @@ class TrainingConfig(_Section):
     def _mlflow_uri_form(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        from nnlab.integrations._uri import check_tracking_uri
-
         return check_tracking_uri(value)
 
 

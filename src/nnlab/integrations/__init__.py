@@ -13,8 +13,9 @@ run's error summary and stops; training goes on.
   ``mlflow_tracking_uri`` (``--mlflow``): params, per-epoch metrics, test
   metrics, tags and the run's files, in one MLflow run per nnlab run.
 
-This module imports neither TensorFlow nor MLflow: the configuration checks the
-tracking URI's form through :mod:`nnlab.integrations._uri`.
+This module imports neither TensorFlow nor MLflow. The configuration checks the
+tracking URI's form itself (:func:`nnlab.config.check_tracking_uri`, re-exported
+here).
 """
 
 from __future__ import annotations
