@@ -8,7 +8,8 @@ callback) only assigns what these functions return.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -130,31 +131,23 @@ def compute_loss_weights(
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
 
-    if strategy == "none":
-        weights = np.array([1.0, 0.0])
-    elif strategy == "fixed":
-        weights = np.array([mse_weight, mae_weight], dtype=float)
-    elif strategy == "r2_based":
-        weights = _r2_based(prev_r2)
-    elif strategy == "loss_based":
-        weights = _loss_based(prev_loss)
-    elif strategy == "combined":
-        weights = (_r2_based(prev_r2) + _loss_based(prev_loss)) / 2
-    elif strategy == "physics_aware":
-        weights = _physics_aware(
-            int(epoch), _clean_rows(loss_history, "loss_history"), _clean_weights(weight_history)
-        )
-    elif strategy == "softadapt":
-        weights = _softadapt(_clean_rows(loss_history, "loss_history"), beta)
-    else:  # relobralo; check_strategy_options rejected anything else
-        weights = _relobralo(
-            _clean_rows(loss_history, "loss_history"),
-            _clean_weights(weight_history),
-            alpha=alpha,
-            temperature=temperature,
-            expected_lookback=expected_lookback,
-            rng=rng if rng is not None else np.random.default_rng(seed),
-        )
+    step = _Step(
+        prev_r2=prev_r2,
+        prev_loss=prev_loss,
+        loss_history=loss_history,
+        weight_history=weight_history,
+        epoch=int(epoch),
+        beta=beta,
+        alpha=alpha,
+        temperature=temperature,
+        expected_lookback=expected_lookback,
+        mse_weight=mse_weight,
+        mae_weight=mae_weight,
+        rng=rng,
+        seed=seed,
+    )
+    # check_strategy_options rejected any name the registry does not hold.
+    weights = STRATEGIES[strategy](step)
     return _as_pair(weights)
 
 
@@ -278,6 +271,57 @@ def _relobralo(
     rho = float(rng.random() < expected_lookback)
     history = rho * previous_weights + (1 - rho) * balance_start
     return alpha * history + (1 - alpha) * balance_step
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one call of :func:`compute_loss_weights` knows; each strategy reads its part."""
+
+    prev_r2: float
+    prev_loss: float
+    loss_history: History | None
+    weight_history: History | None
+    epoch: int
+    beta: float
+    alpha: float
+    temperature: float
+    expected_lookback: float
+    mse_weight: float
+    mae_weight: float
+    rng: np.random.Generator | None
+    seed: int | None
+
+    def losses(self) -> np.ndarray:
+        return _clean_rows(self.loss_history, "loss_history")
+
+    def weights(self) -> np.ndarray:
+        return _clean_weights(self.weight_history)
+
+    def generator(self) -> np.random.Generator:
+        return self.rng if self.rng is not None else np.random.default_rng(self.seed)
+
+
+#: Strategy name (config ``loss_weighting_strategy``) -> the weights it gives one step.
+STRATEGIES: dict[str, Callable[[_Step], np.ndarray]] = {
+    "r2_based": lambda step: _r2_based(step.prev_r2),
+    "loss_based": lambda step: _loss_based(step.prev_loss),
+    "combined": lambda step: (_r2_based(step.prev_r2) + _loss_based(step.prev_loss)) / 2,
+    "physics_aware": lambda step: _physics_aware(step.epoch, step.losses(), step.weights()),
+    "softadapt": lambda step: _softadapt(step.losses(), step.beta),
+    "relobralo": lambda step: _relobralo(
+        step.losses(),
+        step.weights(),
+        alpha=step.alpha,
+        temperature=step.temperature,
+        expected_lookback=step.expected_lookback,
+        rng=step.generator(),
+    ),
+    "fixed": lambda step: np.array([step.mse_weight, step.mae_weight], dtype=float),
+    "none": lambda step: np.array([1.0, 0.0]),
+}
+if set(STRATEGIES) != set(LOSS_WEIGHTING_STRATEGIES):  # the config names what users may choose
+    raise AssertionError(f"loss strategies {sorted(STRATEGIES)} differ from the configuration's "
+                         f"{sorted(LOSS_WEIGHTING_STRATEGIES)}")
 
 
 # ---------------------------------------------------------------------------
