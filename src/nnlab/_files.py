@@ -33,13 +33,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """True for an ``OSError`` saying the disk (or the user's quota) is full."""
-    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+# A full disk is recognised where the run's error record needs it; re-exported here for the writers.
+from nnlab.errors import DISK_FULL_ERRNOS, is_disk_full  # noqa: F401
 
 
 def with_filename(error: OSError, path: str | os.PathLike) -> OSError:

@@ -3,7 +3,8 @@
 * :class:`ErrorRecorder` -- the error summary of a run: optional parts that failed
   (a file that could not be written, a failing hook) are recorded here with a
   warning, and training goes on -- except for a full disk, which ends the run
-  (:attr:`ErrorRecorder.disk_full`): every later write would fail too.
+  (:attr:`ErrorRecorder.disk_full`): every later write would fail too. Defined in
+  :mod:`nnlab.errors` (the model needs it too), re-exported here.
 * :class:`CSVRowWriter` -- appends rows to a CSV and flushes each one as it is
   written (like Keras' ``CSVLogger``), degrading to a warning if the file
   cannot be written; a row that fails half-way is taken back, so the file
@@ -24,8 +25,6 @@ import io
 import math
 import os
 import time
-import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +34,8 @@ import keras
 import numpy as np
 import psutil
 
-from nnlab._files import is_disk_full, neutralise_csv_value, with_filename
+from nnlab._files import neutralise_csv_value, with_filename
+from nnlab.errors import ErrorRecorder
 
 __all__ = [
     "TRACKER_COLUMNS",
@@ -69,65 +69,6 @@ CONSTRAINT_LOG_PREFIX = "constraint/"
 def process_memory_mb() -> float:
     """Resident set size of this process in MiB."""
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-
-class ErrorRecorder:
-    """Collects the failures of optional components of one run.
-
-    Each :meth:`record` issues a ``RuntimeWarning`` (so the user sees it) and
-    keeps an entry for the run's error summary. A full disk (``ENOSPC`` or
-    ``EDQUOT``, from any writer) is not a degradation: the first one is kept in
-    :attr:`disk_full` and every function in :attr:`on_disk_full` is called with
-    its entry (the training pipeline stops training there); later ones are
-    recorded without another warning.
-
-    Example:
-        >>> errors = ErrorRecorder()
-        >>> errors.record("checkpoint", OSError("disk full"), warn=False)
-        >>> errors.summary()["error_count"]
-        1
-    """
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-        self.disk_full: dict[str, Any] | None = None
-        self.on_disk_full: list[Callable[[dict[str, Any]], None]] = []
-
-    def record(self, component: str, error: BaseException | str, *, warn: bool = True) -> None:
-        """Record that ``component`` failed with ``error`` (and warn about it)."""
-        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        entry = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "component": component,
-            "message": message,
-        }
-        if isinstance(error, BaseException) and error.__traceback__ is not None:
-            entry["where"] = traceback.format_tb(error.__traceback__)[-1].strip()
-        self.entries.append(entry)
-        if isinstance(error, BaseException) and is_disk_full(error):
-            entry.update(disk_full=True, path=error.filename, reason=error.strerror)
-            if self.disk_full is not None:
-                return  # one warning for a full disk, not one per writer
-            self.disk_full = entry
-            if warn:
-                warnings.warn(f"{component}: {message} (disk full: training stops)", RuntimeWarning, stacklevel=2)
-            for listener in list(self.on_disk_full):
-                listener(entry)
-            return
-        if warn:
-            warnings.warn(f"{component}: {message} (training continues)", RuntimeWarning, stacklevel=2)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def summary(self) -> dict[str, Any]:
-        """``error_count``, counts ``by_component``, the ``errors`` themselves and
-        ``disk_full`` (the first disk-full entry, or None)."""
-        by_component: dict[str, int] = {}
-        for entry in self.entries:
-            by_component[entry["component"]] = by_component.get(entry["component"], 0) + 1
-        return {"error_count": len(self.entries), "by_component": by_component, "errors": list(self.entries),
-                "disk_full": self.disk_full}
 
 
 class CSVRowWriter:
