@@ -254,8 +254,7 @@ def test_training_with_the_term_under_every_strategy(prepared):
 
 def test_collocation_inputs_are_fresh_initial_states_scaled_like_the_data(prepared):
     from nnlab.config import GenerationConfig
-    from nnlab.data import add_derived_features
-    from nnlab.losses import collocation_inputs
+    from nnlab.data import add_derived_features, collocation_inputs
     from nnlab.model import AdvancedNeuralNetwork
 
     generation = GenerationConfig()

@@ -13,15 +13,14 @@ import numpy as np
 from nnlab._memory import check_network_fits
 from nnlab.config import Config, resolve_config
 from nnlab.constraints import build_constraint_callback, build_step_constraints
-from nnlab.errors import ConfigError, DataValidationError
+from nnlab.data import collocation_inputs
+from nnlab.errors import ConfigError, DataValidationError, ErrorRecorder
 from nnlab.losses import (
     PhysicsInformedModel,
     PhysicsLoss,
     PhysicsWeightWarmup,
     build_adaptive_loss,
-    collocation_inputs,
 )
-from nnlab.tracking import ErrorRecorder
 
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
 

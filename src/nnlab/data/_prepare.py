@@ -360,3 +360,23 @@ def prepare_csv(csv_path: str | os.PathLike, test_size: float = 0.2, val_size: f
     report = validate_particle_data(load_particle_data(path), drop_invalid=drop_invalid, source=path)
     return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets,
                                    source=path)
+
+
+def collocation_inputs(scalers: Any, generation: Any, n: int, *, seed: int | None) -> np.ndarray:
+    """``n`` scaled input rows of freshly simulated initial states, for the physics term only.
+
+    The initial quantities are drawn like the data's (``generation``: a
+    :class:`~nnlab.config.GenerationConfig`, its ranges and charges), the derived
+    features computed from them, and the rows scaled with the data's feature
+    scaler. Their final quantities are never used: the term needs no targets.
+
+    Args:
+        scalers: the data's scalers and column names (``x_scaler``, ``feature_names``).
+        generation: the generation configuration.
+        n: number of rows (0: an empty array).
+        seed: the draw's seed.
+    """
+    if n == 0:
+        return np.zeros((0, len(scalers.feature_names)), np.float32)
+    particles = add_derived_features(generate_particle_data(n, generation, seed=seed))
+    return scalers.x_scaler.transform(particles[list(scalers.feature_names)].to_numpy()).astype(np.float32)

@@ -42,7 +42,6 @@ _LAZY = {
     "HISTORY_COLUMNS": "nnlab.losses._callback",
     "PhysicsLoss": "nnlab.losses._physics",
     "PhysicsInformedModel": "nnlab.losses._physics",
-    "collocation_inputs": "nnlab.losses._physics",
     "PhysicsWeightWarmup": "nnlab.losses._physics",
 }
 

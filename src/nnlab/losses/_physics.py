@@ -15,7 +15,7 @@ from nnlab.config import PHYSICS_LOSS_TERMS
 from nnlab.errors import ConfigError
 from nnlab.physics import RELATIONS
 
-__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss", "PhysicsWeightWarmup", "collocation_inputs"]
+__all__ = ["PHYSICS_LOSS_TERMS", "PhysicsInformedModel", "PhysicsLoss", "PhysicsWeightWarmup"]
 
 # Keeps the gradient of |v| = sqrt(vx² + vy²) finite at v = 0 (physical units: negligible).
 _SQRT_FLOOR = 1e-12
@@ -40,9 +40,10 @@ class PhysicsLoss:
             ``feature_names`` and ``target_names`` (``PreparedData``, ``Scalers``).
         terms: a non-empty subset of :data:`PHYSICS_LOSS_TERMS`.
         weight: the factor of the term in the total loss (config ``physics_loss_weight``).
-        collocation: scaled inputs without targets (see :func:`collocation_inputs`) on
-            which :class:`PhysicsInformedModel` also evaluates the term, a random
-            batch per training step; None: the training batch only.
+        collocation: scaled inputs without targets, made by the caller (the model
+            draws them with :func:`nnlab.data.collocation_inputs`), on which
+            :class:`PhysicsInformedModel` also evaluates the term, a random batch
+            per training step; None: the training batch only.
 
     Raises:
         ConfigError: an unknown term, or one whose targets are not predicted or
@@ -218,24 +219,3 @@ class PhysicsWeightWarmup(keras.callbacks.Callback):
         if logs is not None:
             logs["physics_loss_weight"] = self.weight_at(epoch)
 
-
-def collocation_inputs(scalers: Any, generation: Any, n: int, *, seed: int | None) -> np.ndarray:
-    """``n`` scaled input rows of freshly simulated initial states, for the physics term only.
-
-    The initial quantities are drawn like the data's (``generation``: a
-    :class:`~nnlab.config.GenerationConfig`, its ranges and charges), the derived
-    features computed from them, and the rows scaled with the data's feature
-    scaler. Their final quantities are never used: the term needs no targets.
-
-    Args:
-        scalers: the data's scalers and column names (``x_scaler``, ``feature_names``).
-        generation: the generation configuration.
-        n: number of rows (0: an empty array).
-        seed: the draw's seed.
-    """
-    from nnlab.data import add_derived_features, generate_particle_data
-
-    if n == 0:
-        return np.zeros((0, len(scalers.feature_names)), np.float32)
-    particles = add_derived_features(generate_particle_data(n, generation, seed=seed))
-    return scalers.x_scaler.transform(particles[list(scalers.feature_names)].to_numpy()).astype(np.float32)
