@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nnlab.constraints.bits import _as_float32, _out
+from nnlab.constraints.bits import like_input, to_float32_tensor
 
 __all__ = ["Stats", "WeightConstraint"]
 
@@ -143,7 +143,7 @@ class WeightConstraint(keras.constraints.Constraint):
         Returns:
             The constrained weights, same shape and dtype.
         """
-        tensor, numpy_in = _as_float32(weights)
+        tensor, numpy_in = to_float32_tensor(weights)
         state = self.state_for(key, tensor.shape)
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -157,7 +157,7 @@ class WeightConstraint(keras.constraints.Constraint):
                 autograph=False,
             )
             self._compiled[key] = compiled
-        return _out(compiled(tensor), numpy_in)
+        return like_input(compiled(tensor), numpy_in)
 
     def __call__(self, w):
         """Keras constraint entry point (stateless constraints only).

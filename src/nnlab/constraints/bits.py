@@ -211,7 +211,7 @@ def stochastic_noise(shape: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor:
 # Public functions (validate once, accept NumPy or tensors)
 
 
-def _as_float32(x) -> tuple[tf.Tensor, bool]:
+def to_float32_tensor(x) -> tuple[tf.Tensor, bool]:
     """The input as a float32 tensor, and whether the caller gave a NumPy-like value."""
     if isinstance(x, (tf.Tensor, tf.Variable, keras.Variable)):
         tensor = tf.convert_to_tensor(x)
@@ -224,7 +224,8 @@ def _as_float32(x) -> tuple[tf.Tensor, bool]:
     return tf.convert_to_tensor(array.astype(np.float32, copy=False)), True
 
 
-def _out(tensor: tf.Tensor, numpy_in: bool):
+def like_input(tensor: tf.Tensor, numpy_in: bool):
+    """``tensor`` as a NumPy array when the caller gave NumPy (and TensorFlow runs eagerly), else the tensor."""
     return tensor.numpy() if numpy_in and tf.executing_eagerly() else tensor
 
 
@@ -256,8 +257,8 @@ def significant_bits(x) -> tf.Tensor | np.ndarray:
         >>> significant_bits(np.float32([3.0, -0.125, 1e-45])).tolist()
         [2, 1, 1]
     """
-    tensor, numpy_in = _as_float32(x)
-    return _out(significant_bits_of_int(tf.bitcast(tensor, tf.int32)), numpy_in)
+    tensor, numpy_in = to_float32_tensor(x)
+    return like_input(significant_bits_of_int(tf.bitcast(tensor, tf.int32)), numpy_in)
 
 
 def round_to_bits(
@@ -299,14 +300,14 @@ def round_to_bits(
     if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
         if not 1 <= int(bits) <= _MAX_BITS:
             raise ValueError(f"bits must be in [1, {_MAX_BITS}], got {bits}")
-    tensor, numpy_in = _as_float32(x)
+    tensor, numpy_in = to_float32_tensor(x)
     i = tf.bitcast(tensor, tf.int32)
     bits_t = tf.convert_to_tensor(bits)
     noise = None
     if rounding == "stochastic":
         noise = stochastic_noise(tf.shape(i), _seed_tensor(seed))
     rounded = round_bits_of_int(i, bits_t, rounding, noise)
-    return _out(tf.bitcast(rounded, tf.float32), numpy_in)
+    return like_input(tf.bitcast(rounded, tf.float32), numpy_in)
 
 
 def clear_lowest_set_bits(x, count) -> tf.Tensor | np.ndarray:
@@ -323,9 +324,9 @@ def clear_lowest_set_bits(x, count) -> tf.Tensor | np.ndarray:
         >>> clear_lowest_set_bits(np.float32([1.75, 0.0]), 1).tolist()
         [1.5, 0.0]
     """
-    tensor, numpy_in = _as_float32(x)
+    tensor, numpy_in = to_float32_tensor(x)
     cleared = clear_lowest_set_bits_of_int(tf.bitcast(tensor, tf.int32), tf.convert_to_tensor(count))
-    return _out(tf.bitcast(cleared, tf.float32), numpy_in)
+    return like_input(tf.bitcast(cleared, tf.float32), numpy_in)
 
 
 def count_non_finite(x) -> tf.Tensor:

@@ -31,7 +31,8 @@ def _variable_path(variable) -> str:
     return str(getattr(variable, "path", None) or variable.name).split(":")[0]
 
 
-def _is_target(variable, targets: str) -> bool:
+def is_target(variable, targets: str) -> bool:
+    """Whether ``variable`` is among the weights a constraint applies to (``constraint_targets``: all, kernel, bias)."""
     leaf = _variable_path(variable).rsplit("/", 1)[-1]
     if targets == "kernel":
         return leaf.endswith("kernel")
@@ -206,12 +207,12 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         return {key: stats[key] for key in self.log_keys}
 
     def _targets_changed(self) -> bool:
-        current = [v for v in self.model.trainable_weights if _is_target(v, self.targets)]
+        current = [v for v in self.model.trainable_weights if is_target(v, self.targets)]
         return [id(v) for v in current] != [id(v) for v in self._variables]
 
     def _prepare(self) -> None:
         """Pick the target weights, create constraint state, wrap the chain."""
-        variables = [v for v in self.model.trainable_weights if _is_target(v, self.targets)]
+        variables = [v for v in self.model.trainable_weights if is_target(v, self.targets)]
         if not variables:
             raise ValueError(
                 f"WeightConstraintCallback(targets={self.targets!r}): the model has no such "

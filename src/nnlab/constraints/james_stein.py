@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from nnlab.constraints.base import Stats, WeightConstraint
-from nnlab.constraints.bits import _as_float32, _out
+from nnlab.constraints.bits import like_input, to_float32_tensor
 
 __all__ = ["JamesSteinShrinkage", "james_stein_shrink"]
 
@@ -151,9 +151,9 @@ def james_stein_shrink(
     """
     target = _check_target(target)
     sigma2 = _check_variance(noise_variance, allow_update=False)
-    tensor, numpy_in = _as_float32(values)
+    tensor, numpy_in = to_float32_tensor(values)
     shrunk, _ = shrink_tensor(tensor, tf.constant(sigma2, tf.float64), target, bool(positive_part))
-    return _out(shrunk, numpy_in)
+    return like_input(shrunk, numpy_in)
 
 
 @keras.saving.register_keras_serializable(package="nnlab")

@@ -31,7 +31,7 @@ from nnlab.constraints.bits import (
     significant_bits_of_int,
     stochastic_noise,
 )
-from nnlab.constraints.callback import LOG_PREFIX, _is_target
+from nnlab.constraints.callback import LOG_PREFIX, is_target
 
 __all__ = ["RANDOM_SOURCES", "STEP_LOG_KEY", "StepConstraints"]
 
@@ -147,7 +147,7 @@ class StepConstraints(keras.callbacks.Callback):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("attach() needs a compiled model (its optimizer counts the steps)")
         self._iterations = model.optimizer.iterations
-        self._variables = [v for v in model.trainable_variables if _is_target(v, self.targets)]
+        self._variables = [v for v in model.trainable_variables if is_target(v, self.targets)]
         self._roundings = []
         for index, variable in enumerate(self._variables):
             if variable.constraint is not None and not isinstance(variable.constraint, _RoundAfterUpdate):
