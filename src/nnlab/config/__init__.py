@@ -44,6 +44,7 @@ from nnlab.config._models import (
     ModelConfig,
     TrainingConfig,
     check_known_keys,
+    check_tracking_uri,
     shorten,
     show_value,
 )
@@ -65,7 +66,6 @@ from nnlab.config._sources import (
     read_json_object,
     resolve_config,
 )
-from nnlab.config._uri import check_tracking_uri
 
 __all__ = [
     "ACTIVATIONS",
