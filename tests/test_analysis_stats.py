@@ -29,7 +29,7 @@ from nnlab.analysis.recommendations import (
     recommend,
 )
 from nnlab.analysis.report import to_jsonable, write_summary
-from nnlab.analysis.stats import (
+from nnlab.stats import (
     bootstrap_ci,
     cohens_d_paired,
     compare_paired,

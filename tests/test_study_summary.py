@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from nnlab.analysis.stats import bootstrap_ci, min_wilcoxon_p
+from nnlab.stats import bootstrap_ci, min_wilcoxon_p
 from nnlab.errors import ConfigError
 from nnlab.study._summary import STUDY_COLUMNS, read_study_dir, write_study_outputs
 

@@ -31,6 +31,10 @@ class ConfigError(NnlabError, ValueError):
     """A configuration file, preset or override is invalid."""
 
 
+class ArtifactError(NnlabError):
+    """A run, run directory or artifact the analysis was asked for does not exist or is unusable."""
+
+
 class DataValidationError(NnlabError, ValueError):
     """Particle data is missing, unreadable or fails validation.
 

@@ -9,7 +9,8 @@ neither TensorFlow nor matplotlib):
 * :mod:`~nnlab.analysis.dynamics`, :mod:`~nnlab.analysis.residuals`, :mod:`~nnlab.analysis.baselines`,
   :mod:`~nnlab.analysis.james_stein`, :mod:`~nnlab.analysis.recommendations`,
   :mod:`~nnlab.analysis.heatmap` -- the sections;
-* :mod:`~nnlab.analysis.stats` -- paired tests, effect sizes, bootstrap CIs, decay fits;
+* paired tests, effect sizes, bootstrap CIs, decay fits: from :mod:`nnlab.stats` (a leaf the
+  studies use too);
 * :mod:`~nnlab.analysis.report` -- the summary JSON and report.html;
 * :mod:`~nnlab.analysis.performance` -- :func:`compute_predictions` (a network on raw particles,
   physical units) and :func:`summarize_run_performance` (a run's headline figures);
@@ -40,12 +41,12 @@ _EXPORTS = {
     "validate_artifacts": "nnlab.analysis.artifacts",
     "rebuild_run_data": "nnlab.analysis.inputs",
     "load_network": "nnlab.analysis.inputs",
-    "paired_wilcoxon": "nnlab.analysis.stats",
-    "cohens_d_paired": "nnlab.analysis.stats",
-    "bootstrap_ci": "nnlab.analysis.stats",
-    "compare_paired": "nnlab.analysis.stats",
-    "one_sample_ttest": "nnlab.analysis.stats",
-    "fit_exponential_decay": "nnlab.analysis.stats",
+    "paired_wilcoxon": "nnlab.stats",
+    "cohens_d_paired": "nnlab.stats",
+    "bootstrap_ci": "nnlab.stats",
+    "compare_paired": "nnlab.stats",
+    "one_sample_ttest": "nnlab.stats",
+    "fit_exponential_decay": "nnlab.stats",
     "training_dynamics": "nnlab.analysis.dynamics",
     "learning_rate_analysis": "nnlab.analysis.dynamics",
     "loss_and_constraint_evolution": "nnlab.analysis.dynamics",

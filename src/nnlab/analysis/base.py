@@ -1,19 +1,19 @@
 """What every analysis section shares: its result, its skip signal, figure output.
 
-No TensorFlow here, and matplotlib only inside :func:`save_figure` /
-:func:`new_figure`, so ``nnlab analyze --help`` stays fast.
+No TensorFlow here, and no matplotlib import: :func:`new_figure` and
+:func:`save_figure` (from :mod:`nnlab._plots`, shared with the studies) load it
+when called, so ``nnlab analyze --help`` stays fast. :class:`ArtifactError` lives
+in :mod:`nnlab.errors` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnlab._files import atomic_write
-from nnlab.errors import NnlabError
+from nnlab._plots import FIGURE_DPI, new_figure, save_figure
+from nnlab.errors import ArtifactError
 
 __all__ = [
     "ArtifactError",
@@ -24,8 +24,6 @@ __all__ = [
     "new_figure",
     "save_figure",
 ]
-
-FIGURE_DPI = 300
 
 # name -> title, in report order. The names are what `nnlab analyze --skip` takes.
 SECTIONS: dict[str, str] = {
@@ -41,10 +39,6 @@ SECTIONS: dict[str, str] = {
     "loss_and_constraints": "10. Adaptive-loss weights and constraint statistics",
     "physics": "11. Physics consistency",
 }
-
-
-class ArtifactError(NnlabError):
-    """A run, run directory or artifact the analysis was asked for does not exist or is unusable."""
 
 
 class SectionSkipped(Exception):
@@ -97,24 +91,3 @@ class SectionResult:
             display(table)
         for path in self.figures:
             display(Image(filename=str(path), width=900))
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (12, 9), **kwargs):
-    """A matplotlib Figure and its axes, without pyplot's global state.
-
-    ``matplotlib.figure.Figure`` renders with the Agg canvas when saved, whatever
-    the interactive backend, so analyses run headless and in threads.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
-    return fig, axes
-
-
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = FIGURE_DPI) -> Path:
-    """Write ``fig`` as a PNG at ``dpi`` (atomically: a temporary file renamed over ``path``)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    path = Path(path)
-    return atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)

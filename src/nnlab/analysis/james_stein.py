@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from nnlab.analysis.base import SectionResult, new_figure, save_figure
-from nnlab.analysis.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
+from nnlab.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
 
 __all__ = ["VARIANTS", "DEFAULT_JS_SEEDS", "DEFAULT_JS_EPOCHS", "STUDY_DIR_NAME", "variant_overrides",
            "convergence_epoch", "run_variant_study", "variant_records", "compare_variants",

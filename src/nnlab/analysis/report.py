@@ -17,34 +17,10 @@ import numpy as np
 import pandas as pd
 
 from nnlab._files import atomic_write_text
+from nnlab._numbers import to_jsonable
 from nnlab.analysis.base import SectionResult
 
 __all__ = ["to_jsonable", "write_summary", "render_report", "write_report", "write_study_report"]
-
-
-def to_jsonable(value: Any) -> Any:
-    """JSON-ready copy: NumPy scalars/arrays to Python, NaN/inf to None, DataFrames to records, Paths to str."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, pd.DataFrame):
-        return to_jsonable(value.to_dict("records"))
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if value is None or isinstance(value, (str, int)):
-        return value
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return str(value)
 
 
 def write_summary(summary: Mapping[str, Any], out_dir: str | os.PathLike, *, now: datetime | None = None) -> Path:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnlab.analysis.base import new_figure, save_figure
+from nnlab._plots import new_figure, save_figure
+from nnlab.study._curves import TOLERANCES, precision_curves
 
 __all__ = ["plot_compare_study", "plot_precision_study", "plot_study"]
 
@@ -101,8 +102,6 @@ def _styles(curves: Mapping[str, pd.DataFrame], keys: Sequence[str],
 
 def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: Path) -> Path:
     """Test R² against significant bits: log(1 − R²) overview and a linear zoom on the reference."""
-    from nnlab.study._summary import TOLERANCES, precision_curves
-
     keys = list(summary["keys"])
     fig, axes = new_figure(1, 2, size=(16, 7.2))
     full, zoom = axes[0]

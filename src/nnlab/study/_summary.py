@@ -35,8 +35,10 @@ import numpy as np
 import pandas as pd
 
 from nnlab._files import atomic_write_json, restore_csv_value, write_csv_rows
-from nnlab.analysis.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
-from nnlab.errors import ConfigError
+from nnlab._numbers import to_jsonable
+from nnlab.errors import ArtifactError, ConfigError
+from nnlab.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
+from nnlab.study._curves import TOLERANCES, precision_curves
 
 __all__ = [
     "KINDS",
@@ -64,8 +66,6 @@ STUDY_COLUMNS = (
     "test_r2_mean", "test_r2_ci_low", "test_r2_ci_high", "val_mse_mean", "epoch_time_mean", "epoch_time_ratio",
     "diff_vs_ref_mean", "diff_ci_low", "diff_ci_high", "wilcoxon_p", "cohens_d", "n_pairs",
 )
-# "Within" the reference: a mean test R² at most this far below the reference's.
-TOLERANCES = (0.002, 0.005)
 ROUNDING_ORDER = ("none", "truncate", "nearest", "stochastic")
 STOCHASTIC = "stochastic"
 FOCUS_BITS = 4  # float8 e4m3's significand: where the roundings are compared with stochastic in words
@@ -318,24 +318,6 @@ def _format_results(ref_runs: pd.DataFrame, formats: Mapping[str, str], ref_mean
     return out
 
 
-def precision_curves(table: pd.DataFrame, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The precision cells grouped into curves over bits: one per value of the other keys, reference left out.
-
-    The label names the rounding and, where they vary, the other keys.
-    """
-    rest = [k for k in keys if k != "bits"]
-    body = table.iloc[1:]  # row 0 is the reference
-    varying = [k for k in rest if k != "rounding" and table[k].nunique(dropna=False) > 1]
-    lines: dict[str, pd.DataFrame] = {}
-    for values, group in body.groupby(rest, sort=False, dropna=False):
-        values = dict(zip(rest, values if isinstance(values, tuple) else (values,)))
-        rounding = values.get("rounding")
-        parts = ["no rounding" if rounding == "none" else str(rounding)] if "rounding" in values else []
-        parts += [f"{k}={values[k]}" for k in varying]
-        lines[", ".join(parts)] = group.sort_values("bits", ascending=False)
-    return lines
-
-
 def _fewest_bits_within(table: pd.DataFrame, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per curve, the fewest bits k such that every cell with k bits or more has a mean within each tolerance.
 
@@ -494,8 +476,6 @@ def write_study_outputs(study_dir: Path, kind: str, runs: pd.DataFrame, *, keys:
         ...                     reference={"variant": "a"})["cells"][1]["diff_vs_ref_mean"]  # doctest: +SKIP
         -0.02
     """
-    from nnlab.analysis.report import to_jsonable
-
     table, summary, per_seed = summarise_study(kind, runs, keys=keys, reference=reference, alpha=alpha, seed=seed)
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -530,11 +510,9 @@ def read_study_dir(study_dir: str | os.PathLike) -> list[dict[str, Any]]:
     compare, the first variant in the file.
 
     Raises:
-        nnlab.analysis.ArtifactError: the directory does not exist, holds no runs
+        nnlab.errors.ArtifactError: the directory does not exist, holds no runs
             table, or a runs table cannot be read.
     """
-    from nnlab.analysis.base import ArtifactError
-
     directory = Path(study_dir)
     if not directory.is_dir():
         raise ArtifactError(f"study directory '{directory}' does not exist or is not a directory")

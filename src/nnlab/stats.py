@@ -1,4 +1,4 @@
-"""Statistics used by the analysis: paired tests, effect sizes, bootstrap CIs, decay fits.
+"""Statistics used by the analysis and the studies: paired tests, effect sizes, bootstrap CIs, decay fits.
 
 Plain NumPy arrays in, plain floats/dicts out; SciPy does the tests.
 
