@@ -116,7 +116,8 @@ def resolve_run_dir(output_dir: str | os.PathLike, run: str | None = "latest") -
     return root / "runs" / run
 
 
-def _read_json(path: Path, problems: dict[str, str]) -> dict[str, Any]:
+def read_json_artifact(path: Path, problems: dict[str, str]) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` with the reason in ``problems[path.name]`` (missing, unreadable, not an object)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -149,7 +150,7 @@ def load_run(output_dir: str | os.PathLike, run: str | None = "latest") -> RunAr
     """
     run_dir = resolve_run_dir(output_dir, run)
     problems: dict[str, str] = {}
-    record = _read_json(run_dir / "training_config.json", problems)
+    record = read_json_artifact(run_dir / "training_config.json", problems)
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     if record and not config:
         problems["training_config.json"] = "has no 'config' object"
@@ -160,7 +161,7 @@ def load_run(output_dir: str | os.PathLike, run: str | None = "latest") -> RunAr
     return RunArtifacts(
         run_id=run_dir.name, run_dir=run_dir, output_dir=Path(output_dir), record=record, config=config,
         results=results, loss_history=_read_csv(run_dir / "loss_history.csv", problems),
-        test_metrics=_read_json(run_dir / "test_metrics.json", problems), problems=problems,
+        test_metrics=read_json_artifact(run_dir / "test_metrics.json", problems), problems=problems,
     )
 
 
@@ -272,7 +273,7 @@ def load_run_history(output_dir: str | os.PathLike) -> pd.DataFrame:
     for run_id in list_runs(root):
         row = rows.setdefault(run_id, {"run_id": run_id, "status": "unknown (not in configuration_log.csv)"})
         problems: dict[str, str] = {}
-        record = _read_json(root / "runs" / run_id / "training_config.json", problems)
+        record = read_json_artifact(root / "runs" / run_id / "training_config.json", problems)
         config = record.get("config") if isinstance(record.get("config"), dict) else {}
         for key in (*_HISTORY_KEYS, "hidden_layers"):
             if row.get(key) is None and key in config:

@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from nnlab._numbers import float_or_none
-from nnlab.analysis.artifacts import _read_json, list_runs
+from nnlab.analysis.artifacts import list_runs, read_json_artifact
 from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
 from nnlab.analysis.residuals import sample_indices
 from nnlab.physics import (
@@ -99,12 +99,12 @@ def physics_runs_table(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, lis
     for run_id in list_runs(output_dir):
         run_dir = Path(output_dir) / "runs" / run_id
         problems: dict[str, str] = {}
-        test_metrics = _read_json(run_dir / "test_metrics.json", problems)
+        test_metrics = read_json_artifact(run_dir / "test_metrics.json", problems)
         physics = test_metrics.get("physics")
         if not isinstance(physics, Mapping):
             without.append(run_id)
             continue
-        record = _read_json(run_dir / "training_config.json", problems)
+        record = read_json_artifact(run_dir / "training_config.json", problems)
         config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
         rows.append(_row(run_id, config, test_metrics, physics))
     columns = ["run_id", "physics_loss_weight", "physics_loss_terms", "test_r2", *PHYSICS_METRICS, "true_data_max"]
@@ -241,85 +241,17 @@ def physics_consistency(output_dir: str | os.PathLike, run_id: str, out_dir: Pat
     if recorded is None and not have_predictions:
         raise SectionSkipped(f"test_metrics.json of run {run_id} has no physics metrics (the run predates them or "
                              f"did not finish) and its test predictions are not available: {unavailable}")
-    table, without = physics_runs_table(output_dir)
     weight, terms = _physics_config(config)
-    notes = [_MEANING]
-    figures: list[Path] = []
-    recomputed: dict[str, Any] | None = None
-    panels: list[dict[str, Any]] = []
-    if have_predictions:
-        recomputed = physics_report(y_pred, y_true, X, target_names=list(target_names),
-                                    feature_names=list(feature_names))
-        names, features = list(target_names), list(feature_names)
-        predicted = {name: y_pred[:, j] for j, name in enumerate(names)}
-        actual = {name: y_true[:, j] for j, name in enumerate(names)}
-        initial = {name: X[:, j] for j, name in enumerate(features)}
-        residuals = consistency_residuals(predicted, initial)
-        errors = prediction_errors(predicted, actual, initial, residuals)
-        for relation in RELATIONS:
-            metric = f"{relation}_violation"
-            if residuals[relation] is None or errors[relation] is None or recomputed[metric] is None:
-                continue
-            violation, reference = residuals[relation]
-            y = _scaled(np.abs(violation), _rms(reference))
-            rho, p = _spearman(errors[relation], y)
-            panels.append({"relation": relation, "error": errors[relation], "violation": y,
-                           "relative_rms": recomputed[metric], "spearman": rho, "spearman_p": p,
-                           "n": int(violation.size)})
+    recomputed, panels = (_sample_panels(y_pred, y_true, X, target_names, feature_names) if have_predictions
+                          else (None, []))
     physics = recorded if recorded is not None else recomputed
     not_applicable = dict(physics.get("not_applicable") or {})
-    if recorded is None:
-        rows = [*table.to_dict("records"), _row(run_id, config, test_metrics, recomputed)]
-        table = pd.DataFrame(sorted(rows, key=lambda row: row["run_id"]), columns=table.columns)
-        without = [r for r in without if r != run_id]
-        notes.append(f"Run {run_id} recorded no physics metrics (it predates them); its row is recomputed from "
-                     "the network's test predictions.")
-    table.insert(1, "this_run", table["run_id"] == run_id)
-    if without:
-        shown = ", ".join(without[-5:]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
-        notes.append(f"{len(without)} run(s) without physics metrics in test_metrics.json (older runs, or runs "
-                     f"that did not finish) are left out of the table: {shown}.")
-    if weight > 0:
-        notes.append(f"Run {run_id} trained with the physics-informed loss term: physics_loss_weight {weight:g}, "
-                     f"terms {', '.join(terms or [])} (training_results.csv: physics_loss, val_physics_loss).")
-    else:
-        trained = int((table["physics_loss_weight"] > 0).sum())
-        notes.append(f"Run {run_id} trained without the physics loss term (physics_loss_weight 0); "
-                     f"{trained} of the {len(table)} runs in the table used it.")
-    for metric, why in not_applicable.items():
-        notes.append(f"{metric}: not applicable ({why}); no panel.")
-    if panels:
-        path, plot_notes = _figure(panels, out_dir, seed=seed)
-        figures.append(path)
-        notes.extend(plot_notes)
-        notes.append("Figure: one point per test sample; x is its prediction error in the quantities the relation "
-                     "involves, y its violation, both relative to the typical size of the quantity (axis labels). "
-                     "Spearman ρ near 1: the inconsistent predictions are the wrong ones, so a consistency check "
-                     "flags bad predictions without knowing the true values; near 0: inconsistency says nothing "
-                     "about the error.")
-        n_test = len(y_pred)
-        if n_test > MAX_POINTS:
-            notes.append(f"Each panel shows {MAX_POINTS} of the {n_test} test samples (seeded); ρ uses all of them.")
-    elif have_predictions:
-        notes.append("No figure: no relation applies to this run's targets and inputs.")
-    else:
-        notes.append(f"No figure: the network's test predictions are not available ({unavailable}).")
-    if recorded is not None and recomputed is not None:
-        differ = [m for m in PHYSICS_METRICS if recorded.get(m) is not None and recomputed.get(m) is not None
-                  and not math.isclose(recorded[m], recomputed[m], rel_tol=1e-3, abs_tol=1e-9)]
-        if differ:
-            notes.append(f"Recomputed from the network's predictions, {', '.join(differ)} differ(s) from "
-                         "test_metrics.json by more than 0.1 % (other weights or data than at training time?); "
-                         "the table and summary show the recorded values, the figure the recomputed ones.")
-    by_panel = {p["relation"]: p for p in panels}
-    by_relation = []
-    for relation in RELATIONS:
-        metric, panel = f"{relation}_violation", by_panel.get(relation, {})
-        by_relation.append({"relation": relation, "violation": float_or_none(physics.get(metric)),
-                            "true_data": float_or_none((physics.get("true_data") or {}).get(metric)),
-                            "spearman_rho": panel.get("spearman"), "spearman_p": panel.get("spearman_p"),
-                            "n_samples": panel.get("n"),
-                            "prediction_error": _AXES[relation][0] if panel else None})
+    table, without, run_notes = _runs_table(output_dir, run_id, config, test_metrics,
+                                            recomputed if recorded is None else None)
+    figures, figure_notes = _figure_and_notes(panels, out_dir, seed=seed, n_test=len(y_pred) if have_predictions
+                                              else 0, have_predictions=have_predictions, unavailable=unavailable)
+    notes = [_MEANING, *run_notes, *_training_notes(run_id, weight, terms, table, not_applicable), *figure_notes,
+             *_mismatch_notes(recorded, recomputed)]
     summary = {
         "run_id": run_id,
         "violations": {m: float_or_none(physics.get(m)) for m in PHYSICS_METRICS},
@@ -335,5 +267,111 @@ def physics_consistency(output_dir: str | os.PathLike, run_id: str, out_dir: Pat
         "runs_without_physics": without,
     }
     return SectionResult("physics", "", tables={"violations per run": table,
-                                                "this run per relation": pd.DataFrame(by_relation)},
+                                                "this run per relation": _relation_rows(physics, panels)},
                          figures=figures, notes=notes, summary=summary)
+
+
+def _sample_panels(y_pred: np.ndarray, y_true: np.ndarray, X: np.ndarray, target_names: Sequence[str],
+                   feature_names: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The physics report recomputed from the test predictions, and a figure panel per relation that applies."""
+    recomputed = physics_report(y_pred, y_true, X, target_names=list(target_names), feature_names=list(feature_names))
+    names, features = list(target_names), list(feature_names)
+    predicted = {name: y_pred[:, j] for j, name in enumerate(names)}
+    actual = {name: y_true[:, j] for j, name in enumerate(names)}
+    initial = {name: X[:, j] for j, name in enumerate(features)}
+    residuals = consistency_residuals(predicted, initial)
+    errors = prediction_errors(predicted, actual, initial, residuals)
+    panels = []
+    for relation in RELATIONS:
+        metric = f"{relation}_violation"
+        if residuals[relation] is None or errors[relation] is None or recomputed[metric] is None:
+            continue
+        violation, reference = residuals[relation]
+        y = _scaled(np.abs(violation), _rms(reference))
+        rho, p = _spearman(errors[relation], y)
+        panels.append({"relation": relation, "error": errors[relation], "violation": y,
+                       "relative_rms": recomputed[metric], "spearman": rho, "spearman_p": p,
+                       "n": int(violation.size)})
+    return recomputed, panels
+
+
+def _runs_table(output_dir: str | os.PathLike, run_id: str, config: Mapping[str, Any],
+                test_metrics: Mapping[str, Any],
+                recomputed: Mapping[str, Any] | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Every run's violations with the analysed one marked, the runs left out, and the notes on both.
+
+    ``recomputed``: the analysed run's physics report when it recorded none (its row is added).
+    """
+    table, without = physics_runs_table(output_dir)
+    notes = []
+    if recomputed is not None:
+        rows = [*table.to_dict("records"), _row(run_id, config, test_metrics, recomputed)]
+        table = pd.DataFrame(sorted(rows, key=lambda row: row["run_id"]), columns=table.columns)
+        without = [r for r in without if r != run_id]
+        notes.append(f"Run {run_id} recorded no physics metrics (it predates them); its row is recomputed from "
+                     "the network's test predictions.")
+    table.insert(1, "this_run", table["run_id"] == run_id)
+    if without:
+        shown = ", ".join(without[-5:]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
+        notes.append(f"{len(without)} run(s) without physics metrics in test_metrics.json (older runs, or runs "
+                     f"that did not finish) are left out of the table: {shown}.")
+    return table, without, notes
+
+
+def _training_notes(run_id: str, weight: float, terms: list[str] | None, table: pd.DataFrame,
+                    not_applicable: Mapping[str, str]) -> list[str]:
+    """Whether the analysed run trained with the physics term, and the relations that do not apply to it."""
+    if weight > 0:
+        notes = [f"Run {run_id} trained with the physics-informed loss term: physics_loss_weight {weight:g}, "
+                 f"terms {', '.join(terms or [])} (training_results.csv: physics_loss, val_physics_loss)."]
+    else:
+        trained = int((table["physics_loss_weight"] > 0).sum())
+        notes = [f"Run {run_id} trained without the physics loss term (physics_loss_weight 0); "
+                 f"{trained} of the {len(table)} runs in the table used it."]
+    notes += [f"{metric}: not applicable ({why}); no panel." for metric, why in not_applicable.items()]
+    return notes
+
+
+def _figure_and_notes(panels: Sequence[dict[str, Any]], out_dir: Path, *, seed: int, n_test: int,
+                      have_predictions: bool, unavailable: str | None) -> tuple[list[Path], list[str]]:
+    """The per-sample figure (when a panel applies) and how to read it, or why there is none."""
+    if not panels:
+        if have_predictions:
+            return [], ["No figure: no relation applies to this run's targets and inputs."]
+        return [], [f"No figure: the network's test predictions are not available ({unavailable})."]
+    path, notes = _figure(panels, out_dir, seed=seed)
+    notes.append("Figure: one point per test sample; x is its prediction error in the quantities the relation "
+                 "involves, y its violation, both relative to the typical size of the quantity (axis labels). "
+                 "Spearman ρ near 1: the inconsistent predictions are the wrong ones, so a consistency check "
+                 "flags bad predictions without knowing the true values; near 0: inconsistency says nothing "
+                 "about the error.")
+    if n_test > MAX_POINTS:
+        notes.append(f"Each panel shows {MAX_POINTS} of the {n_test} test samples (seeded); ρ uses all of them.")
+    return [path], notes
+
+
+def _mismatch_notes(recorded: Mapping[str, Any] | None, recomputed: Mapping[str, Any] | None) -> list[str]:
+    """A note when the recomputed violations differ from the recorded ones by more than 0.1 %."""
+    if recorded is None or recomputed is None:
+        return []
+    differ = [m for m in PHYSICS_METRICS if recorded.get(m) is not None and recomputed.get(m) is not None
+              and not math.isclose(recorded[m], recomputed[m], rel_tol=1e-3, abs_tol=1e-9)]
+    if not differ:
+        return []
+    return [f"Recomputed from the network's predictions, {', '.join(differ)} differ(s) from "
+            "test_metrics.json by more than 0.1 % (other weights or data than at training time?); "
+            "the table and summary show the recorded values, the figure the recomputed ones."]
+
+
+def _relation_rows(physics: Mapping[str, Any], panels: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The analysed run per relation: its violation, the true data's, and the panel's Spearman ρ."""
+    by_panel = {p["relation"]: p for p in panels}
+    rows = []
+    for relation in RELATIONS:
+        metric, panel = f"{relation}_violation", by_panel.get(relation, {})
+        rows.append({"relation": relation, "violation": float_or_none(physics.get(metric)),
+                     "true_data": float_or_none((physics.get("true_data") or {}).get(metric)),
+                     "spearman_rho": panel.get("spearman"), "spearman_p": panel.get("spearman_p"),
+                     "n_samples": panel.get("n"),
+                     "prediction_error": _AXES[relation][0] if panel else None})
+    return pd.DataFrame(rows)
