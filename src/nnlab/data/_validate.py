@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,6 +154,157 @@ def _rows_text(mask: np.ndarray) -> str:
     return f"{len(rows)} row(s) (rows {shown}{', ...' if len(rows) > 5 else ''})"
 
 
+#: What a row rule finds: the subject of the message, what is wrong, and the offending rows.
+Finding = tuple[str, str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule every row must keep; rows that break it are dropped (``drop_invalid``) or reported.
+
+    Args:
+        name: what the rule checks, for the reader of :data:`ROW_RULES`.
+        needs: the columns it reads; it is checked only when all of them are numeric.
+        find: ``find(cols, rtol, atol)`` -> the :data:`Finding` s (a subject, the
+            message after the row count, a boolean mask of the offending rows);
+            an all-False mask is no problem.
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    find: Callable[[Mapping[str, np.ndarray], float, float], list[Finding]]
+
+
+def _every_column(cols: Mapping[str, np.ndarray], rtol: float, atol: float) -> list[Finding]:
+    found = []
+    for name, values in cols.items():
+        found.append((f"column '{name}'", "are NaN or infinite", ~np.isfinite(values)))
+        if name != "particle_id":  # an identifier, never squared or trained on
+            found.append((f"column '{name}'", f"are out of range (|value| > {MAX_ABS_VALUE:g}: squares and "
+                          "sums of such values overflow float64)",
+                          np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)))
+    return found
+
+
+def _value_rule(column: str, what: str, broken: Callable[[np.ndarray], np.ndarray]) -> RowRule:
+    """A rule on the values of one column."""
+    return RowRule(f"{column}: {what}", (column,),
+                   lambda cols, rtol, atol: [(f"column '{column}'", what, broken(cols[column]))])
+
+
+def _relation_rule(subject: str, expr: str, inputs: tuple[str, ...],
+                   value: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+                   computed: Callable[[Mapping[str, np.ndarray]], np.ndarray], *,
+                   scales: tuple[str, ...] = (), broken: str = "") -> RowRule:
+    """A physics relation ``value == computed`` within ``atol + rtol * max(|value|, |computed|, |scales|)``."""
+
+    def find(cols: Mapping[str, np.ndarray], rtol: float, atol: float) -> list[Finding]:
+        left, right = value(cols), computed(cols)
+        # Rows with a non-finite input are reported once, by the NaN/inf rule. Where the
+        # inputs are finite but a side of the comparison is not, the check overflowed:
+        # inf - inf is NaN and inf > inf is False, so the comparison alone would let it pass.
+        finite_in = np.logical_and.reduce([np.isfinite(cols[c]) for c in inputs])
+        overflow = finite_in & ~(np.isfinite(left) & np.isfinite(right))
+        scale = np.maximum.reduce([np.abs(left), np.abs(right), *(np.abs(cols[c]) for c in scales)])
+        with np.errstate(invalid="ignore", over="ignore"):
+            differ = np.abs(left - right) > atol + rtol * scale  # NaN compares False: reported once
+        return [(subject, f"overflow: {expr} is out of the float64 range", overflow),
+                (subject, broken or f"differ from {expr}", finite_in & ~overflow & differ)]
+
+    return RowRule(f"{subject}: {expr}", inputs, find)
+
+
+def _derived_features_overflow(cols: Mapping[str, np.ndarray], rtol: float, atol: float) -> list[Finding]:
+    # Training recomputes these features; rows where that overflows must fail here,
+    # not later as inf in the training arrays.
+    initial = np.column_stack([cols[c] for c in INITIAL_COLUMNS])
+    usable = (np.isfinite(initial) & (np.abs(initial) <= MAX_ABS_VALUE)).all(axis=1) & (cols["mass"] > 0)
+    derived = add_derived_features(pd.DataFrame(dict(zip(INITIAL_COLUMNS, initial.T)), copy=False))
+    broken = {name: usable & ~(np.abs(derived[name].to_numpy()) <= MAX_ABS_VALUE) for name in DERIVED_FEATURES}
+    names = [name for name, mask in broken.items() if mask.any()]
+    if not names:
+        return []
+    return [(f"derived feature(s) {', '.join(names)}",
+             f"overflow (not finite or |value| > {MAX_ABS_VALUE:g}) when computed from the initial columns",
+             np.logical_or.reduce([broken[n] for n in names]))]
+
+
+_VEL0 = ("initial_velocity_x", "initial_velocity_y")
+_VEL1 = ("final_velocity_x", "final_velocity_y")
+_POS = ("initial_position_x", "initial_position_y", "final_position_x", "final_position_y")
+
+
+def _speed0(cols: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.hypot(cols["initial_velocity_x"], cols["initial_velocity_y"])
+
+
+def _speed2(cols: Mapping[str, np.ndarray]) -> np.ndarray:
+    return cols["final_velocity_x"] ** 2 + cols["final_velocity_y"] ** 2
+
+
+#: The row rules, in the order of their messages.
+ROW_RULES: tuple[RowRule, ...] = (
+    RowRule("every column: finite and |value| <= MAX_ABS_VALUE", (), _every_column),
+    _value_rule("mass", "have mass <= 0", lambda mass: mass <= 0),
+    _value_rule("simulation_time", "are negative", lambda time: time < 0),
+    _relation_rule("column 'kinetic_energy'", "mass * |v_final|^2 / 2", ("kinetic_energy", "mass", *_VEL1),
+                   lambda c: c["kinetic_energy"], lambda c: 0.5 * c["mass"] * _speed2(c)),
+    _relation_rule("columns 'final_velocity_x', 'final_velocity_y'", "the speed |v_final| or |v_initial|",
+                   (*_VEL1, *_VEL0), lambda c: np.sqrt(_speed2(c)), _speed0,
+                   broken="break speed conservation (|v_final| != |v_initial|)"),
+    _relation_rule("column 'displacement'", "|r_final - r_initial|", ("displacement", *_POS),
+                   lambda c: c["displacement"],
+                   lambda c: np.hypot(c["final_position_x"] - c["initial_position_x"],
+                                      c["final_position_y"] - c["initial_position_y"]),
+                   scales=_POS),
+    _relation_rule("column 'trajectory_length'", "|v_initial| * simulation_time",
+                   ("trajectory_length", "simulation_time", *_VEL0),
+                   lambda c: c["trajectory_length"], lambda c: _speed0(c) * c["simulation_time"]),
+    RowRule("derived features: finite and |value| <= MAX_ABS_VALUE", INITIAL_COLUMNS, _derived_features_overflow),
+)
+
+
+def _structure(df: pd.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The structural problems (no rows, missing or non-numeric columns), and the numeric columns as float64."""
+    structural: list[str] = []
+    if len(df) == 0:
+        structural.append("the data has no rows")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        hint = separator_hint(list(df.columns))
+        structural.append(f"missing required column(s): {', '.join(missing)}"
+                          + (f"; the header {hint}" if hint else ""))
+    cols: dict[str, np.ndarray] = {}
+    for name in (c for c in REQUIRED_COLUMNS if c in df.columns):
+        col = df[name]
+        if isinstance(col, pd.DataFrame):
+            structural.append(f"column '{name}' appears more than once")
+        elif pd.api.types.is_bool_dtype(col):
+            structural.append(f"column '{name}' is not numeric (dtype bool)")
+        else:
+            # Object columns of plain numbers are accepted; anything else names its rows.
+            values = col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")
+            bad = (values.isna() & col.notna()).to_numpy()
+            if bad.any():
+                structural.append(f"column '{name}' is not numeric (dtype {col.dtype}): "
+                                  f"{_rows_text(bad)} hold non-numbers, e.g. {col[bad].iloc[0]!r}")
+            else:
+                cols[name] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return structural, cols
+
+
+def _broken_rows(cols: Mapping[str, np.ndarray], *, rtol: float, atol: float) -> list[tuple[np.ndarray, str]]:
+    """Each row rule's offending rows and message, for the rules whose columns are all numeric."""
+    found = []
+    # Overflow and division by zero (mass 0) are what the rules report, by row.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for rule in ROW_RULES:
+            if all(name in cols for name in rule.needs):
+                found += [(mask, f"{subject}: {_rows_text(mask)} {what}")
+                          for subject, what, mask in rule.find(cols, rtol, atol) if mask.any()]
+    return found
+
+
 def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol: float = 1e-6,
                            atol: float = 1e-9, source: str | os.PathLike | None = None
                            ) -> ValidationReport:
@@ -197,107 +349,8 @@ def validate_particle_data(df: pd.DataFrame, *, drop_invalid: bool = False, rtol
     if signs := original_lab_signs(df):  # one message that says what to do, not a list of symptoms
         message = original_lab_message(signs, source or None)
         raise DataValidationError(message, [message])
-    structural: list[str] = []
-    if len(df) == 0:
-        structural.append("the data has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        hint = separator_hint(list(df.columns))
-        structural.append(f"missing required column(s): {', '.join(missing)}"
-                          + (f"; the header {hint}" if hint else ""))
-    cols: dict[str, np.ndarray] = {}
-    for name in (c for c in REQUIRED_COLUMNS if c in df.columns):
-        col = df[name]
-        if isinstance(col, pd.DataFrame):
-            structural.append(f"column '{name}' appears more than once")
-        elif pd.api.types.is_bool_dtype(col):
-            structural.append(f"column '{name}' is not numeric (dtype bool)")
-        else:
-            # Object columns of plain numbers are accepted; anything else names its rows.
-            values = col if pd.api.types.is_numeric_dtype(col) else pd.to_numeric(col, errors="coerce")
-            bad = (values.isna() & col.notna()).to_numpy()
-            if bad.any():
-                structural.append(f"column '{name}' is not numeric (dtype {col.dtype}): "
-                                  f"{_rows_text(bad)} hold non-numbers, e.g. {col[bad].iloc[0]!r}")
-            else:
-                cols[name] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-
-    rules: list[tuple[np.ndarray, str]] = []
-
-    def check(label: str, what: str, mask: np.ndarray) -> None:
-        if mask.any():
-            rules.append((mask, f"{label}: {_rows_text(mask)} {what}"))
-
-    def differ(a: np.ndarray, b: np.ndarray, *scales: np.ndarray) -> np.ndarray:
-        scale = np.maximum.reduce([np.abs(a), np.abs(b), *map(np.abs, scales)])
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.abs(a - b) > atol + rtol * scale  # NaN compares False: reported once
-
-    def consistent(label: str, expr: str, inputs: list[np.ndarray], value: np.ndarray,
-                   computed: np.ndarray, *scales: np.ndarray, broken: str = "") -> None:
-        # Rows with a non-finite input are reported once, by the NaN/inf rule. Where the
-        # inputs are finite but a side of the comparison is not, the check overflowed:
-        # inf - inf is NaN and inf > inf is False, so differ() alone would let it pass.
-        finite_in = np.logical_and.reduce([np.isfinite(a) for a in inputs])
-        overflow = finite_in & ~(np.isfinite(value) & np.isfinite(computed))
-        check(label, f"overflow: {expr} is out of the float64 range", overflow)
-        check(label, broken or f"differ from {expr}",
-              finite_in & ~overflow & differ(value, computed, *scales))
-
-    def have(*names: str) -> bool:
-        return all(n in cols for n in names)
-
-    # Overflow and division by zero (mass 0) are what the rules below report, by row.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        for name, values in cols.items():
-            check(f"column '{name}'", "are NaN or infinite", ~np.isfinite(values))
-            if name != "particle_id":  # an identifier, never squared or trained on
-                check(f"column '{name}'", f"are out of range (|value| > {MAX_ABS_VALUE:g}: squares and "
-                      "sums of such values overflow float64)",
-                      np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE))
-        if have("mass"):
-            check("column 'mass'", "have mass <= 0", cols["mass"] <= 0)
-        if have("simulation_time"):
-            check("column 'simulation_time'", "are negative", cols["simulation_time"] < 0)
-        if have("initial_velocity_x", "initial_velocity_y"):
-            speed0 = np.hypot(cols["initial_velocity_x"], cols["initial_velocity_y"])
-        if have("final_velocity_x", "final_velocity_y"):
-            speed2 = cols["final_velocity_x"] ** 2 + cols["final_velocity_y"] ** 2
-        vel0 = ("initial_velocity_x", "initial_velocity_y")
-        vel1 = ("final_velocity_x", "final_velocity_y")
-        if have("kinetic_energy", "mass", *vel1):
-            consistent("column 'kinetic_energy'", "mass * |v_final|^2 / 2",
-                       [cols[c] for c in ("kinetic_energy", "mass", *vel1)],
-                       cols["kinetic_energy"], 0.5 * cols["mass"] * speed2)
-        if have(*vel1, *vel0):
-            consistent("columns 'final_velocity_x', 'final_velocity_y'",
-                       "the speed |v_final| or |v_initial|", [cols[c] for c in (*vel1, *vel0)],
-                       np.sqrt(speed2), speed0,
-                       broken="break speed conservation (|v_final| != |v_initial|)")
-        pos = ("initial_position_x", "initial_position_y", "final_position_x", "final_position_y")
-        if have("displacement", *pos):
-            x0, y0, x1, y1 = (cols[c] for c in pos)
-            consistent("column 'displacement'", "|r_final - r_initial|",
-                       [cols["displacement"], x0, y0, x1, y1],
-                       cols["displacement"], np.hypot(x1 - x0, y1 - y0), x0, y0, x1, y1)
-        if have("trajectory_length", "simulation_time", *vel0):
-            consistent("column 'trajectory_length'", "|v_initial| * simulation_time",
-                       [cols[c] for c in ("trajectory_length", "simulation_time", *vel0)],
-                       cols["trajectory_length"], speed0 * cols["simulation_time"])
-        if have(*INITIAL_COLUMNS):
-            # Training recomputes these features; rows where that overflows must fail here,
-            # not later as inf in the training arrays.
-            initial = np.column_stack([cols[c] for c in INITIAL_COLUMNS])
-            usable = (np.isfinite(initial) & (np.abs(initial) <= MAX_ABS_VALUE)).all(axis=1) & (cols["mass"] > 0)
-            derived = add_derived_features(pd.DataFrame(dict(zip(INITIAL_COLUMNS, initial.T)), copy=False))
-            broken = {name: usable & ~(np.abs(derived[name].to_numpy()) <= MAX_ABS_VALUE)
-                      for name in DERIVED_FEATURES}
-            names = [name for name, mask in broken.items() if mask.any()]
-            if names:
-                check(f"derived feature(s) {', '.join(names)}",
-                      f"overflow (not finite or |value| > {MAX_ABS_VALUE:g}) when computed from the "
-                      "initial columns", np.logical_or.reduce([broken[n] for n in names]))
-
+    structural, cols = _structure(df)
+    rules = _broken_rows(cols, rtol=rtol, atol=atol)
     problems = structural + [msg for _, msg in rules]
     if structural or (rules and not drop_invalid):
         raise DataValidationError(f"particle data{where} failed validation ({len(problems)} "
