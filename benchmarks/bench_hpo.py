@@ -85,7 +85,7 @@ def one_search(side: str, seed: int, args: argparse.Namespace, root: Path) -> di
 def _storage_cost_ms(storage: str, root: Path, trials: int = 30, epochs: int = 10) -> float:
     """Milliseconds of storage work per trial without training: claim, per-epoch reports, tell, results."""
     from nnlab.hpo._results import ResultPaths, write_results
-    from nnlab.hpo._study import claim_trial, open_storage, storage_spec, worker_identity
+    from nnlab.orchestration import claim_trial, open_storage, storage_spec, worker_identity
 
     root.mkdir(parents=True, exist_ok=True)
     spec = storage_spec(storage, root)

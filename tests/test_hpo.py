@@ -23,7 +23,7 @@ from nnlab.config import ALL_KEYS, Config  # noqa: E402
 from nnlab.errors import ConfigError  # noqa: E402
 from nnlab.hpo import DEFAULT_SEARCH_SPACE, RESULT_COLUMNS, SearchSpace, load_search_space  # noqa: E402
 from nnlab.hpo._results import ResultPaths, check_results_owner, write_results  # noqa: E402
-from nnlab.hpo._study import (  # noqa: E402
+from nnlab.orchestration import (  # noqa: E402
     claim_trial,
     counts_towards_budget,
     fail_interrupted_trials,

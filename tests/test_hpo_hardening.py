@@ -20,8 +20,8 @@ from nnlab.errors import ConfigError
 from nnlab.hpo import RESULT_COLUMNS, SearchSettings
 from nnlab.hpo import _results
 from nnlab.hpo._results import ResultPaths, check_results_owner, write_results
-from nnlab.hpo._search import cap_workers, plan_search, run_search
-from nnlab.hpo._study import StorageSpec, check_storage, open_storage, open_study, storage_spec
+from nnlab.hpo._search import plan_search, run_search
+from nnlab.orchestration import StorageSpec, cap_workers, check_storage, open_storage, open_study, storage_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PARTICLES = "particle_id,mass,charge\n0,1.0,1.0\n"
@@ -338,12 +338,11 @@ def test_cap_workers():
 
 def test_run_search_starts_at_most_one_worker_per_cpu_and_trial(tmp_path, monkeypatch, capsys):
     import nnlab.hpo._search as search
-    import nnlab.hpo._worker as worker
+    import nnlab.orchestration._pool as pool
 
     started = []
-    monkeypatch.setattr(search, "available_cpus", lambda: 2)
-    monkeypatch.setattr(search, "_run_workers", lambda plan, n: started.append(plan.settings.workers) or [])
-    monkeypatch.setattr(worker, "run_worker", lambda plan, *a, **k: started.append(plan.settings.workers) or 0)
+    monkeypatch.setattr(pool, "available_cpus", lambda: 2)
+    monkeypatch.setattr(search, "run_workers", lambda workers, **kw: started.append(workers) or [])
     run_search(max_trials=3, workers=64, output_dir=str(tmp_path / "a"))
     run_search(max_trials=1, workers=2, output_dir=str(tmp_path / "b"))
     assert started == [2, 1]

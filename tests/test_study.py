@@ -297,7 +297,7 @@ def test_a_unit_claimed_twice_goes_to_the_first_claim(tmp_path):
     # Machines sharing a database claim under separate locks; two can take one unit at the same moment.
     import optuna
 
-    from nnlab.hpo._study import StorageSpec, open_storage
+    from nnlab.orchestration import StorageSpec, open_storage
     from nnlab.study._worker import _held_elsewhere
 
     storage = open_storage(StorageSpec("journal", str(tmp_path / "j.log")))
@@ -314,7 +314,7 @@ def test_failed_units_are_retried_by_the_next_command_only(tmp_path):
 
     import optuna
 
-    from nnlab.hpo._study import StorageSpec, open_storage
+    from nnlab.orchestration import StorageSpec, open_storage
     from nnlab.study._worker import _next_unit
 
     study = optuna.create_study(storage=open_storage(StorageSpec("journal", str(tmp_path / "j.log"))),
@@ -371,7 +371,7 @@ def test_killed_compare_study_resumes_with_two_workers(tmp_path):
 
     import optuna
 
-    from nnlab.hpo._study import open_storage, storage_spec
+    from nnlab.orchestration import open_storage, storage_spec
 
     study = optuna.load_study(study_name="nnlab-study-compare",
                               storage=open_storage(storage_spec(str(tmp_path / "s" / "study_journal.log"), tmp_path)))

@@ -26,62 +26,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nnlab._argtypes import (  # noqa: F401 - the argument types stay importable as nnlab.cli.positive_int etc.
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    non_negative_int,
+    positive_int,
+    seed_int,
+)
+from nnlab._argtypes import Parser as _Parser
 from nnlab.errors import DataValidationError, NnlabError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse already exits 2 on bad arguments; keep its message short.
-
-    Abbreviations are off for every parser (subparsers are built through this
-    class too): ``--conf x.json`` must be an error, not silently ``--config``,
-    and adding an option must never change what an existing prefix meant.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _int_at_least(text: str, low: int, expected: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1, with a message naming the bad value."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0, with a message naming the bad value."""
-    return _int_at_least(text, 0, "an integer >= 0")
-
-
-def seed_int(text: str) -> int:
-    """argparse type: a seed NumPy and scikit-learn accept (0 .. 2**32 - 1)."""
-    from nnlab.config import SEED_MAX
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text[:80]}'") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX} (2**32 - 1), got {value}")
-    return value
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

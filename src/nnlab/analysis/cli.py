@@ -184,7 +184,7 @@ def _new_study_dir(root, study_dir):
 
 def _study_lines(summary: dict) -> list[str]:
     """One console line per cell: the cell, seeds, mean test R² [CI], difference from the reference, p."""
-    from nnlab.study._summary import format_r2_difference
+    from nnlab.study import format_r2_difference
 
     def num(value, spec=".4f"):
         return "—" if value is None else format(value, spec)
@@ -214,7 +214,7 @@ def _run_study(args: argparse.Namespace) -> int:
     from nnlab.analysis.base import SectionResult
     from nnlab.analysis.report import write_study_report
     from nnlab.errors import ConfigError, NnlabError
-    from nnlab.study._summary import read_study_dir, write_study_outputs
+    from nnlab.study import read_study_dir, write_study_outputs
 
     if args.run != "latest" or args.skip:
         raise ConfigError("--study analyses a whole study directory; --run and --skip apply to one run: drop them")

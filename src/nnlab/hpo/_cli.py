@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from nnlab.cli import non_negative_int as _non_negative_int
-from nnlab.cli import positive_int as _positive_int
-from nnlab.cli import seed_int as _seed_int
+from nnlab._argtypes import non_negative_int as _non_negative_int
+from nnlab._argtypes import positive_int as _positive_int
+from nnlab._argtypes import seed_int as _seed_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -98,18 +97,11 @@ def run(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides), mlflow=args.mlflow, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, retries=args.retries,
     )
-    from nnlab.hpo._study import StorageLostError, is_connection_error
+    from nnlab.orchestration import exit_on_lost_storage
 
-    try:
+    def search() -> int:
         summary = run_search(settings)
-    except StorageLostError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if not is_connection_error(exc):
-            raise
-        # Outside a worker's trials (opening the study, the final results): nothing to retry for.
-        print(f"error: the storage stopped answering: {' '.join(str(exc).split())[:300]}; rerun the same "
-              "command when the database is back", file=sys.stderr)
-        return 1
-    return 0 if summary.best_trial is not None and not summary.failed_workers else 1
+        return 0 if summary.best_trial is not None and not summary.failed_workers else 1
+
+    # A lost database: one message and exit status 1, whether a worker or this process noticed it.
+    return exit_on_lost_storage(search)

@@ -16,6 +16,7 @@ still recognises all of its files.
 from __future__ import annotations
 
 import csv
+import enum
 import hashlib
 import io
 import json
@@ -30,10 +31,11 @@ from typing import Any
 from nnlab._files import atomic_write, atomic_write_json, locked, neutralised_row, special_file_kind
 from nnlab.config import read_json_object
 from nnlab.errors import ConfigError
-from nnlab.hpo._study import OUTCOME_ATTR, counts_towards_budget
+from nnlab.orchestration import OUTCOME_ATTR, counts_towards_budget
 
 __all__ = [
     "RESULT_COLUMNS",
+    "TrialOutcome",
     "ResultPaths",
     "result_rows",
     "best_trial",
@@ -48,6 +50,22 @@ RESULT_COLUMNS = (
     "best_r2", "final_r2", "avg_epoch_time", "total_epochs", "duration_s", "run_id", "error",
 )
 METRIC_COLUMNS = RESULT_COLUMNS[4:12]
+
+
+class TrialOutcome(str, enum.Enum):
+    """How nnlab finished a trial: the trial's ``outcome`` attribute and the results' ``state`` column.
+
+    Not a run's status (:class:`nnlab.runs.RunStatus`): a diverged run is a
+    failed trial, a completed run without a finite R² too. Stored as its value.
+
+    Example:
+        >>> TrialOutcome("pruned") is TrialOutcome.PRUNED, TrialOutcome.COMPLETE.value
+        (True, 'complete')
+    """
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
 
 
 class ResultPaths:
@@ -164,8 +182,7 @@ def write_results(study: Any, paths: ResultPaths, *, storage_label: str) -> Any 
             "study_name": study.study_name,
             "storage": storage_label,
             "settings": study.user_attrs.get("nnlab_settings", {}),
-            "trials": {"complete": states.count("complete"), "pruned": states.count("pruned"),
-                       "failed": states.count("failed"), "interrupted": interrupted},
+            "trials": {**{o.value: states.count(o.value) for o in TrialOutcome}, "interrupted": interrupted},
             "best_trial": _best_summary(best) if best is not None else None,
             "best_config": str(paths.best_config) if best is not None else None,
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

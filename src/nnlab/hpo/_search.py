@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import secrets
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nnlab._files import probe_writable
 from nnlab.errors import ConfigError
-from nnlab.hpo._study import (
+from nnlab.orchestration import (  # available_cpus: still imported from here by nnlab.analysis.james_stein
     HEARTBEAT_GRACE_S,
     HEARTBEAT_INTERVAL_S,
+    OUTCOME_ATTR,
+    MlflowTarget,
     StorageSpec,
+    available_cpus,  # noqa: F401
     budget_lock_path,
+    capped_workers,
     check_storage,
     counts_towards_budget,
     fail_interrupted_trials,
+    finish_parent,
+    open_parent,
     open_storage,
     open_study,
+    report_failed_workers,
+    resolve_mlflow,
+    resolve_storage,
+    run_workers,
     storage_spec,
     wait_for_running_trials,
 )
 
-__all__ = ["DEFAULT_PRESETS", "MlflowTarget", "SearchSettings", "SearchSummary", "available_cpus", "cap_workers",
-           "export_results", "finish_parent", "open_parent", "resolve_mlflow", "run_search"]
+__all__ = ["DEFAULT_PRESETS", "SearchSettings", "SearchSummary", "export_results", "plan_search", "run_search"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
 DEFAULT_STUDY_NAME = "nnlab-hpo"
@@ -65,7 +72,7 @@ class SearchSettings:
         study_name: default ``nnlab-hpo`` (``nnlab-benchmark`` with benchmarking),
             so rerunning a command continues its study.
         workers: processes running trials in parallel on the shared storage;
-            capped at the CPUs available and at the trials left (see :func:`cap_workers`).
+            capped at the CPUs available and at the trials left (see :func:`~nnlab.orchestration.cap_workers`).
         space: a ``--space`` JSON file, a dict in the same format, or None for
             the default space.
         config_dir: the ``ml_config`` directory.
@@ -131,103 +138,6 @@ class SearchSummary:
 
 
 @dataclass(frozen=True)
-class MlflowTarget:
-    """Where the runs of a search or study go in MLflow; handed to the workers with the plan (picklable).
-
-    ``parent`` is the id of the parent run once :func:`open_parent` opened it,
-    None while it is not open or when MLflow cannot be used -- then the runs
-    are not logged either: one warning for the search, not one per run.
-
-    Example:
-        >>> target = MlflowTarget("sqlite:///mlflow.db", "nnlab", parent="abc")
-        >>> target.child_tags({"nnlab.trial": 3})
-        {'mlflow.parentRunId': 'abc', 'nnlab.trial': '3'}
-    """
-
-    uri: str
-    experiment: str
-    parent: str | None = None
-
-    def run_overrides(self) -> dict[str, Any]:
-        """The configuration keys of a child run: the parent's store and experiment, or MLflow off."""
-        if self.parent is None:
-            return {"mlflow_tracking_uri": None}
-        return {"mlflow_tracking_uri": self.uri, "mlflow_experiment": self.experiment}
-
-    def child_tags(self, tags: Mapping[str, Any]) -> dict[str, str] | None:
-        """The MLflow tags of a child run (``mlflow.parentRunId`` first); None without a parent."""
-        if self.parent is None:
-            return None
-        return {"mlflow.parentRunId": self.parent, **{k: str(v) for k, v in tags.items()}}
-
-
-def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
-                   configs: Sequence[Mapping[str, Any]]) -> MlflowTarget | None:
-    """The MLflow target of ``--mlflow [URI]`` (``option``; ``""`` for the store in ``output_dir``).
-
-    Without the option: the ``mlflow_tracking_uri`` every configuration in
-    ``configs`` sets (e.g. by ``--set``), or None. The experiment is the first
-    configuration's ``mlflow_experiment``.
-
-    Raises:
-        ConfigError: naming --mlflow, for a URI of the wrong form or a local
-            store in a directory that does not exist.
-    """
-    from nnlab.integrations import mlflow_option
-
-    experiment = str(configs[0].get("mlflow_experiment") or "nnlab") if configs else "nnlab"
-    if option is not None:
-        return MlflowTarget(mlflow_option(option, output_dir), experiment)
-    uris = {c.get("mlflow_tracking_uri") for c in configs}
-    if len(uris) == 1 and None not in uris:
-        return MlflowTarget(str(uris.pop()), experiment)
-    return None
-
-
-def parent_name(study_name: str, storage_label: str) -> str:
-    """The name of a parent run: the study's, and 8 hex digits of its storage.
-
-    Two studies of one name (``nnlab-hpo`` by default) in two output
-    directories logging to one tracking server get two parents; a rerun of the
-    same study reopens its own.
-    """
-    return f"{study_name}@{hashlib.sha256(storage_label.encode('utf-8')).hexdigest()[:8]}"
-
-
-def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_label: str,
-                params: Mapping[str, Any], say: Any = None) -> MlflowTarget:
-    """``target`` with its parent run opened (created, or reopened by a rerun); parent None on failure.
-
-    MLflow that cannot be used (package missing, server unreachable) costs one
-    warning; the search or study goes on without it.
-    """
-    from nnlab._redact import redact_url_password
-    from nnlab.integrations.mlflow import open_parent_run
-    from nnlab.tracking import ErrorRecorder
-
-    name = parent_name(study_name, storage_label)
-    run_id = open_parent_run(target.uri, target.experiment, kind=kind, name=name,
-                             params={"study_name": study_name, "storage": storage_label, **params},
-                             errors=ErrorRecorder())
-    if run_id is not None and say is not None:
-        say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}') in "
-            f"{redact_url_password(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")
-    return dataclasses.replace(target, parent=run_id)
-
-
-def finish_parent(target: MlflowTarget | None, *, status: str, metrics: Mapping[str, Any],
-                  files: Sequence[tuple[Path, str | None]]) -> None:
-    """Log the parent run's summary metrics and files and end it (nothing without a parent)."""
-    if target is None or target.parent is None:
-        return
-    from nnlab.integrations.mlflow import finish_parent_run
-    from nnlab.tracking import ErrorRecorder
-
-    finish_parent_run(target.uri, target.parent, status=status, metrics=metrics, files=files,
-                      errors=ErrorRecorder())
-
-
-@dataclass(frozen=True)
 class _Plan:
     """The validated, resolved settings handed to each worker (picklable)."""
 
@@ -259,10 +169,40 @@ def plan_search(settings: SearchSettings) -> _Plan:
     Raises:
         ConfigError: naming the setting, preset or space key at fault.
     """
-    from nnlab.config import load_config
-    from nnlab.hpo._space import DATA_KEYS, SearchSpace, load_search_space
-
     s = settings
+    pruner = _check_settings(s)
+    presets = _presets(s)
+    if s.benchmarking and s.space is not None:
+        raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
+    if s.mlflow is not None and not isinstance(s.mlflow, str):
+        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(s.mlflow).__name__}")
+    space = _search_space(s)
+    base = _base_configs(s, presets)
+    mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
+    results, spec = _search_storage(s)
+    study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
+    fingerprint = json.loads(json.dumps({
+        "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
+        "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
+        "overrides": dict(s.overrides),
+    }))
+    return _Plan(
+        settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
+        storage=spec, study_name=study_name,
+        results=results,
+        lock_path=budget_lock_path(Path(s.output_dir) / "analysis", study_name),
+        budget=len(presets) if s.benchmarking else s.max_trials,
+        pruner=pruner,
+        startup_trials=s.startup_trials or max(2, min(10, s.max_trials // 3)),
+        fingerprint=fingerprint,
+        mlflow=mlflow,
+    )
+
+
+def _check_settings(s: SearchSettings) -> str:
+    """The numbers, the seed, the sampler, the pruner and the option types; returns the pruner."""
+    from nnlab.config import SEED_MAX
+
     for name in ("max_trials", "epochs", "batch_size", "num_particles", "workers"):
         _positive(name.replace("_", "-"), getattr(s, name))
     if s.startup_trials is not None:
@@ -274,8 +214,6 @@ def plan_search(settings: SearchSettings) -> _Plan:
                           f"({s.heartbeat_interval} s): a live trial would be failed between two heartbeats")
     if isinstance(s.retries, bool) or not isinstance(s.retries, int) or s.retries < 0:
         raise ConfigError(f"retries must be an integer >= 0, got {s.retries!r}")
-    from nnlab.config import SEED_MAX
-
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed <= SEED_MAX:
         # NumPy, scikit-learn and Optuna's samplers take 0 <= seed < 2**32.
         raise ConfigError(f"--seed must be an integer from 0 to 2**32 - 1 = {SEED_MAX} "
@@ -285,21 +223,34 @@ def plan_search(settings: SearchSettings) -> _Plan:
     pruner = s.pruner or ("median" if s.sampler == "tpe" else "none")
     if pruner not in PRUNERS:
         raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    return pruner
+
+
+def _presets(s: SearchSettings) -> tuple[str, ...]:
+    """The presets named, in order, each once."""
     names = s.presets.split(",") if isinstance(s.presets, str) else s.presets
     presets = tuple(dict.fromkeys(p.strip() for p in names if p.strip()))
     if not presets:
         raise ConfigError("presets: name at least one preset")
-    if s.benchmarking and s.space is not None:
-        raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
-    if s.mlflow is not None and not isinstance(s.mlflow, str):
-        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(s.mlflow).__name__}")
+    return presets
+
+
+def _search_space(s: SearchSettings) -> Any:
+    """The :class:`~nnlab.hpo.SearchSpace`: empty when benchmarking, a dict, a file or the default."""
+    from nnlab.hpo._space import SearchSpace, load_search_space
 
     if s.benchmarking:
-        space = SearchSpace({}, source="benchmarking")
-    elif isinstance(s.space, Mapping):
-        space = SearchSpace(s.space, source="search space")
-    else:
-        space = load_search_space(s.space)
+        return SearchSpace({}, source="benchmarking")
+    if isinstance(s.space, Mapping):
+        return SearchSpace(s.space, source="search space")
+    return load_search_space(s.space)
+
+
+def _base_configs(s: SearchSettings, presets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each preset's flat configuration with the search's fixed keys; they must share the data."""
+    from nnlab.config import load_config
+    from nnlab.hpo._space import DATA_KEYS
+
     fixed = {"epochs": s.epochs, "batch_size": s.batch_size, "seed": s.seed, "random_seed": s.seed,
              "num_particles_default": s.num_particles}
     base = {p: load_config(s.config_dir, preset=p, overrides={**fixed, **s.overrides}).to_flat() for p in presets}
@@ -308,8 +259,11 @@ def plan_search(settings: SearchSettings) -> _Plan:
         if differ:
             raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
                               "the data is prepared once per search, so presets must share it")
-    mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
+    return base
 
+
+def _search_storage(s: SearchSettings) -> tuple[Path, StorageSpec]:
+    """The results CSV and the storage, checked: writable, distinct files, usable by the workers."""
     from nnlab.hpo._results import ResultPaths
 
     output_dir = Path(s.output_dir)
@@ -320,37 +274,15 @@ def plan_search(settings: SearchSettings) -> _Plan:
     spec = storage_spec(s.storage, output_dir)
     _probe_writable("--output-dir", output_dir)
     _probe_writable("--output", results.parent)
-    check_storage(spec)  # before resolving, so that the message names the file as given
-    if spec.kind == "journal":
-        spec = StorageSpec("journal", str(Path(spec.location).resolve()))
+    spec = resolve_storage(spec, workers=s.workers)
     _check_no_collision(paths, spec, output_dir)
     if spec.kind == "rdb":
         spec = dataclasses.replace(spec, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
                                    retries=s.retries)
     if spec.per_process:
-        if s.workers > 1:
-            raise ConfigError(f"--storage: '{spec.location}' is an in-memory database that each process opens "
-                              f"empty, so --workers {s.workers} could not share it; use a journal FILE or "
-                              "sqlite:///FILE")
         # Its study vanishes with this search: results written by an earlier one are another study's.
         spec = dataclasses.replace(spec, instance=f"process {os.getpid()}, search {secrets.token_hex(4)}")
-    study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
-    fingerprint = json.loads(json.dumps({
-        "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
-        "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
-        "overrides": dict(s.overrides),
-    }))
-    return _Plan(
-        settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
-        storage=spec, study_name=study_name,
-        results=results,
-        lock_path=budget_lock_path(output_dir, study_name),
-        budget=len(presets) if s.benchmarking else s.max_trials,
-        pruner=pruner,
-        startup_trials=s.startup_trials or max(2, min(10, s.max_trials // 3)),
-        fingerprint=fingerprint,
-        mlflow=mlflow,
-    )
+    return results, spec
 
 
 def _check_no_collision(paths: Any, spec: StorageSpec, output_dir: Path) -> None:
@@ -366,40 +298,6 @@ def _check_no_collision(paths: Any, spec: StorageSpec, output_dir: Path) -> None
                           f"'{output_dir}'; choose another --output")
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def cap_workers(requested: int, remaining: int, cpus: int | None = None) -> tuple[int, str]:
-    """How many workers to start: at most one per CPU and one per trial left.
-
-    More would only compete for the cores (each worker trains with TensorFlow)
-    or sit idle, each having loaded TensorFlow and prepared the data first.
-
-    Returns:
-        The number, and why it is below ``requested`` ("" when it is not).
-
-    Example:
-        >>> cap_workers(8, 3, cpus=2)
-        (2, 'this machine has 2 CPUs available')
-        >>> cap_workers(4, 1, cpus=16)
-        (1, 'only 1 trial is left to run')
-    """
-    cpus = available_cpus() if cpus is None else cpus
-    workers, reasons = requested, []
-    if workers > cpus:
-        workers = cpus
-        reasons.append(f"this machine has {cpus} CPU{'s' if cpus > 1 else ''} available")
-    if workers > max(remaining, 1):
-        workers = max(remaining, 1)
-        reasons.append(f"only {workers} trial{' is' if workers == 1 else 's are'} left to run")
-    return workers, "; ".join(reasons)
-
-
 def _probe_writable(option: str, directory: Path) -> None:
     """Fail early if ``directory`` could not be created and written, without creating anything."""
     try:
@@ -409,18 +307,19 @@ def _probe_writable(option: str, directory: Path) -> None:
 
 
 def _counts(study: Any) -> dict[str, int]:
-    from nnlab.hpo._study import OUTCOME_ATTR
+    """Finished trials by outcome: complete, pruned, failed."""
+    from nnlab.hpo._results import TrialOutcome
 
     outcomes = [t.user_attrs.get(OUTCOME_ATTR) for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and counts_towards_budget(t)]
-    return {state: outcomes.count(state) for state in ("complete", "pruned", "failed")}
+    return {outcome.value: outcomes.count(outcome.value) for outcome in TrialOutcome}
 
 
 def run_search(settings: SearchSettings | None = None, /, **options: Any) -> SearchSummary:
     """Run (or continue) a hyperparameter search; see :class:`SearchSettings` for the options.
 
-    Each trial trains through :func:`~nnlab.runs.train_with_tracking` into
-    its own run directory and reports validation R² every epoch to the pruner.
+    Each trial trains through :func:`~nnlab.runs.execute` into its own run
+    directory and reports validation R² every epoch to the pruner.
     The study lives in ``storage``; rerunning with the same settings continues
     it until ``max_trials`` trials have finished.
 
@@ -433,13 +332,7 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         ...                      presets=("fast_debug",), output_dir="hpo_demo")
         >>> summary.best_value, summary.best_config_path                     # doctest: +SKIP
     """
-    from nnlab._files import locked
-    from nnlab.hpo._results import (
-        ResultPaths,
-        check_results_owner,
-        format_best,
-        write_results,
-    )
+    from nnlab.hpo._results import ResultPaths, check_results_owner
 
     settings = dataclasses.replace(settings or SearchSettings(), **options)
     plan = plan_search(settings)
@@ -448,15 +341,27 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
     check_results_owner(paths, plan.study_name, plan.storage.label)  # before the storage is even created
     storage = open_storage(plan.storage)
     study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
-    plan.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    plan, left = _start(plan, study, paths, say)
+    failed_workers = _run_trials(plan, study, storage, paths, left)
+    return _finish(plan, study, paths, failed_workers, say)
 
+
+def _start(plan: _Plan, study: Any, paths: Any, say: Callable[..., None]) -> tuple[_Plan, int]:
+    """Fail interrupted trials, cap the workers, say where the study stands, open the MLflow parent.
+
+    Returns:
+        The plan (its workers capped, its parent run open) and the trials left to run.
+    """
+    from nnlab._files import locked
+    from nnlab.hpo._results import write_results
+
+    settings = plan.settings
+    plan.lock_path.parent.mkdir(parents=True, exist_ok=True)
     with locked(plan.lock_path):
         interrupted = fail_interrupted_trials(study)
-    counts = _counts(study)
-    finished = sum(counts.values())
-    workers, why = cap_workers(settings.workers, plan.budget - finished) if finished < plan.budget else (0, "")
-    if why:
-        say(f"--workers {settings.workers} capped to {workers}: {why}")
+    finished = sum(_counts(study).values())
+    workers = capped_workers(settings.workers, plan.budget - finished, say)
+    if workers and workers != settings.workers:
         settings = dataclasses.replace(settings, workers=workers)
         plan = dataclasses.replace(plan, settings=settings)
     mode = "benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
@@ -467,41 +372,39 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
     for number, reason in interrupted:
         say(f"trial {number} was {reason}; it is not counted and will not be listed")
     write_results(study, paths, storage_label=plan.storage.label)
-
     if plan.mlflow is not None:
         plan = dataclasses.replace(plan, mlflow=open_parent(
             plan.mlflow, kind="hpo", study_name=plan.study_name, storage_label=plan.storage.label,
             params={"sampler": settings.sampler, "pruner": plan.pruner, **plan.fingerprint}, say=say))
-    files = [(paths.results, None), (paths.best_config, None), (paths.study_file, None)]
+    return plan, plan.budget - finished
 
+
+def _run_trials(plan: _Plan, study: Any, storage: Any, paths: Any, left: int) -> list[tuple[int, int]]:
+    """The workers, in this process (one: the storage already open) or spawned; returns the failed ones."""
+    from nnlab.hpo._worker import search_worker
+
+    if left <= 0:
+        return []
     n_existing = len(study.get_trials(deepcopy=False))
-    failed_workers: list[tuple[int, int]] = []
-    try:
-        if finished < plan.budget:
-            if settings.workers == 1:
-                from nnlab.hpo._worker import run_worker
+    workers = plan.settings.workers
+    return run_workers(workers, here=lambda: search_worker(plan, 0, n_existing, storage=storage),
+                       run=search_worker, args=[(plan, i, n_existing) for i in range(workers)],
+                       name="nnlab-hpo-worker", label="worker", parent=plan.mlflow,
+                       parent_metrics=lambda: _parent_metrics(_counts(study), None), files=_parent_files(paths))
 
-                run_worker(plan, 0, n_existing, storage=storage)  # one process: the storage already open
-            else:
-                failed_workers = _run_workers(plan, n_existing)
-    except BaseException as exc:  # the parent run ends as the search did; the exception goes on
-        if plan.mlflow is not None and plan.mlflow.parent is not None:
-            try:
-                counts = _counts(study)
-            except Exception:  # noqa: BLE001 - the storage may be what failed; the original error goes on
-                counts = {}
-            finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                          metrics=_parent_metrics(counts, None), files=files)
-        raise
+
+def _finish(plan: _Plan, study: Any, paths: Any, failed_workers: list[tuple[int, int]],
+            say: Callable[..., None]) -> SearchSummary:
+    """Wait for trials running elsewhere, write the results, end the parent run, say the best."""
+    from nnlab.hpo._results import format_best, write_results
 
     wait_for_running_trials(study, plan.lock_path, say)  # trials still training elsewhere on the study
     best = write_results(study, paths, storage_label=plan.storage.label)
     counts = _counts(study)
     finish_parent(plan.mlflow, status="FINISHED" if best is not None and not failed_workers else "FAILED",
-                  metrics=_parent_metrics(counts, best), files=files)
+                  metrics=_parent_metrics(counts, best), files=_parent_files(paths))
     say(format_best(best, paths, counts), end="")
-    for worker, status in failed_workers:
-        print(f"error: worker {worker} exited with status {status}", file=sys.stderr)
+    report_failed_workers(failed_workers, "worker")
     return SearchSummary(
         study_name=plan.study_name, storage=plan.storage.label, results_path=paths.results,
         best_config_path=paths.best_config if best is not None else None,
@@ -511,6 +414,11 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
         best_overrides=best.user_attrs.get("overrides") if best is not None else None,
         counts=counts, failed_workers=failed_workers,
     )
+
+
+def _parent_files(paths: Any) -> list[tuple[Path, str | None]]:
+    """The search's files logged to its MLflow parent run."""
+    return [(paths.results, None), (paths.best_config, None), (paths.study_file, None)]
 
 
 def export_results(directory: str | os.PathLike, *, storage: str | None, study_name: str | None,
@@ -573,38 +481,3 @@ def _printer(verbose: bool):
             print(text, end=end, flush=True)
 
     return say
-
-
-def run_processes(target: Any, args: Sequence[tuple], *, name: str) -> list[tuple[int, int]]:
-    """Run ``target(*a)`` for each ``a`` in ``args`` in its own spawned process
-    and wait for all; returns (index, exit code) of the ones that failed.
-
-    Shared by the HPO and study workers. Ctrl-C reaches the workers too (same
-    process group): they get 30 s to record their running unit as interrupted
-    before they are stopped.
-    """
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
-    processes = [context.Process(target=target, args=a, name=f"{name}-{i}") for i, a in enumerate(args)]
-    for process in processes:
-        process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-        raise
-    return [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
-
-
-def _run_workers(plan: _Plan, n_existing: int) -> list[tuple[int, int]]:
-    """Start ``workers`` spawned processes on the shared study; returns the ones that failed."""
-    from nnlab.hpo._worker import worker_main
-
-    return run_processes(worker_main, [(plan, i, n_existing) for i in range(plan.settings.workers)],
-                         name="nnlab-hpo-worker")
-

@@ -1,8 +1,8 @@
-"""Controlled multi-seed comparisons on the Optuna storage layer of :mod:`nnlab.hpo`.
+"""Controlled multi-seed comparisons on the Optuna storage layer of :mod:`nnlab.orchestration`.
 
 A study is a set of *cells* (configurations that differ in a controlled way)
 each trained once per *seed*. Every (cell, seed) is a normal run through
-:func:`~nnlab.runs.train_with_tracking`, with its own run directory under
+:func:`~nnlab.runs.execute`, with its own run directory under
 the study directory. Runs of one seed share the data split and the initial
 weights, so cells are compared in pairs, seed by seed. The units are claimed
 from an Optuna study: a killed study resumes where it stopped, worker
@@ -46,6 +46,7 @@ _EXPORTS = {
     "write_study_outputs": "nnlab.study._summary",
     "summarise_study": "nnlab.study._summary",
     "read_study_dir": "nnlab.study._summary",
+    "format_r2_difference": "nnlab.study._summary",
 }
 
 __all__ = sorted([*_EXPORTS, "add_arguments", "run"])

@@ -15,7 +15,7 @@ _COMPARE_HELP = "A/B(/C...) study of named variants of the configuration; the fi
 
 
 def _common(parser: argparse.ArgumentParser, kind: str) -> None:
-    from nnlab.cli import positive_int
+    from nnlab._argtypes import positive_int
 
     add = parser.add_argument
     add("--seeds", type=int, default=6, metavar="N",
@@ -48,11 +48,11 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands and options of ``nnlab study``."""
-    from nnlab.cli import _Parser
+    from nnlab._argtypes import Parser
 
     parser.description = ("Controlled multi-seed comparisons: every (cell, seed) is one normal training run. "
                           "Rerunning the same command finishes a killed study without redoing finished runs.")
-    commands = parser.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="study_command", required=True, parser_class=Parser)
     precision = commands.add_parser("precision", help="how many significant bits, and which rounding",
                                     description=_PRECISION_HELP)
     precision.add_argument("--bits", default="24,12,8,6,4,3,2", metavar="B,B",
@@ -95,9 +95,15 @@ def _spec(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; 0 when every (cell, seed) has its finished run, 1 otherwise."""
+    from nnlab.orchestration import exit_on_lost_storage
     from nnlab.study._engine import run_study
 
     spec = _spec(args)
-    result = run_study(spec, output_dir=args.output_dir, workers=args.workers, storage=args.storage,
-                       study_name=args.study_name, data=args.data, mlflow=args.mlflow)
-    return 0 if result.complete else 1
+
+    def study() -> int:
+        result = run_study(spec, output_dir=args.output_dir, workers=args.workers, storage=args.storage,
+                           study_name=args.study_name, data=args.data, mlflow=args.mlflow)
+        return 0 if result.complete else 1
+
+    # A lost database: one message and exit status 1, whether a worker or this process noticed it.
+    return exit_on_lost_storage(study)

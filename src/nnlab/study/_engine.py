@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from collections.abc import Callable
@@ -9,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from nnlab.errors import ConfigError
+from nnlab.orchestration import (
+    capped_workers,
+    fail_interrupted_trials,
+    finish_parent,
+    open_parent,
+    open_storage,
+    report_failed_workers,
+    run_workers,
+)
+from nnlab.runs import RunStatus
 from nnlab.study._cells import StudySpec
 from nnlab.study._plan import default_output_dir, make_plan
 from nnlab.study._record import (
@@ -44,7 +55,7 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
               progress: bool | Callable[[str], None] = True, mlflow: str | None = None) -> StudyResult:
     """Run (or continue) a study: every (cell, seed) once, through the normal training pipeline.
 
-    Each unit trains through :func:`~nnlab.runs.train_with_tracking` into
+    Each unit trains through :func:`~nnlab.runs.execute` into
     its own ``<output_dir>/runs/<run_id>/`` with a row in
     ``<output_dir>/configuration_log.csv`` (``nnlab analyze --output-dir
     <output_dir> --run RUN_ID`` analyses it). Units of one
@@ -90,13 +101,7 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
         >>> result = run_study(spec, output_dir="js_study", data="particles.csv", workers=2)  # doctest: +SKIP
         >>> result.runs[["variant", "seed", "test_r2", "run_dir"]]                             # doctest: +SKIP
     """
-    import dataclasses
-
     import optuna
-
-    from nnlab._files import locked
-    from nnlab.hpo._search import cap_workers, finish_parent, open_parent
-    from nnlab.hpo._study import fail_interrupted_trials, open_storage
 
     plan = make_plan(spec, output_dir=output_dir, workers=workers, storage=storage, study_name=study_name,
                      data=data, progress=bool(progress), mlflow=mlflow)
@@ -107,7 +112,23 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
             emit(text)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Every refusal comes before anything is written: the directory, the data, then the stored spec.
+    plan, store, study = _open(plan)
+    paths = {"runs": plan.runs_path, "data": plan.data_path, "record": write_record(plan)}
+    plan, left = _start(plan, study, workers, say)
+    failed_workers = _run_units(plan, store, left, paths, emit)
+    return _finish(plan, study, paths, failed_workers, say)
+
+
+def _open(plan: Any) -> tuple[Any, Any, Any]:
+    """Check the directory, the data and the stored spec, prepare the data, open the study.
+
+    Every refusal comes before anything is written: the directory, the data, then the stored spec.
+
+    Returns:
+        The plan (with its data's SHA-256), the storage and the Optuna study.
+    """
+    import optuna
+
     check_directory_owner(plan, None)
     check_data(plan)
     store = stored = None
@@ -118,6 +139,18 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
     check_directory_owner(plan, stored is not None)
     if stored is not None:
         check_spec(stored, plan, data=False)
+    plan = _prepared(plan, stored)
+    if store is None:
+        store = open_storage(plan.storage)
+    study = optuna.create_study(storage=store, study_name=plan.study_name, direction="maximize",
+                                load_if_exists=True)
+    if stored is None or list(stored.get("seeds") or []) != list(plan.seeds):
+        study.set_user_attr(SPEC_ATTR, plan.record)
+    return plan, store, study
+
+
+def _prepared(plan: Any, stored: dict[str, Any] | None) -> Any:
+    """The study directory and its data ready; the plan with the data's SHA-256, checked against the record."""
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     created, digest = prepare_data(plan)
     plan = dataclasses.replace(plan, data_sha256=digest)
@@ -129,26 +162,27 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
                 plan.data_path.unlink(missing_ok=True)
                 plan.data_path.with_name(plan.data_path.name + ".meta.json").unlink(missing_ok=True)
             raise
-    if store is None:
-        store = open_storage(plan.storage)
-    study = optuna.create_study(storage=store, study_name=plan.study_name, direction="maximize",
-                                load_if_exists=True)
-    if stored is None or list(stored.get("seeds") or []) != list(plan.seeds):
-        study.set_user_attr(SPEC_ATTR, plan.record)
-    paths = {"runs": plan.runs_path, "data": plan.data_path, "record": write_record(plan)}
+    return plan
+
+
+def _start(plan: Any, study: Any, workers: int, say: Callable[[str], None]) -> tuple[Any, int]:
+    """Fail interrupted trials, cap the workers, say where the study stands, open the MLflow parent.
+
+    Returns:
+        The plan (its workers, the trials already there, its parent run) and the units left to run.
+    """
+    from nnlab._files import locked
 
     with locked(plan.lock_path):
         interrupted = fail_interrupted_trials(study)
     n_units = len(plan.cells) * len(plan.seeds)
     finished = len(done_units(study) & {(c["id"], s) for c in plan.cells for s in plan.seeds})
     left = n_units - finished
-    n_workers, why = cap_workers(workers, left) if left else (0, "")
+    n_workers = capped_workers(workers, left, say)
     plan = dataclasses.replace(plan, workers=max(n_workers, 1), n_existing=len(study.get_trials(deepcopy=False)))
-    if why:
-        say(f"--workers {workers} capped to {n_workers}: {why}")
     say(f"study {plan.kind} '{plan.study_name}': {len(plan.cells)} cells × {len(plan.seeds)} seeds = "
-               f"{n_units} runs, {finished} finished; {n_workers} worker{'s' if n_workers != 1 else ''}; "
-               f"outputs in {plan.study_dir} (storage {plan.storage.label})")
+        f"{n_units} runs, {finished} finished; {n_workers} worker{'s' if n_workers != 1 else ''}; "
+        f"outputs in {plan.study_dir} (storage {plan.storage.label})")
     for number, reason in interrupted:
         say(f"trial {number} was {reason}; its run will be done again")
     write_runs(study, plan)
@@ -156,34 +190,39 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
         plan = dataclasses.replace(plan, mlflow=open_parent(
             plan.mlflow, kind="study", study_name=plan.study_name, storage_label=plan.storage.label,
             params=_parent_params(plan), say=say))
+    return plan, left
 
-    failed_workers: list[tuple[int, int]] = []
-    try:
-        if left:
-            if n_workers == 1:
-                from nnlab.study._worker import run_worker
 
-                run_worker(plan, 0, storage=store, say=emit)
-            else:
-                failed_workers = _run_workers(plan)
-    except BaseException as exc:  # the parent run ends as the study did; the exception goes on
-        finish_parent(plan.mlflow, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                      metrics={"runs_total": n_units}, files=_parent_files(paths))
-        raise
-    rows = write_runs(study, plan)
-    runs = runs_frame(rows, plan)
+def _run_units(plan: Any, store: Any, left: int, paths: dict[str, Path],
+               emit: Callable[[str], None] | None) -> list[tuple[int, int]]:
+    """The workers, in this process (one: the storage already open) or spawned; returns the failed ones."""
+    from nnlab.study._worker import study_worker
+
+    if not left:
+        return []
+    n_units = len(plan.cells) * len(plan.seeds)
+    return run_workers(plan.workers, here=lambda: study_worker(plan, 0, storage=store, say=emit),
+                       run=study_worker, args=[(plan, i) for i in range(plan.workers)],
+                       name="nnlab-study-worker", label="study worker", parent=plan.mlflow,
+                       parent_metrics=lambda: {"runs_total": n_units}, files=_parent_files(paths))
+
+
+def _finish(plan: Any, study: Any, paths: dict[str, Path], failed_workers: list[tuple[int, int]],
+            say: Callable[[str], None]) -> StudyResult:
+    """The runs table and the summary from the storage; the parent run ended; where the outputs are."""
+    runs = runs_frame(write_runs(study, plan), plan)
     summary = _write_summary(plan, runs, paths)
-    for worker, status in failed_workers:
-        print(f"error: study worker {worker} exited with status {status}", file=sys.stderr)
+    report_failed_workers(failed_workers, "study worker")
     result = StudyResult(study_dir=plan.study_dir, study_name=plan.study_name, storage=plan.storage.label,
                          runs=runs, summary=summary, paths=paths, failed_workers=failed_workers)
+    n_units = len(plan.cells) * len(plan.seeds)
     done = int(runs["status"].isin(DONE_STATUSES).sum())
     finish_parent(plan.mlflow, status="FINISHED" if done == n_units and not failed_workers else "FAILED",
                   metrics={"runs_total": n_units, "runs_finished": done,
-                           "runs_completed": int((runs["status"] == "completed").sum())},
+                           "runs_completed": int((runs["status"] == RunStatus.COMPLETED.value).sum())},
                   files=_parent_files(paths))
     say(f"{done} of {n_units} runs finished" + ("" if done == n_units else
-                                                        "; rerun the same command to finish the others"))
+                                                "; rerun the same command to finish the others"))
     for name, path in paths.items():
         say(f"{name}: {path}")
     return result
@@ -205,15 +244,15 @@ def _write_summary(plan: Any, runs: Any, paths: dict[str, Path]) -> dict[str, An
     try:
         from nnlab.study._summary import write_study_outputs
     except ImportError as exc:
-        warnings.warn(f"study summary not written: {exc}", UserWarning, stacklevel=3)
+        warnings.warn(f"study summary not written: {exc}", UserWarning, stacklevel=4)
         return None
     # The summary counts status "completed" runs, a NaN test R² among them as diverged: so is a diverged run.
-    runs = runs.assign(status=runs["status"].replace({"diverged": "completed"}))
+    runs = runs.assign(status=runs["status"].replace({RunStatus.DIVERGED.value: RunStatus.COMPLETED.value}))
     try:
         summary = write_study_outputs(plan.study_dir, plan.kind, runs, keys=plan.keys, reference=plan.reference)
     except (OSError, ValueError, TypeError, KeyError, ArithmeticError) as exc:
         # Optional output: the runs and their table are already safe on disk.
-        warnings.warn(f"study summary not written: {type(exc).__name__}: {exc}", UserWarning, stacklevel=3)
+        warnings.warn(f"study summary not written: {type(exc).__name__}: {exc}", UserWarning, stacklevel=4)
         print(f"warning: study summary not written: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
     for name, file in (("study_csv", f"{plan.kind}_study.csv"), ("figure", f"{plan.kind}_study.png"),
@@ -221,11 +260,3 @@ def _write_summary(plan: Any, runs: Any, paths: dict[str, Path]) -> dict[str, An
         if (plan.study_dir / file).exists():
             paths[name] = plan.study_dir / file
     return summary
-
-
-def _run_workers(plan: Any) -> list[tuple[int, int]]:
-    """``plan.workers`` spawned processes on the shared study; returns the ones that failed."""
-    from nnlab.hpo._search import run_processes
-    from nnlab.study._worker import worker_main
-
-    return run_processes(worker_main, [(plan, i) for i in range(plan.workers)], name="nnlab-study-worker")

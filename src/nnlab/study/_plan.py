@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nnlab.errors import ConfigError
-from nnlab.hpo._study import StorageSpec, check_storage, storage_spec
+from nnlab.orchestration import (
+    MlflowTarget,
+    StorageSpec,
+    budget_lock_path,
+    resolve_mlflow,
+    resolve_storage,
+    storage_spec,
+)
 from nnlab.study._cells import SEED_KEY, StudySpec
 
 __all__ = ["DATA_FILE", "JOURNAL_FILE", "STUDY_ROOT", "default_output_dir", "make_plan"]
@@ -23,7 +29,6 @@ JOURNAL_FILE = "study_journal.log"
 def default_output_dir(kind: str) -> Path:
     """``training_output/studies/<kind>``: where a study writes unless told otherwise."""
     return STUDY_ROOT / kind
-
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class _Plan:
     n_existing: int = 0
     data_sha256: str = ""
     shown_dir: str = ""  # the study directory as the user named it, for messages
-    mlflow: Any = None  # nnlab.hpo._search.MlflowTarget: a parent run per study, a child per run
+    mlflow: MlflowTarget | None = None  # a parent run per study, a child per run
 
     def shown(self, path: Path | str) -> str:
         """``path`` for a message: under the study directory as the user named it."""
@@ -122,37 +127,13 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
     Raises:
         ConfigError, DataValidationError: naming the option or key at fault.
     """
-    from nnlab._files import probe_writable
-    from nnlab.config import Config
-
     if not isinstance(spec, StudySpec):
         raise ConfigError(f"run_study expects a StudySpec, got {type(spec).__name__}")
     _positive("--workers", workers)
     base = _resolve_base(spec)
-    base_cfg = Config.from_flat(base)
-    cells = []
-    for cell in spec.cells:
-        # Every cell's configuration is validated now: a bad key fails before any training.
-        base_cfg.updated({**cell.overrides, SEED_KEY: spec.seeds[0]}, source=spec.source(cell))
-        cells.append({"key": json.loads(json.dumps(dict(cell.key))), "overrides": json.loads(json.dumps(
-            dict(cell.overrides))), "id": cell.id, "label": cell.label, "source": spec.source(cell)})
-    study_dir = Path(output_dir) if output_dir is not None else default_output_dir(spec.kind)
-    if study_dir.exists() and not study_dir.is_dir():
-        raise ConfigError(f"--output-dir: '{study_dir}' exists and is not a directory")
-    try:
-        probe_writable(study_dir)
-    except OSError as exc:
-        raise ConfigError(f"--output-dir: '{study_dir}' cannot be written: {exc.strerror or exc}") from None
-    if storage is None:
-        store = StorageSpec("journal", str(study_dir / JOURNAL_FILE))
-    else:
-        store = storage_spec(storage, study_dir)
-    check_storage(store)
-    if store.kind == "journal":
-        store = StorageSpec("journal", str(Path(store.location).resolve()))
-    if store.per_process and workers > 1:
-        raise ConfigError(f"--storage: '{store.location}' is an in-memory database that each process opens "
-                          f"empty, so --workers {workers} could not share it; use a journal FILE or sqlite:///FILE")
+    cells = _cells(spec, base)
+    study_dir = _study_dir(spec, output_dir)
+    store = resolve_storage(storage_spec(storage, study_dir, default=study_dir / JOURNAL_FILE), workers=workers)
     name = study_name if study_name is not None else f"nnlab-study-{spec.kind}"
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("--study-name: give a non-empty name")
@@ -165,12 +146,37 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
     if mlflow is not None and not isinstance(mlflow, str):
         raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(mlflow).__name__}")
-    from nnlab.hpo._search import resolve_mlflow
-
     target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return _Plan(kind=spec.kind, keys=spec.keys, cells=tuple(cells), seeds=tuple(spec.seeds),
+    return _Plan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
                  reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
-                 storage=store, study_name=name, lock_path=study_dir.resolve() / f".study-{safe}",
+                 storage=store, study_name=name,
+                 lock_path=budget_lock_path(study_dir.resolve(), name, prefix="study"),
                  data_path=data_path, data_generated=generated, workers=workers, progress=progress,
                  shown_dir=str(study_dir), mlflow=target)
+
+
+def _cells(spec: StudySpec, base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The plan's cells (JSON values), each one's configuration validated now: a bad key fails before training."""
+    from nnlab.config import Config
+
+    base_cfg = Config.from_flat(base)
+    cells = []
+    for cell in spec.cells:
+        base_cfg.updated({**cell.overrides, SEED_KEY: spec.seeds[0]}, source=spec.source(cell))
+        cells.append({"key": json.loads(json.dumps(dict(cell.key))), "overrides": json.loads(json.dumps(
+            dict(cell.overrides))), "id": cell.id, "label": cell.label, "source": spec.source(cell)})
+    return tuple(cells)
+
+
+def _study_dir(spec: StudySpec, output_dir: Any) -> Path:
+    """The study directory (as given, or the kind's default), checked writable without creating it."""
+    from nnlab._files import probe_writable
+
+    study_dir = Path(output_dir) if output_dir is not None else default_output_dir(spec.kind)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"--output-dir: '{study_dir}' exists and is not a directory")
+    try:
+        probe_writable(study_dir)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir: '{study_dir}' cannot be written: {exc.strerror or exc}") from None
+    return study_dir

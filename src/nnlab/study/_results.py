@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnlab.orchestration import OUTCOME_ATTR
+from nnlab.runs import RunStatus
+
 __all__ = [
     "DONE_STATUSES",
     "FORMATS",
@@ -14,6 +17,7 @@ __all__ = [
     "RUN_COLUMNS",
     "StudyResult",
     "done_units",
+    "is_done",
     "runs_frame",
     "runs_rows",
     "write_runs",
@@ -23,9 +27,20 @@ FORMATS = ("bfloat16", "float16", "float8_e4m3", "float8_e5m2")
 METRIC_COLUMNS = ("test_r2", "best_val_mse", "epoch_time_mean", *(f"format_r2_{f}" for f in FORMATS))
 RUN_COLUMNS = ("seed", "run_id", "run_dir", "status", *METRIC_COLUMNS)
 """The columns of ``<kind>_runs.csv`` after the cell's key columns."""
-# A finished run with one of these statuses is the unit's result; anything else
-# (an exception, a full disk) is tried again by the next command.
-DONE_STATUSES = ("completed", "diverged")
+# A finished run with one of these statuses (RunStatus.finished) is the unit's result; anything
+# else (an exception, a full disk) is tried again by the next command.
+DONE_STATUSES = tuple(status.value for status in RunStatus if status.finished)
+
+
+def is_done(status: Any) -> bool:
+    """Whether a recorded run status (a unit trial's outcome) is its unit's result: completed or diverged.
+
+    Example:
+        >>> is_done("diverged"), is_done("failed: disk full"), is_done(None)
+        (True, False, False)
+    """
+    parsed = RunStatus.parse(status) if status is not None else None
+    return parsed is not None and parsed.finished
 
 
 @dataclass(frozen=True)
@@ -70,13 +85,13 @@ def _pick(trials: list[Any]) -> Any | None:
     """The trial that stands for a unit: its earliest finished-and-done run, else a running one, else the latest."""
     from optuna.trial import TrialState
 
-    done = [t for t in trials if t.state.is_finished() and t.user_attrs.get("outcome") in DONE_STATUSES]
+    done = [t for t in trials if t.state.is_finished() and is_done(t.user_attrs.get(OUTCOME_ATTR))]
     if done:
         return min(done, key=lambda t: (t.datetime_complete or t.datetime_start, t.number))
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if running:
         return min(running, key=lambda t: t.number)
-    finished = [t for t in trials if t.state.is_finished() and "outcome" in t.user_attrs]
+    finished = [t for t in trials if t.state.is_finished() and OUTCOME_ATTR in t.user_attrs]
     return max(finished, key=lambda t: t.number) if finished else None
 
 
@@ -99,7 +114,8 @@ def runs_rows(study: Any, plan: Any) -> list[dict[str, Any]]:
                 attrs = trial.user_attrs
                 metrics = attrs.get("metrics") or {}
                 row.update(run_id=attrs.get("run_id", ""), run_dir=attrs.get("run_dir", ""),
-                           status="running" if trial.state == TrialState.RUNNING else attrs.get("outcome", ""),
+                           status=RunStatus.RUNNING.value if trial.state == TrialState.RUNNING
+                           else attrs.get(OUTCOME_ATTR, ""),
                            **{k: _finite(metrics.get(k)) for k in METRIC_COLUMNS})
             rows.append(row)
     return rows
@@ -108,7 +124,7 @@ def runs_rows(study: Any, plan: Any) -> list[dict[str, Any]]:
 def done_units(study: Any) -> set[tuple[str, int]]:
     """The (cell id, seed) units that have their finished run."""
     return {(t.user_attrs.get("cell"), t.user_attrs.get("seed")) for t in study.get_trials(deepcopy=False)
-            if t.state.is_finished() and t.user_attrs.get("outcome") in DONE_STATUSES}
+            if t.state.is_finished() and is_done(t.user_attrs.get(OUTCOME_ATTR))}
 
 
 def write_runs(study: Any, plan: Any) -> list[dict[str, Any]]:

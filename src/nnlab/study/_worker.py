@@ -1,12 +1,17 @@
-"""One study worker: claim (cell, seed) units from the Optuna study and train each through the normal pipeline."""
+"""One study worker: claim (cell, seed) units from the Optuna study and train each through the normal pipeline.
+
+The loop itself (claims, heartbeat, interruption, a lost database) is
+:func:`nnlab.orchestration.run_claim_loop`; this module says what a unit is:
+a cell's configuration with one seed, trained through :func:`nnlab.runs.execute`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,46 +19,43 @@ import numpy as np
 
 from nnlab._numbers import float_or_none
 from nnlab.errors import NnlabError
-from nnlab.hpo._study import (
+from nnlab.orchestration import (
     OUTCOME_ATTR,
     claim_trial,
-    heartbeat,
-    open_storage,
-    worker_identity,
+    give_back,
+    one_line,
+    open_worker_study,
+    run_claim_loop,
+    train_claimed,
 )
+from nnlab.runs import RunStatus
 from nnlab.study._cells import SEED_KEY
-from nnlab.study._results import DONE_STATUSES, FORMATS, done_units, write_runs
+from nnlab.study._results import FORMATS, done_units, is_done, write_runs
 
-__all__ = ["run_worker", "worker_main"]
+__all__ = ["UnitRecord", "run_unit", "study_worker"]
 
 logger = logging.getLogger(__name__)
 # claim_trial's budget: a study's units are chosen by _next_unit, which returns None when none is left.
 _NO_BUDGET = 2**62
 
 
-def worker_main(plan: Any, worker: int) -> None:
-    """Entry point of a spawned worker process: errors as short messages, exit status 2."""
-    from nnlab._tflog import quiet_tensorflow_import
+@dataclass
+class UnitRecord:
+    """How one (cell, seed) ended, as recorded on its trial (``outcome`` is the run's status)."""
 
-    quiet_tensorflow_import()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        run_worker(plan, worker)
-    except NnlabError as exc:
-        print(f"error: study worker {worker}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    status: RunStatus
+    run_id: str = ""
+    run_dir: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    duration_s: float = 0.0
 
 
 def _unit(trial: Any) -> tuple[Any, Any]:
     return trial.user_attrs.get("cell"), trial.user_attrs.get("seed")
 
 
-def _next_unit(plan: Any):
+def _next_unit(plan: Any) -> Callable[[list[Any]], dict[str, Any] | None]:
     """``choose`` for claim_trial: the first unit, seed by seed, that no trial holds.
 
     A unit is held by a running trial, by a finished run (completed or
@@ -64,7 +66,7 @@ def _next_unit(plan: Any):
 
     def choose(counted: list[Any]) -> dict[str, Any] | None:
         held = {_unit(t) for t in counted
-                if t.state == TrialState.RUNNING or t.user_attrs.get(OUTCOME_ATTR) in DONE_STATUSES
+                if t.state == TrialState.RUNNING or is_done(t.user_attrs.get(OUTCOME_ATTR))
                 or t.number >= plan.n_existing}
         for seed in plan.seeds:
             for cell in plan.cells:
@@ -88,7 +90,7 @@ def _held_elsewhere(study: Any, trial: Any) -> int | None:
     unit = _unit(mine)
     rivals = [t for t in study.get_trials(deepcopy=False)
               if t.number != mine.number and _unit(t) == unit
-              and (t.state == TrialState.RUNNING or t.user_attrs.get(OUTCOME_ATTR) in DONE_STATUSES)]
+              and (t.state == TrialState.RUNNING or is_done(t.user_attrs.get(OUTCOME_ATTR)))]
     for rival in rivals:
         if rival.state != TrialState.RUNNING:
             return rival.number
@@ -98,8 +100,7 @@ def _held_elsewhere(study: Any, trial: Any) -> int | None:
 
 
 def _claim(study: Any, plan: Any, owner: Mapping[str, Any]) -> Any | None:
-    from optuna.trial import TrialState
-
+    """The next unit's trial, or None when every unit is held; a unit claimed twice at once goes to one claim."""
     while True:
         trial = claim_trial(study, budget=_NO_BUDGET, lock_path=plan.lock_path, owner=owner,
                             choose=_next_unit(plan))
@@ -108,14 +109,8 @@ def _claim(study: Any, plan: Any, owner: Mapping[str, Any]) -> Any | None:
         rival = _held_elsewhere(study, trial)
         if rival is None:
             return trial
-        trial.set_user_attr("error", f"duplicate claim: trial {rival} holds this unit")
-        study.tell(trial, state=TrialState.FAIL)  # without an outcome: not counted, never listed
-
-
-def _limit_threads(workers: int) -> None:
-    from nnlab.hpo._worker import _limit_threads as limit
-
-    limit(workers)
+        # Without an outcome: not counted, never listed.
+        give_back(study, trial, f"duplicate claim: trial {rival} holds this unit")
 
 
 class _SeedData:
@@ -142,61 +137,55 @@ class _SeedData:
                                    test_size=self.training.test_size, val_size=self.training.val_size)
 
 
-def run_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[str], None] | None = None) -> int:
+def study_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[str], None] | None = None) -> int:
     """Claim and train units of the plan's study until none is left; returns how many this worker ran.
 
     A line per finished unit goes to ``say``, or is printed when the plan asks for progress.
+    ``storage``: the storage already opened by this process (an in-memory
+    database exists only there); a spawned worker opens its own.
     """
-    import optuna
-
-    if plan.workers > 1:
-        _limit_threads(plan.workers)
-    if storage is None:
-        storage = open_storage(plan.storage)
-    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    study = open_worker_study(plan.storage, plan.study_name, workers=plan.workers, storage=storage)
     data = _SeedData(plan.data_path, plan.base, plan.data_sha256)
-    owner = worker_identity()
-    n_units = len(plan.cells) * len(plan.seeds)
+
+    def run_one(trial: Any) -> tuple[dict[str, Any], int, UnitRecord]:
+        cell, seed = plan.cell_of(trial.user_attrs["cell"]), trial.user_attrs["seed"]
+        return cell, seed, run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
+
+    return run_claim_loop(study, claim=lambda owner: _claim(study, plan, owner), run_one=run_one,
+                          on_done=_reporter(study, plan, say), label=plan.storage.label,
+                          say=(lambda text: print(text, file=sys.stderr, flush=True)) if plan.progress else None)
+
+
+def _reporter(study: Any, plan: Any, say: Callable[[str], None] | None
+              ) -> Callable[[tuple[dict[str, Any], int, UnitRecord]], None]:
+    """After each unit: the runs table, and its line ``[done/total] cell seed=N: outcome``."""
     units = {(c["id"], s) for c in plan.cells for s in plan.seeds}
-    tf_logger = logging.getLogger("tensorflow")
-    tf_logger.addFilter(_drop_retracing_warning)
-    ran = 0
-    try:
-        while True:
-            trial = _claim(study, plan, owner)
-            if trial is None:
-                return ran
-            cell = plan.cell_of(trial.user_attrs["cell"])
-            seed = trial.user_attrs["seed"]
-            record = run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
-            ran += 1
-            write_runs(study, plan)
-            if say is not None or plan.progress:
-                done = len(done_units(study) & units)
-                line = f"[{done}/{n_units}] {plan.label(cell)} {SEED_KEY}={seed}: {_outcome_text(record)}"
-                if say is not None:
-                    say(line)
-                else:
-                    print(line, flush=True)
-    finally:
-        tf_logger.removeFilter(_drop_retracing_warning)
+
+    def report(done: tuple[dict[str, Any], int, UnitRecord]) -> None:
+        cell, seed, record = done
+        write_runs(study, plan)
+        if say is None and not plan.progress:
+            return
+        line = (f"[{len(done_units(study) & units)}/{len(units)}] {plan.label(cell)} {SEED_KEY}={seed}: "
+                f"{_outcome_text(record)}")
+        if say is not None:
+            say(line)
+        else:
+            print(line, flush=True)
+
+    return report
 
 
-def _outcome_text(record: Mapping[str, Any]) -> str:
-    status, r2, took = record["status"], record["metrics"].get("test_r2"), record["duration_s"]
-    if status == "completed":
+def _outcome_text(record: UnitRecord) -> str:
+    r2, took = record.metrics.get("test_r2"), record.duration_s
+    if record.status == RunStatus.COMPLETED:
         shown = f"{r2:.4f}" if isinstance(r2, float) and math.isfinite(r2) else "n/a"
         return f"test R² {shown} ({took:.0f} s)"
-    return f"{status} ({took:.0f} s)"
-
-
-def _drop_retracing_warning(record: logging.LogRecord) -> bool:
-    # Every unit builds a new network and new tf.functions: expected, not a performance bug.
-    return "triggered tf.function retracing" not in record.getMessage()
+    return f"{record.status} ({took:.0f} s)"
 
 
 def run_unit(study: Any, trial: Any, *, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData
-             ) -> dict[str, Any]:
+             ) -> UnitRecord:
     """Train one (cell, seed) and record it on its trial; returns the record.
 
     A failure (an exception, a full disk) is recorded with its reason and the
@@ -206,41 +195,28 @@ def run_unit(study: Any, trial: Any, *, plan: Any, cell: Mapping[str, Any], seed
     """
     from optuna.trial import TrialState
 
-    started = time.perf_counter()
-    try:
-        with heartbeat(study, trial):
-            record = _train(plan=plan, cell=cell, seed=seed, data=data)
-    except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
-        study.tell(trial, state=TrialState.FAIL)
-        print(f"run {plan.label(cell)} seed={seed} interrupted; rerun the same command to continue the study",
-              file=sys.stderr, flush=True)
-        raise
-    record["duration_s"] = round(time.perf_counter() - started, 3)
+    record, took = train_claimed(
+        study, trial, lambda: _train_unit(plan=plan, cell=cell, seed=seed, data=data),
+        interrupted=f"run {plan.label(cell)} seed={seed} interrupted; rerun the same command to continue the study")
+    record.duration_s = took
     for key in ("run_id", "run_dir", "metrics", "duration_s"):
-        trial.set_user_attr(key, record[key])
-    if record.get("error"):
-        trial.set_user_attr("error", record["error"])
-    trial.set_user_attr(OUTCOME_ATTR, record["status"])
-    r2 = record["metrics"].get("test_r2")
-    if record["status"] == "completed" and r2 is not None:
+        trial.set_user_attr(key, getattr(record, key))
+    if record.error:
+        trial.set_user_attr("error", record.error)
+    trial.set_user_attr(OUTCOME_ATTR, record.status.value)
+    r2 = record.metrics.get("test_r2")
+    if record.status == RunStatus.COMPLETED and r2 is not None:
         study.tell(trial, r2)
     else:
         study.tell(trial, state=TrialState.FAIL)
     return record
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) -> dict[str, Any]:
-    """Build, train, evaluate one unit: ``status``, ``run_id``, ``run_dir``, ``metrics``, ``error``."""
+def _train_unit(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) -> UnitRecord:
+    """Build, train, evaluate one unit."""
     from nnlab.config import Config
-    from nnlab.runs import RunSpec, RunStatus, execute
+    from nnlab.runs import RunSpec, execute
 
-    record: dict[str, Any] = {"run_id": "", "run_dir": "", "metrics": {}, "error": ""}
     cfg = Config.from_flat(plan.base).updated({**cell["overrides"], SEED_KEY: seed}, source=cell["source"])
     tags = None
     if plan.mlflow is not None:
@@ -253,14 +229,12 @@ def _train(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedData) ->
         result = execute(spec)
     except Exception as exc:  # recorded on the unit's trial, not swallowed: the study goes on
         logger.debug("study unit %s seed %s failed", cell["label"], seed, exc_info=True)
-        return {**record, "status": RunStatus.FAILED.value, "error": _one_line(exc)}
+        return UnitRecord(RunStatus.FAILED, error=one_line(exc))
     if result.status == RunStatus.INTERRUPTED:
         raise KeyboardInterrupt  # the run turned Ctrl-C/SIGTERM into a stop after the epoch
-    record.update(run_id=result.run_id, run_dir=str(result.run_dir), status=result.status.value,
-                  metrics=_metrics(result))
-    if result.failure:
-        record["error"] = _one_line(Exception(result.failure))
-    return record
+    return UnitRecord(result.status, run_id=result.run_id, run_dir=str(result.run_dir),
+                      metrics=_unit_metrics(result),
+                      error=one_line(Exception(result.failure)) if result.failure else "")
 
 
 def _steady_epoch_time(run_dir: Path) -> float | None:
@@ -278,7 +252,7 @@ def _steady_epoch_time(run_dir: Path) -> float | None:
     return float(times.mean()) if len(times) else None
 
 
-def _metrics(result: Any) -> dict[str, Any]:
+def _unit_metrics(result: Any) -> dict[str, Any]:
     """The runs table's metrics of one run; the formats' R² from test_metrics.json when it has them."""
     import json
 

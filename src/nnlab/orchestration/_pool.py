@@ -1,0 +1,221 @@
+"""Worker processes: how many, their entry point, their threads, and what they keep quiet.
+
+A search or a study runs its units in one process or in ``workers`` spawned
+processes sharing the storage (:func:`run_workers`). Each spawned process
+enters through :func:`worker_main`, which turns the errors a user can cause
+into one line and an exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from nnlab.errors import NnlabError
+from nnlab.orchestration._lost import StorageLostError
+from nnlab.orchestration._mlflow import MlflowTarget, abort_parent
+
+__all__ = [
+    "available_cpus",
+    "cap_workers",
+    "capped_workers",
+    "limit_threads",
+    "one_line",
+    "quiet_retracing",
+    "report_failed_workers",
+    "run_processes",
+    "run_workers",
+    "worker_main",
+]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int, remaining: int, cpus: int | None = None) -> tuple[int, str]:
+    """How many workers to start: at most one per CPU and one per trial left.
+
+    More would only compete for the cores (each worker trains with TensorFlow)
+    or sit idle, each having loaded TensorFlow and prepared the data first.
+
+    Returns:
+        The number, and why it is below ``requested`` ("" when it is not).
+
+    Example:
+        >>> cap_workers(8, 3, cpus=2)
+        (2, 'this machine has 2 CPUs available')
+        >>> cap_workers(4, 1, cpus=16)
+        (1, 'only 1 trial is left to run')
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    workers, reasons = requested, []
+    if workers > cpus:
+        workers = cpus
+        reasons.append(f"this machine has {cpus} CPU{'s' if cpus > 1 else ''} available")
+    if workers > max(remaining, 1):
+        workers = max(remaining, 1)
+        reasons.append(f"only {workers} trial{' is' if workers == 1 else 's are'} left to run")
+    return workers, "; ".join(reasons)
+
+
+def capped_workers(requested: int, remaining: int, say: Callable[[str], Any]) -> int:
+    """:func:`cap_workers` for ``remaining`` units (0 when none is left), saying why it capped.
+
+    Example:
+        >>> capped_workers(4, 0, print)
+        0
+    """
+    if remaining <= 0:
+        return 0
+    workers, why = cap_workers(requested, remaining)
+    if why:
+        say(f"--workers {requested} capped to {workers}: {why}")
+    return workers
+
+
+def limit_threads(workers: int) -> None:
+    """``workers`` processes on one machine: share the cores instead of each taking all of them."""
+    import tensorflow as tf
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message's lines joined.
+
+    Example:
+        >>> one_line(ValueError("bad\\n  value"))
+        'ValueError: bad value'
+    """
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _drop_retracing_warning(record: logging.LogRecord) -> bool:
+    # Every unit builds a new network, hence new tf.functions; TensorFlow's
+    # "N out of the last M calls ... triggered tf.function retracing" heuristic
+    # counts them as retracing, which here is expected, not a performance bug.
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_retracing() -> Iterator[None]:
+    """Drop TensorFlow's retracing warning while units run (each builds a new network)."""
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addFilter(_drop_retracing_warning)
+    try:
+        yield
+    finally:
+        tf_logger.removeFilter(_drop_retracing_warning)
+
+
+def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
+    """Entry point of a spawned worker process: ``run(*args)``, errors as one line naming the worker.
+
+    Exit status 2 for an error a user can cause, 1 for a storage that stopped
+    answering, 130 for Ctrl-C.
+
+    Args:
+        run: the worker function (a module-level function: it is pickled).
+        name: the worker in messages, e.g. ``worker 1``.
+        args: its arguments.
+    """
+    from nnlab._tflog import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # a fresh (spawned) process: its first TensorFlow import is quiet too
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run(*args)
+    except NnlabError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except StorageLostError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_processes(run: Callable[..., Any], args: Sequence[tuple], *, name: str,
+                  label: str = "worker") -> list[tuple[int, int]]:
+    """Run ``run(*a)`` for each ``a`` in ``args`` in its own spawned process
+    (through :func:`worker_main`) and wait for all; returns (index, exit code)
+    of the ones that failed.
+
+    Ctrl-C reaches the workers too (same process group): they get 30 s to
+    record their running unit as interrupted before they are stopped.
+
+    Args:
+        run: the worker function (module-level: it is pickled).
+        args: one argument tuple per process.
+        name: the processes' name prefix (``<name>-<index>``).
+        label: the worker in messages (``<label> <index>``).
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
+    processes = [context.Process(target=worker_main, args=(run, f"{label} {i}", *a), name=f"{name}-{i}")
+                 for i, a in enumerate(args)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    return [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+
+
+def run_workers(workers: int, *, here: Callable[[], Any], run: Callable[..., Any], args: Sequence[tuple],
+                name: str, label: str, parent: MlflowTarget | None = None,
+                parent_metrics: Callable[[], Any] = dict,
+                files: Sequence[tuple[Any, str | None]] = ()) -> list[tuple[int, int]]:
+    """Run the units: ``here()`` in this process for one worker, else ``workers`` spawned processes.
+
+    The MLflow parent run, if any, ends as the work did when it raises (KILLED
+    on Ctrl-C, else FAILED); the exception goes on.
+
+    Args:
+        workers: processes (1: this one, its storage already open).
+        here: runs one worker in this process.
+        run, args, name, label: the spawned workers (see :func:`run_processes`);
+            ``args`` has one tuple per worker.
+        parent: the MLflow target with its parent run.
+        parent_metrics: the parent run's metrics should the work fail.
+        files: the parent run's files.
+
+    Returns:
+        (worker, exit status) of the spawned workers that failed.
+    """
+    try:
+        if workers == 1:
+            here()
+            return []
+        return run_processes(run, args, name=name, label=label)
+    except BaseException as exc:
+        abort_parent(parent, exc, metrics=parent_metrics, files=files)
+        raise
+
+
+def report_failed_workers(failed: Sequence[tuple[int, int]], label: str = "worker") -> None:
+    """One line on stderr per failed worker process: ``error: <label> N exited with status S``."""
+    for worker, status in failed:
+        print(f"error: {label} {worker} exited with status {status}", file=sys.stderr)
