@@ -105,10 +105,7 @@ def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: 
     keys = list(summary["keys"])
     fig, axes = new_figure(1, 2, size=(16, 7.2))
     full, zoom = axes[0]
-    ref = table.iloc[0]
-    ref_mean, ref_low, ref_high = (float(ref[c]) for c in ("test_r2_mean", "test_r2_ci_low", "test_r2_ci_high"))
     curves = precision_curves(table, keys)
-    styles = _styles(curves, keys, summary.get("reference") or {})
     formats = {fmt: e for fmt, e in (summary.get("formats") or {}).items() if math.isfinite(e["test_r2_mean"])}
     bits_seen = [int(b) for b in table["bits"] if b is not None and math.isfinite(float(b))]
     bits_seen += [e["bits"] for e in formats.values()] + [24]
@@ -124,27 +121,44 @@ def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: 
         fig.suptitle("Precision study: no results", fontsize=14)
         return save_figure(fig, path)
     _r2_log_axis(full, _unexplained(everything))
+    has_ref = _draw_reference(full, zoom, table)
+    _draw_curves(full, zoom, curves, _styles(curves, keys, summary.get("reference") or {}), has_ref=has_ref)
+    _draw_formats(full, zoom, formats)
+    _precision_titles(fig, full, zoom, table, summary, keys)
+    return save_figure(fig, path)
 
-    has_ref = math.isfinite(ref_mean)
-    if has_ref:
-        zoom_low = ref_mean - 2.5 * max(TOLERANCES)
-        in_view = _finite(table["test_r2_ci_high"].where(table["test_r2_ci_high"] >= zoom_low))
-        zoom_high = min(1.0, max([ref_mean, *(in_view if in_view.size else [ref_mean])]) + 0.6 * min(TOLERANCES))
-        zoom.set_ylim(zoom_low, zoom_high)
-        label = f"float32 reference ({_count(int(ref['n_seeds']), 'seed')})"
-        for ax, transform in ((full, _unexplained), (zoom, np.asarray)):
-            ax.axhline(float(transform(ref_mean)), color="black", lw=1.6, label=label)
-            if math.isfinite(ref_low):
-                ax.axhspan(float(transform(ref_low)), float(transform(ref_high)), color="black", alpha=0.12, lw=0)
-        for tol, style in zip(TOLERANCES, (":", "--")):
-            zoom.axhline(ref_mean - tol, color="0.35", lw=1.0, linestyle=style)
-            zoom.annotate(f"reference − {tol}", (1.0, ref_mean - tol), xycoords=("axes fraction", "data"),
-                          xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8,
-                          color="0.3")
-    else:
+
+def _draw_reference(full, zoom, table: pd.DataFrame) -> bool:
+    """The float32 reference as a line and band on both panels, the zoom around it with the tolerance lines.
+
+    Returns whether there is a reference result (else the zoom says so and stays empty).
+    """
+    ref = table.iloc[0]
+    ref_mean, ref_low, ref_high = (float(ref[c]) for c in ("test_r2_mean", "test_r2_ci_low", "test_r2_ci_high"))
+    if not math.isfinite(ref_mean):
         zoom.text(0.5, 0.5, "no reference result: nothing to zoom on", ha="center", va="center",
                   transform=zoom.transAxes, fontsize=11)
+        return False
+    zoom_low = ref_mean - 2.5 * max(TOLERANCES)
+    in_view = _finite(table["test_r2_ci_high"].where(table["test_r2_ci_high"] >= zoom_low))
+    zoom_high = min(1.0, max([ref_mean, *(in_view if in_view.size else [ref_mean])]) + 0.6 * min(TOLERANCES))
+    zoom.set_ylim(zoom_low, zoom_high)
+    label = f"float32 reference ({_count(int(ref['n_seeds']), 'seed')})"
+    for ax, transform in ((full, _unexplained), (zoom, np.asarray)):
+        ax.axhline(float(transform(ref_mean)), color="black", lw=1.6, label=label)
+        if math.isfinite(ref_low):
+            ax.axhspan(float(transform(ref_low)), float(transform(ref_high)), color="black", alpha=0.12, lw=0)
+    for tol, style in zip(TOLERANCES, (":", "--")):
+        zoom.axhline(ref_mean - tol, color="0.35", lw=1.0, linestyle=style)
+        zoom.annotate(f"reference − {tol}", (1.0, ref_mean - tol), xycoords=("axes fraction", "data"),
+                      xytext=(-4, 3), textcoords="offset points", ha="right", va="bottom", fontsize=8,
+                      color="0.3")
+    return True
 
+
+def _draw_curves(full, zoom, curves: Mapping[str, pd.DataFrame], styles: Mapping[str, dict[str, Any]], *,
+                 has_ref: bool) -> None:
+    """Each curve's mean with its CI band on both panels; on the zoom, a marker for cells below it."""
     for index, (label, line) in enumerate(curves.items()):
         style = styles[label]
         x = line["bits"].astype(float).to_numpy()
@@ -167,6 +181,9 @@ def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: 
                 zoom.plot(x[below] * nudge, np.full(below.sum(), zoom.get_ylim()[0]), linestyle="none", marker="v",
                           ms=7, color=style["color"], clip_on=False, alpha=0.8)
 
+
+def _draw_formats(full, zoom, formats: Mapping[str, Mapping[str, Any]]) -> None:
+    """The float32 network deployed in each hardware format: a labelled diamond (on the zoom when in view)."""
     for fmt, entry in formats.items():
         for ax, transform in ((full, _unexplained), (zoom, np.asarray)):
             y = float(transform(entry["test_r2_mean"]))
@@ -177,6 +194,8 @@ def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: 
             ax.annotate(fmt, (entry["bits"], y), xytext=(6, -3), textcoords="offset points", fontsize=8.5,
                         fontweight="bold", va="top")
 
+
+def _precision_titles(fig, full, zoom, table: pd.DataFrame, summary: Mapping[str, Any], keys: Sequence[str]) -> None:
     full.set_title("All cells")
     zoom.set_title("Zoom on the reference (▼: a cell below the zoom)")
     zoom.set_ylabel("test R²")
@@ -191,7 +210,6 @@ def plot_precision_study(table: pd.DataFrame, summary: Mapping[str, Any], path: 
                   "hardware format\n(not trained in it). Left: every cell, the vertical axis spaced by log(1 − R²) "
                   "so that 0.9, 0.99 and 0.999 are equally far apart. Right: linear zoom with the tolerances of "
                   "the findings.", fontsize=9, color="0.25")
-    return save_figure(fig, path)
 
 
 def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed: Mapping[tuple, pd.DataFrame],
@@ -208,6 +226,20 @@ def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed
     seeds = sorted({int(s) for frame in per_seed.values() for s in frame.index})
     cmap = colormaps["tab10" if len(seeds) <= 10 else "viridis"]
     color = {s: cmap(i if len(seeds) <= 10 else i / max(len(seeds) - 1, 1)) for i, s in enumerate(seeds)}
+    values = {cell: per_seed[cell]["test_r2"].astype(float) for cell in cells}
+    _draw_variant_bars(bars, table, cells, labels, values, color)
+    _draw_differences(diffs, table, cells, labels, values, color, alpha=summary["alpha"])
+    fig.suptitle(f"Comparison study: {_count(len(cells), 'variant')}, {_count(len(seeds), 'seed')}", fontsize=14)
+    fig.supxlabel("Dots: one per seed, the same colour for the same seed in every variant (grey lines join it). "
+                  "p: two-sided paired Wilcoxon signed-rank test against the reference; d: paired Cohen's d.",
+                  fontsize=9, color="0.25")
+    return save_figure(fig, path)
+
+
+def _draw_variant_bars(bars, table: pd.DataFrame, cells: Sequence[tuple], labels: Sequence[str],
+                       values: Mapping[tuple, pd.Series], color: Mapping[int, Any]) -> None:
+    """Mean test R² per variant with its CI, one dot per seed joined across variants; the axis zoomed on the data."""
+    seeds = list(color)
     x = np.arange(len(cells))
     means = table["test_r2_mean"].astype(float).to_numpy()
     low = table["test_r2_ci_low"].astype(float).to_numpy()
@@ -215,7 +247,6 @@ def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed
     err = np.vstack([np.where(np.isfinite(low), means - low, 0.0), np.where(np.isfinite(high), high - means, 0.0)])
     bars.bar(x, np.nan_to_num(means), color=["0.45"] + ["#4c72b0"] * (len(cells) - 1), alpha=0.55, width=0.6)
     bars.errorbar(x, means, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=7, lw=1.5)
-    values = {cell: per_seed[cell]["test_r2"].astype(float) for cell in cells}
     for s in seeds:
         ys = np.array([values[c].get(s, np.nan) for c in cells])
         bars.plot(x, ys, color="0.6", lw=0.7, alpha=0.7, zorder=2)
@@ -236,6 +267,10 @@ def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed
     if len(seeds) <= 12 and seeds:
         bars.legend(fontsize=7.5, ncol=2, loc="lower left", framealpha=0.85)
 
+
+def _draw_differences(diffs, table: pd.DataFrame, cells: Sequence[tuple], labels: Sequence[str],
+                      values: Mapping[tuple, pd.Series], color: Mapping[int, Any], *, alpha: float) -> None:
+    """Per variant, each seed's difference from the reference, with the mean, its CI, Wilcoxon p and Cohen's d."""
     ref_values = values[cells[0]]
     for i, cell in enumerate(cells[1:], start=1):
         common = values[cell].index.intersection(ref_values.index)
@@ -252,7 +287,7 @@ def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed
             text += f"\nd={cohen:.2f}" if math.isfinite(cohen) else ""
             diffs.annotate(text, (i - 1 + 0.22, hi if math.isfinite(hi) else mean), xytext=(0, 6),
                            textcoords="offset points", ha="center", va="bottom", fontsize=8.5,
-                           fontweight="bold" if math.isfinite(p) and p < summary["alpha"] else "normal")
+                           fontweight="bold" if math.isfinite(p) and p < alpha else "normal")
     diffs.axhline(0.0, color="black", lw=0.9)
     diffs.set_xticks(np.arange(len(cells) - 1), labels[1:], rotation=0 if len(cells) <= 5 else 30,
                      ha="center" if len(cells) <= 5 else "right")
@@ -260,13 +295,8 @@ def plot_compare_study(table: pd.DataFrame, summary: Mapping[str, Any], per_seed
         diffs.set_xlim(-0.6, len(cells) - 1.4)
     diffs.set_ylabel(f"test R² − {labels[0]} (same seed)")
     diffs.set_title("Paired difference from the reference\n"
-                    f"(■ mean with 95 % bootstrap CI; bold: p < {summary['alpha']})")
+                    f"(■ mean with 95 % bootstrap CI; bold: p < {alpha})")
     diffs.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"Comparison study: {_count(len(cells), 'variant')}, {_count(len(seeds), 'seed')}", fontsize=14)
-    fig.supxlabel("Dots: one per seed, the same colour for the same seed in every variant (grey lines join it). "
-                  "p: two-sided paired Wilcoxon signed-rank test against the reference; d: paired Cohen's d.",
-                  fontsize=9, color="0.25")
-    return save_figure(fig, path)
 
 
 def _count(n: int, noun: str) -> str:

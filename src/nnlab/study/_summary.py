@@ -164,7 +164,45 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
             not name every key, an alpha outside (0, 1).
     """
     keys = _validate(kind, runs, keys, reference, alpha)
-    notes: list[str] = []
+    df, formats = _runs_frame(runs, keys)
+    ref_cell = tuple(_norm(reference[k]) for k in keys)
+    cells, notes = _ordered_cells(kind, df, keys, ref_cell)
+    cell_ids = {cell: i for i, cell in enumerate(cells)}
+    df["_cid"] = [cell_ids[cell] for cell in df["_cell"]]  # an integer per cell: pandas compares tuples badly
+    done, left_out = _counted_runs(df)
+    notes += left_out
+    per_seed = {cell: done[done["_cid"] == cell_ids[cell]].set_index("_seed").sort_index() for cell in cells}
+    ref_runs = per_seed[ref_cell]
+    ref_time = _mean(ref_runs["epoch_time_mean"])
+    rows = [_cell_row(keys, cell, per_seed[cell], df[df["_cid"] == cell_ids[cell]], ref_runs, ref_time,
+                      is_reference=cell == ref_cell, alpha=alpha, seed=seed) for cell in cells]
+    table = _study_table(rows, keys)
+    counts = _counts(df, table, done, alpha)
+    notes += _coverage_notes(df, table, cells, keys, counts, alpha)
+
+    summary: dict[str, Any] = {
+        "kind": kind,
+        "keys": keys,
+        "reference": dict(zip(keys, ref_cell)),
+        "alpha": float(alpha),
+        "bootstrap_seed": int(seed),
+        "n_cells": len(cells),
+        **counts,
+        "tolerances": list(TOLERANCES),
+    }
+    if kind == "precision":
+        summary["formats"] = _format_results(ref_runs, formats, float(table.loc[0, "test_r2_mean"]), seed)
+        summary["fewest_bits_within"] = _fewest_bits_within(table, keys)
+        summary["stochastic_comparisons"] = _stochastic_comparisons(per_seed, table, keys, alpha, seed)
+    summary["findings"] = _findings(kind, table, summary, keys, ref_cell, alpha)
+    summary["notes"] = notes
+    summary["cells"] = table.to_dict("records")
+    return table, summary, per_seed
+
+
+def _runs_frame(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A copy of ``runs`` with numeric metrics and the columns ``_cell``, ``_seed`` and ``_completed``;
+    and the format columns it has (format -> column)."""
     df = runs.copy()
     formats = _format_columns(df)
     numeric = ["test_r2", "best_val_mse", "epoch_time_mean", *formats.values()]
@@ -172,10 +210,18 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df["_cell"] = [tuple(_norm(v) for v in row) for row in df[keys].itertuples(index=False, name=None)]
     df["_seed"] = pd.to_numeric(df["seed"], errors="coerce")
-    status = df["status"].astype(str).str.strip().str.lower()
-    df["_completed"] = status.isin(DONE_STATUSES)
-    ref_cell = tuple(_norm(reference[k]) for k in keys)
+    df["_completed"] = _status(df).isin(DONE_STATUSES)
+    return df, formats
 
+
+def _status(df: pd.DataFrame) -> pd.Series:
+    return df["status"].astype(str).str.strip().str.lower()
+
+
+def _ordered_cells(kind: str, df: pd.DataFrame, keys: Sequence[str],
+                   ref_cell: tuple) -> tuple[list[tuple], list[str]]:
+    """The cells, the reference first (added when it has no runs, with a note); precision cells sorted."""
+    notes = []
     first_seen: dict[str, dict[Any, int]] = {k: {} for k in keys}
     for cell in df["_cell"]:
         for k, v in zip(keys, cell):
@@ -187,11 +233,12 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
                      "with it is possible.")
     others = sorted((c for c in cells if c != ref_cell), key=_sort_key(keys, first_seen)) \
         if kind == "precision" else [c for c in cells if c != ref_cell]
-    cells = [ref_cell, *others]
+    return [ref_cell, *others], notes
 
-    cell_ids = {cell: i for i, cell in enumerate(cells)}
-    df["_cid"] = [cell_ids[cell] for cell in df["_cell"]]  # an integer per cell: pandas compares tuples badly
 
+def _counted_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The completed runs with a seed, the last of each (cell, seed); and notes on the runs left out."""
+    notes = []
     no_seed = df["_completed"] & ~np.isfinite(df["_seed"])
     if no_seed.any():
         notes.append(f"{int(no_seed.sum())} completed run(s) without a valid seed were left out.")
@@ -202,56 +249,80 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
         notes.append(f"{int(duplicated.sum())} completed run(s) repeat a (cell, seed) pair; the last one in the "
                      "table was used.")
         done = done[~duplicated]
+    return done, notes
 
-    per_seed = {cell: done[done["_cid"] == cell_ids[cell]].set_index("_seed").sort_index() for cell in cells}
-    ref_runs = per_seed[ref_cell]
-    ref_time = _mean(ref_runs["epoch_time_mean"])
-    rows = []
-    for cell in cells:
-        frame = per_seed[cell]
-        r2 = frame["test_r2"].to_numpy(np.float64)
-        finite = r2[np.isfinite(r2)]
-        all_rows = df[df["_cid"] == cell_ids[cell]]
-        row: dict[str, Any] = dict(zip(keys, cell))
-        row.update({
-            "n_seeds": int(finite.size),
-            "n_failed": int((~all_rows["_completed"]).sum()),
-            "n_diverged": int(r2.size - finite.size),
-            "test_r2_mean": float(finite.mean()) if finite.size else math.nan,
-        })
-        low, high = bootstrap_ci(finite, seed=seed) if finite.size >= 2 else (math.nan, math.nan)
-        time_mean = _mean(frame["epoch_time_mean"])
-        row.update({"test_r2_ci_low": low, "test_r2_ci_high": high, "val_mse_mean": _mean(frame["best_val_mse"]),
-                    "epoch_time_mean": time_mean,
-                    "epoch_time_ratio": time_mean / ref_time if ref_time > 0 else math.nan})
-        row.update(dict.fromkeys(("diff_vs_ref_mean", "diff_ci_low", "diff_ci_high", "wilcoxon_p", "cohens_d"),
-                                 math.nan), n_pairs=0 if cell != ref_cell else math.nan)
-        if cell != ref_cell:
-            common = frame.index.intersection(ref_runs.index)
-            comparison = compare_paired(frame.loc[common, "test_r2"], ref_runs.loc[common, "test_r2"],
-                                        alpha=alpha, seed=seed)
-            n_pairs = int(comparison["n"])
-            row["n_pairs"] = n_pairs
-            if n_pairs:
-                row.update(diff_vs_ref_mean=comparison["mean_diff"], wilcoxon_p=comparison["p_value"],
-                           cohens_d=comparison["cohens_d"])
-            if n_pairs >= 2:  # a bootstrap CI of one difference is that difference: not an interval
-                row.update(diff_ci_low=comparison["ci_low"], diff_ci_high=comparison["ci_high"])
-        rows.append(row)
+
+def _cell_row(keys: Sequence[str], cell: tuple, frame: pd.DataFrame, all_rows: pd.DataFrame,
+              ref_runs: pd.DataFrame, ref_time: float, *, is_reference: bool, alpha: float,
+              seed: int) -> dict[str, Any]:
+    """One row of ``<kind>_study.csv``: the cell's statistics and, but for the reference, its paired comparison."""
+    r2 = frame["test_r2"].to_numpy(np.float64)
+    finite = r2[np.isfinite(r2)]
+    row: dict[str, Any] = dict(zip(keys, cell))
+    row.update({
+        "n_seeds": int(finite.size),
+        "n_failed": int((~all_rows["_completed"]).sum()),
+        "n_diverged": int(r2.size - finite.size),
+        "test_r2_mean": float(finite.mean()) if finite.size else math.nan,
+    })
+    low, high = bootstrap_ci(finite, seed=seed) if finite.size >= 2 else (math.nan, math.nan)
+    time_mean = _mean(frame["epoch_time_mean"])
+    row.update({"test_r2_ci_low": low, "test_r2_ci_high": high, "val_mse_mean": _mean(frame["best_val_mse"]),
+                "epoch_time_mean": time_mean,
+                "epoch_time_ratio": time_mean / ref_time if ref_time > 0 else math.nan})
+    row.update(dict.fromkeys(("diff_vs_ref_mean", "diff_ci_low", "diff_ci_high", "wilcoxon_p", "cohens_d"),
+                             math.nan), n_pairs=0 if not is_reference else math.nan)
+    if is_reference:
+        return row
+    common = frame.index.intersection(ref_runs.index)
+    comparison = compare_paired(frame.loc[common, "test_r2"], ref_runs.loc[common, "test_r2"],
+                                alpha=alpha, seed=seed)
+    n_pairs = int(comparison["n"])
+    row["n_pairs"] = n_pairs
+    if n_pairs:
+        row.update(diff_vs_ref_mean=comparison["mean_diff"], wilcoxon_p=comparison["p_value"],
+                   cohens_d=comparison["cohens_d"])
+    if n_pairs >= 2:  # a bootstrap CI of one difference is that difference: not an interval
+        row.update(diff_ci_low=comparison["ci_low"], diff_ci_high=comparison["ci_high"])
+    return row
+
+
+def _study_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*keys, *STUDY_COLUMNS])
     for key in keys:  # keep 24 an int next to a missing value, not 24.0
         table[key] = pd.Series([row[key] for row in rows], dtype=object)
     table["n_pairs"] = table["n_pairs"].astype("Int64")
+    return table
 
-    seeds = sorted(int(s) for s in df.loc[np.isfinite(df["_seed"]), "_seed"].unique())
+
+def _counts(df: pd.DataFrame, table: pd.DataFrame, done: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    """The summary's run counts, seeds, and whether a test can be significant at all."""
     n_completed = int(df["_completed"].sum())
-    diverged = int(table["n_diverged"].sum())
+    n_seeds_done = int(done.loc[np.isfinite(done["test_r2"]), "_seed"].nunique())  # what a test can pair at most
+    min_p = min_wilcoxon_p(n_seeds_done)
+    return {
+        "seeds": sorted(int(s) for s in df.loc[np.isfinite(df["_seed"]), "_seed"].unique()),
+        "n_runs": len(df),
+        "n_completed": n_completed,
+        "n_failed": len(df) - n_completed,
+        "n_diverged": int(table["n_diverged"].sum()),
+        "n_seeds_completed": n_seeds_done,
+        "min_attainable_p": min_p,
+        "significance_possible": bool(min_p < alpha),
+    }
+
+
+def _coverage_notes(df: pd.DataFrame, table: pd.DataFrame, cells: Sequence[tuple], keys: Sequence[str],
+                    counts: Mapping[str, Any], alpha: float) -> list[str]:
+    """What the statistics leave out or cannot say: unfinished and diverged runs, single seeds, too few seeds."""
+    notes = []
+    n_completed, diverged = counts["n_completed"], counts["n_diverged"]
     if len(df) == 0:
         notes.append("The runs table is empty: nothing to summarise.")
     elif n_completed == 0:
         notes.append(f"None of the {len(df)} runs completed: no statistics.")
     elif (~df["_completed"]).any():
-        kinds = status[~df["_completed"]].str.split(":").str[0].str.strip().value_counts()
+        kinds = _status(df)[~df["_completed"]].str.split(":").str[0].str.strip().value_counts()
         notes.append(f"{int((~df['_completed']).sum())} of {len(df)} runs did not complete and were left out "
                      f"({', '.join(f'{k}: {n}' for k, n in kinds.items())}; n_failed per cell).")
     if diverged:
@@ -267,37 +338,11 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
         notes.append(f"{len(single)} cell(s) have a single seed, so no confidence interval: {shown}.")
     if n_completed and table.loc[0, "n_seeds"] == 0:
         notes.append("The reference cell has no completed run with a finite test R²: no comparison with it.")
-    n_seeds_done = int(done.loc[np.isfinite(done["test_r2"]), "_seed"].nunique())  # what a test can pair at most
-    min_p = min_wilcoxon_p(n_seeds_done)
+    n_seeds_done, min_p = counts["n_seeds_completed"], counts["min_attainable_p"]
     if min_p >= alpha and n_seeds_done:
         notes.append(f"With {n_seeds_done} seed(s) the smallest p-value the exact Wilcoxon test can reach is "
                      f"{min_p:.3g} ≥ alpha = {alpha}: no difference can be significant; use 6 seeds or more.")
-
-    summary: dict[str, Any] = {
-        "kind": kind,
-        "keys": keys,
-        "reference": dict(zip(keys, ref_cell)),
-        "alpha": float(alpha),
-        "bootstrap_seed": int(seed),
-        "n_cells": len(cells),
-        "seeds": seeds,
-        "n_runs": len(df),
-        "n_completed": n_completed,
-        "n_failed": len(df) - n_completed,
-        "n_diverged": diverged,
-        "n_seeds_completed": n_seeds_done,
-        "min_attainable_p": min_p,
-        "significance_possible": bool(min_p < alpha),
-        "tolerances": list(TOLERANCES),
-    }
-    if kind == "precision":
-        summary["formats"] = _format_results(ref_runs, formats, float(table.loc[0, "test_r2_mean"]), seed)
-        summary["fewest_bits_within"] = _fewest_bits_within(table, keys)
-        summary["stochastic_comparisons"] = _stochastic_comparisons(per_seed, table, keys, alpha, seed)
-    summary["findings"] = _findings(kind, table, summary, keys, ref_cell, alpha)
-    summary["notes"] = notes
-    summary["cells"] = table.to_dict("records")
-    return table, summary, per_seed
+    return notes
 
 
 def _format_results(ref_runs: pd.DataFrame, formats: Mapping[str, str], ref_mean: float,
