@@ -258,7 +258,20 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
     fig, axes = new_figure(2, 3, size=(19, 10.5))
     x = np.arange(1, epochs + 1)
     colors = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
-    ax = axes[0, 0]
+    _plot_convergence(axes[0, 0], runs, x, colors)
+    _plot_best_loss(axes[0, 1], runs, result, colors)
+    _plot_test_r2(axes[0, 2], runs, colors)
+    _plot_weights(axes[1, 0], runs, colors)
+    _plot_epoch_differences(axes[1, 1], runs, x)
+    _plot_summary(axes[1, 2], runs, result)
+    return save_figure(fig, out_dir / "james_stein_comparison.png")
+
+
+def _mean_curve(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.nanmean(np.vstack([r["curve"] for r in records]), axis=0)
+
+
+def _plot_convergence(ax, runs, x: np.ndarray, colors: dict[str, str]) -> None:
     for v in VARIANTS:
         stack = np.vstack([r["curve"] for r in runs[v]])
         ax.plot(x, np.nanmean(stack, axis=0), color=colors[v], lw=2, label=v)
@@ -268,7 +281,9 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
     ax.set(title="Convergence: validation MSE (mean, band = min–max over seeds)", xlabel="epoch",
            ylabel="validation MSE")
     ax.legend()
-    ax = axes[0, 1]
+
+
+def _plot_best_loss(ax, runs, result, colors: dict[str, str]) -> None:
     means = [result["best_loss"][v] for v in VARIANTS]
     cis = [result["best_loss_ci"][v] for v in VARIANTS]
     err = np.array([[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
@@ -276,7 +291,9 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
     for i, v in enumerate(VARIANTS):
         ax.scatter([i] * len(runs[v]), [r["best_loss"] for r in runs[v]], color="black", s=15, zorder=3)
     ax.set(title="Best validation MSE per variant (95% bootstrap CI, dots = seeds)", ylabel="best validation MSE")
-    ax = axes[0, 2]
+
+
+def _plot_test_r2(ax, runs, colors: dict[str, str]) -> None:
     for i, v in enumerate(VARIANTS):
         r2 = [r["test_r2"] for r in runs[v]]
         ax.bar(i, np.nanmean(r2), color=colors[v], alpha=0.8)
@@ -288,7 +305,9 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
         pad = max(0.005, high - low)
         ax.set_ylim(low - 2 * pad, high + pad)
     ax.set(title="Test R² (bar = mean, dots = seeds; y axis zoomed)", ylabel="test R²")
-    ax = axes[1, 0]
+
+
+def _plot_weights(ax, runs, colors: dict[str, str]) -> None:
     for v in VARIANTS:
         w = runs[v][0].get("weights")
         if w is not None and w.size:
@@ -299,16 +318,18 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
     ax.set(title=f"Kernel weight distribution (seed {runs[VARIANTS[0]][0]['seed']})", xlabel="weight",
            ylabel="count")
     ax.legend(fontsize=8)
-    ax = axes[1, 1]
+
+
+def _plot_epoch_differences(ax, runs, x: np.ndarray) -> None:
     for a, b in itertools.combinations(VARIANTS, 2):
-        diff = (np.nanmean(np.vstack([r["curve"] for r in runs[a]]), axis=0)
-                - np.nanmean(np.vstack([r["curve"] for r in runs[b]]), axis=0))
-        ax.plot(x, diff, lw=1.5, label=f"{a} − {b}")
+        ax.plot(x, _mean_curve(runs[a]) - _mean_curve(runs[b]), lw=1.5, label=f"{a} − {b}")
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set(title="Per-epoch difference of mean validation MSE (< 0: first is better)", xlabel="epoch",
            ylabel="difference")
     ax.legend(fontsize=8)
-    ax = axes[1, 2]
+
+
+def _plot_summary(ax, runs, result) -> None:
     ax.axis("off")
     cells = [[v, f"{result['best_loss'][v]:.4g}",
               f"[{result['best_loss_ci'][v][0]:.3g}, {result['best_loss_ci'][v][1]:.3g}]",
@@ -326,7 +347,6 @@ def _figure(runs, result, out_dir: Path, epochs: int) -> Path:
         lines.append(f"{pair.replace('_vs_', ' vs ')}: p={s['p_value']:.3g}, d={s['cohens_d']:.2f} (seeds)")
     ax.text(0.0, 0.35, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=9, family="monospace")
     ax.set_title("Summary")
-    return save_figure(fig, out_dir / "james_stein_comparison.png")
 
 
 def _json_pairs(comparisons: dict[str, Any], key: str) -> dict[str, dict[str, float]]:
@@ -390,20 +410,6 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
     result = compare_variants(runs, alpha=alpha)
     path = _figure(runs, result, out_dir, int(epochs))
     overrides = variant_overrides(config, epochs)
-    per_variant = pd.DataFrame([{
-        "variant": v,
-        "best_loss_mean": result["best_loss"][v],
-        "best_loss_ci_low": result["best_loss_ci"][v][0], "best_loss_ci_high": result["best_loss_ci"][v][1],
-        "convergence_epoch_mean": float(np.nanmean([r["convergence_epoch"] or np.nan for r in runs[v]])),
-        "test_r2_mean": float(np.nanmean([r["test_r2"] for r in runs[v]])),
-        "mean_significant_bits": runs[v][0]["mean_significant_bits"],
-        "diverged_runs": int(sum(r["diverged"] for r in runs[v])),
-    } for v in VARIANTS])
-    stats_rows = [{"comparison": pair.replace("_vs_", " vs "), "basis": basis, "n": c["n"],
-                   "mean_diff": c["mean_diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                   "wilcoxon_W": c["wilcoxon_statistic"], "p_value": c["p_value"], "cohens_d": c["cohens_d"],
-                   "significant": c["significant"]}
-                  for pair, comp in result["comparisons"].items() for basis, c in comp.items()]
     summary = {
         **{f"{v}_best_loss": result["best_loss"][v] for v in VARIANTS},
         "p_values": _json_pairs(result["comparisons"], "p_value"),
@@ -424,9 +430,43 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
                          "mean_significant_bits": runs[v][0]["mean_significant_bits"],
                          "run_dirs": [r["run_dir"] for r in runs[v]]} for v in VARIANTS},
     }
+    notes = _notes(result, study, used_seeds, dropped, epochs=epochs, alpha=alpha,
+                   interval=overrides["no_constraints"]["constraint_interval"])
+    study_runs = study.runs[["variant", "seed", "status", "test_r2", "best_val_mse", "epoch_time_mean", "run_id"]]
+    return SectionResult("james_stein", "", tables={"variants": _variant_table(runs, result),
+                                                    "paired tests": _paired_tests_table(result),
+                                                    "study runs": study_runs},
+                         figures=[path], summary=summary, notes=notes)
+
+
+def _variant_table(runs: dict[str, list[dict[str, Any]]], result: dict[str, Any]) -> pd.DataFrame:
+    """One row per variant: mean best loss with its CI, convergence epoch, test R², bits, diverged runs."""
+    return pd.DataFrame([{
+        "variant": v,
+        "best_loss_mean": result["best_loss"][v],
+        "best_loss_ci_low": result["best_loss_ci"][v][0], "best_loss_ci_high": result["best_loss_ci"][v][1],
+        "convergence_epoch_mean": float(np.nanmean([r["convergence_epoch"] or np.nan for r in runs[v]])),
+        "test_r2_mean": float(np.nanmean([r["test_r2"] for r in runs[v]])),
+        "mean_significant_bits": runs[v][0]["mean_significant_bits"],
+        "diverged_runs": int(sum(r["diverged"] for r in runs[v])),
+    } for v in VARIANTS])
+
+
+def _paired_tests_table(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per pair of variants and basis (across seeds, across epochs)."""
+    return pd.DataFrame([{"comparison": pair.replace("_vs_", " vs "), "basis": basis, "n": c["n"],
+                          "mean_diff": c["mean_diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                          "wilcoxon_W": c["wilcoxon_statistic"], "p_value": c["p_value"], "cohens_d": c["cohens_d"],
+                          "significant": c["significant"]}
+                         for pair, comp in result["comparisons"].items() for basis, c in comp.items()])
+
+
+def _notes(result: dict[str, Any], study: Any, used_seeds: Sequence[int], dropped: Sequence[str], *, epochs: int,
+           alpha: float, interval: int) -> list[str]:
+    """How the variants were trained and compared, the seeds left out, and whether a winner could be named."""
     notes = [
         f"{len(used_seeds)} seeds × {epochs} epochs per variant, the run's own architecture and data; "
-        f"constraints every {overrides['no_constraints']['constraint_interval']} epochs; oscillation dampeners off "
+        f"constraints every {interval} epochs; oscillation dampeners off "
         "in all variants; no XLA, no early stopping; compared on validation MSE.",
         f"Winner: {result['winner']}. A winner is named only when the paired Wilcoxon test across seeds gives "
         f"p < {alpha} against both other variants.",
@@ -440,7 +480,4 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
         notes.append(f"With {len(used_seeds)} seeds the smallest p-value the exact Wilcoxon test can reach is "
                      f"{result['min_attainable_p_across_seeds']:.3g} ≥ {alpha}, so no winner can be named; "
                      "use --js-seeds 6 or more for a decision.")
-    study_runs = study.runs[["variant", "seed", "status", "test_r2", "best_val_mse", "epoch_time_mean", "run_id"]]
-    return SectionResult("james_stein", "", tables={"variants": per_variant, "paired tests": pd.DataFrame(stats_rows),
-                                                    "study runs": study_runs},
-                         figures=[path], summary=summary, notes=notes)
+    return notes
