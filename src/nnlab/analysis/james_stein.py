@@ -390,7 +390,7 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
         NnlabError: no seed has its three runs finished.
     """
     from nnlab.errors import NnlabError
-    from nnlab.hpo._search import available_cpus
+    from nnlab.orchestration import available_cpus
 
     base = config.model.seed if config.model.seed is not None else 0
     seed_list = [base + k for k in range(int(seeds))]
