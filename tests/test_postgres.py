@@ -167,6 +167,46 @@ def test_database_stopped_mid_search_then_rerun(tmp_path, postgres_db, postgres_
     assert len(rows(tmp_path / "out" / "analysis" / "hpo_results.csv")) == 3
 
 
+STUDY_TINY = ["--epochs", "2", "--num-particles", "200", "--set", "hidden_layers=[8]", "--set", "batch_size=32",
+              "--set", "jit_compile=false", "--set", "tensorboard=false", "--config-dir", str(REPO / "ml_config")]
+
+
+def study(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "relu=activation=relu",
+                             "--variant", "tanh=activation=tanh", *STUDY_TINY, *args],
+                            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_database_stopped_mid_study_then_rerun(tmp_path, postgres_db, postgres_server):
+    # The study worker handles a lost database as the search's does: retried, then one message and exit 1.
+    args = ["--seeds", "2", "--storage", postgres_db, "--output-dir", "s"]
+    proc = study(tmp_path, *args)
+    deadline = time.monotonic() + 120
+    while not _finished(postgres_db, "nnlab-study-compare"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    postgres_server.stop()
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        postgres_server.start()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and postgres_server.password not in out + err
+    assert "lost the connection to the storage postgresql+psycopg://postgres:***@127.0.0.1" in err
+    assert "Rerun the same command when the database is back" in err, err
+    # Back up: the same command finishes the study, every unit once.
+    again = study(tmp_path, *args)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    done = [t for t in _finished(postgres_db, "nnlab-study-compare") if t.user_attrs["outcome"] == "completed"]
+    units = sorted((t.user_attrs["cell"], t.user_attrs["seed"]) for t in done)
+    assert len(units) == 4 and len(set(units)) == 4
+    table = rows(tmp_path / "s" / "compare_runs.csv")
+    assert {r["status"] for r in table} == {"completed"} and len({r["run_id"] for r in table}) == 4
+    assert not optuna.load_study(study_name="nnlab-study-compare", storage=postgres_db).get_trials(
+        states=(TrialState.RUNNING,))
+
+
 def test_study_runs_on_postgres(tmp_path, postgres_db, postgres_server):
     from nnlab.config import load_config
     from nnlab.study import StudySpec, run_study
