@@ -1,12 +1,13 @@
 """Hyperparameter search on Optuna: resumable, prunable, spread over worker processes.
 
 Each trial samples a preset and the keys of a :class:`SearchSpace`, trains
-through :func:`~nnlab.runs.train_with_tracking` (its own run directory,
-as ``python main.py`` would) and reports validation R² every epoch so a pruner
-can stop it. The study lives in an Optuna storage -- by default a journal file
-under ``<output_dir>/analysis/`` -- so rerunning the same command continues it,
-and several processes (``workers``) or machines (a shared database) can work
-on one study. Results: ``hpo_results.csv``, ``best_config.json`` (accepted by
+through :func:`~nnlab.runs.execute` (its own run directory, as ``python
+main.py`` would) and reports validation R² every epoch so a pruner can stop
+it. The study lives in an Optuna storage -- by default a journal file under
+``<output_dir>/analysis/`` -- so rerunning the same command continues it, and
+several processes (``workers``) or machines (a shared database) can work on
+one study; claiming, heartbeats, lost databases and worker processes are
+:mod:`nnlab.orchestration`'s. Results: ``hpo_results.csv``, ``best_config.json`` (accepted by
 ``python main.py --config``) and ``hpo_study.json``.
 
 Importing this package is cheap: Optuna and TensorFlow load when a search runs.

@@ -23,6 +23,7 @@ from nnlab.orchestration import (  # available_cpus: still imported from here by
     available_cpus,  # noqa: F401
     budget_lock_path,
     capped_workers,
+    check_positive,
     check_storage,
     counts_towards_budget,
     fail_interrupted_trials,
@@ -157,12 +158,6 @@ class _Plan:
     mlflow: MlflowTarget | None = None
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def plan_search(settings: SearchSettings) -> _Plan:
     """Validate every setting, preset and the space, once, before any work.
 
@@ -174,8 +169,6 @@ def plan_search(settings: SearchSettings) -> _Plan:
     presets = _presets(s)
     if s.benchmarking and s.space is not None:
         raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
-    if s.mlflow is not None and not isinstance(s.mlflow, str):
-        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(s.mlflow).__name__}")
     space = _search_space(s)
     base = _base_configs(s, presets)
     mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
@@ -204,11 +197,11 @@ def _check_settings(s: SearchSettings) -> str:
     from nnlab.config import SEED_MAX
 
     for name in ("max_trials", "epochs", "batch_size", "num_particles", "workers"):
-        _positive(name.replace("_", "-"), getattr(s, name))
+        check_positive(name.replace("_", "-"), getattr(s, name))
     if s.startup_trials is not None:
-        _positive("startup-trials", s.startup_trials)
-    _positive("heartbeat", s.heartbeat_interval)
-    _positive("grace-period", s.grace_period)
+        check_positive("startup-trials", s.startup_trials)
+    check_positive("heartbeat", s.heartbeat_interval)
+    check_positive("grace-period", s.grace_period)
     if s.grace_period <= s.heartbeat_interval:
         raise ConfigError(f"--grace-period ({s.grace_period} s) must be longer than --heartbeat "
                           f"({s.heartbeat_interval} s): a live trial would be failed between two heartbeats")

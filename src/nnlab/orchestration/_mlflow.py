@@ -56,10 +56,14 @@ def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
     configuration's ``mlflow_experiment``.
 
     Raises:
-        ConfigError: naming --mlflow, for a URI of the wrong form or a local
-            store in a directory that does not exist.
+        ConfigError: naming --mlflow, for an option that is not text, a URI of
+            the wrong form or a local store in a directory that does not exist.
     """
+    from nnlab.errors import ConfigError
     from nnlab.integrations import mlflow_option
+
+    if option is not None and not isinstance(option, str):
+        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(option).__name__}")
 
     experiment = str(configs[0].get("mlflow_experiment") or "nnlab") if configs else "nnlab"
     if option is not None:

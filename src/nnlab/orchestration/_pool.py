@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from nnlab.errors import NnlabError
+from nnlab.errors import ConfigError, NnlabError
 from nnlab.orchestration._lost import StorageLostError
 from nnlab.orchestration._mlflow import MlflowTarget, abort_parent
 
@@ -23,6 +23,7 @@ __all__ = [
     "available_cpus",
     "cap_workers",
     "capped_workers",
+    "check_positive",
     "limit_threads",
     "one_line",
     "quiet_retracing",
@@ -39,6 +40,21 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def check_positive(name: str, value: Any) -> int:
+    """``value`` if it is an integer >= 1 (a setting of a search or a study: ``--workers``, ``--epochs``...).
+
+    Raises:
+        ConfigError: naming the setting and the value.
+
+    Example:
+        >>> check_positive("--workers", 2)
+        2
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def cap_workers(requested: int, remaining: int, cpus: int | None = None) -> tuple[int, str]:

@@ -13,6 +13,7 @@ from nnlab.orchestration import (
     MlflowTarget,
     StorageSpec,
     budget_lock_path,
+    check_positive,
     resolve_mlflow,
     resolve_storage,
     storage_spec,
@@ -87,12 +88,6 @@ class _Plan:
         return " ".join(f"{k}={cell['key'][k]}" for k in varying)
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def _resolve_base(spec: StudySpec) -> dict[str, Any]:
     """The flat base configuration; keys every cell sets (and ``seed``) cannot also be set by it."""
     from nnlab.config import Config, load_config
@@ -129,7 +124,7 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
     """
     if not isinstance(spec, StudySpec):
         raise ConfigError(f"run_study expects a StudySpec, got {type(spec).__name__}")
-    _positive("--workers", workers)
+    check_positive("--workers", workers)
     base = _resolve_base(spec)
     cells = _cells(spec, base)
     study_dir = _study_dir(spec, output_dir)
@@ -144,8 +139,6 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
         generated = False
     else:
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
-    if mlflow is not None and not isinstance(mlflow, str):
-        raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(mlflow).__name__}")
     target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
     return _Plan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
                  reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
