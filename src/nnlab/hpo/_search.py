@@ -31,6 +31,7 @@ from nnlab.orchestration import (  # available_cpus: still imported from here by
     open_parent,
     open_storage,
     open_study,
+    progress_printer,
     report_failed_workers,
     resolve_mlflow,
     resolve_storage,
@@ -139,7 +140,7 @@ class SearchSummary:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _SearchPlan:
     """The validated, resolved settings handed to each worker (picklable)."""
 
     settings: SearchSettings
@@ -158,7 +159,7 @@ class _Plan:
     mlflow: MlflowTarget | None = None
 
 
-def plan_search(settings: SearchSettings) -> _Plan:
+def plan_search(settings: SearchSettings) -> _SearchPlan:
     """Validate every setting, preset and the space, once, before any work.
 
     Raises:
@@ -179,7 +180,7 @@ def plan_search(settings: SearchSettings) -> _Plan:
         "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
         "overrides": dict(s.overrides),
     }))
-    return _Plan(
+    return _SearchPlan(
         settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
         storage=spec, study_name=study_name,
         results=results,
@@ -329,17 +330,18 @@ def run_search(settings: SearchSettings | None = None, /, **options: Any) -> Sea
 
     settings = dataclasses.replace(settings or SearchSettings(), **options)
     plan = plan_search(settings)
-    say = _printer(settings.verbose)
+    say = progress_printer(settings.verbose)
     paths = ResultPaths(plan.results)
     check_results_owner(paths, plan.study_name, plan.storage.label)  # before the storage is even created
     storage = open_storage(plan.storage)
     study = open_study(storage, plan.study_name, plan.fingerprint, label=plan.storage.label)
-    plan, left = _start(plan, study, paths, say)
+    plan, left = _begin_search(plan, study, paths, say)
     failed_workers = _run_trials(plan, study, storage, paths, left)
-    return _finish(plan, study, paths, failed_workers, say)
+    return _end_search(plan, study, paths, failed_workers, say)
 
 
-def _start(plan: _Plan, study: Any, paths: Any, say: Callable[..., None]) -> tuple[_Plan, int]:
+def _begin_search(plan: _SearchPlan, study: Any, paths: Any, say: Callable[[str], None]
+                  ) -> tuple[_SearchPlan, int]:
     """Fail interrupted trials, cap the workers, say where the study stands, open the MLflow parent.
 
     Returns:
@@ -372,7 +374,7 @@ def _start(plan: _Plan, study: Any, paths: Any, say: Callable[..., None]) -> tup
     return plan, plan.budget - finished
 
 
-def _run_trials(plan: _Plan, study: Any, storage: Any, paths: Any, left: int) -> list[tuple[int, int]]:
+def _run_trials(plan: _SearchPlan, study: Any, storage: Any, paths: Any, left: int) -> list[tuple[int, int]]:
     """The workers, in this process (one: the storage already open) or spawned; returns the failed ones."""
     from nnlab.hpo._worker import search_worker
 
@@ -383,11 +385,11 @@ def _run_trials(plan: _Plan, study: Any, storage: Any, paths: Any, left: int) ->
     return run_workers(workers, here=lambda: search_worker(plan, 0, n_existing, storage=storage),
                        run=search_worker, args=[(plan, i, n_existing) for i in range(workers)],
                        name="nnlab-hpo-worker", label="worker", parent=plan.mlflow,
-                       parent_metrics=lambda: _parent_metrics(_counts(study), None), files=_parent_files(paths))
+                       parent_metrics=lambda: _parent_metrics(_counts(study), None), files=_search_files(paths))
 
 
-def _finish(plan: _Plan, study: Any, paths: Any, failed_workers: list[tuple[int, int]],
-            say: Callable[..., None]) -> SearchSummary:
+def _end_search(plan: _SearchPlan, study: Any, paths: Any, failed_workers: list[tuple[int, int]],
+            say: Callable[[str], None]) -> SearchSummary:
     """Wait for trials running elsewhere, write the results, end the parent run, say the best."""
     from nnlab.hpo._results import format_best, write_results
 
@@ -395,8 +397,8 @@ def _finish(plan: _Plan, study: Any, paths: Any, failed_workers: list[tuple[int,
     best = write_results(study, paths, storage_label=plan.storage.label)
     counts = _counts(study)
     finish_parent(plan.mlflow, status="FINISHED" if best is not None and not failed_workers else "FAILED",
-                  metrics=_parent_metrics(counts, best), files=_parent_files(paths))
-    say(format_best(best, paths, counts), end="")
+                  metrics=_parent_metrics(counts, best), files=_search_files(paths))
+    say(format_best(best, paths, counts).rstrip("\n"))
     report_failed_workers(failed_workers, "worker")
     return SearchSummary(
         study_name=plan.study_name, storage=plan.storage.label, results_path=paths.results,
@@ -409,7 +411,7 @@ def _finish(plan: _Plan, study: Any, paths: Any, failed_workers: list[tuple[int,
     )
 
 
-def _parent_files(paths: Any) -> list[tuple[Path, str | None]]:
+def _search_files(paths: Any) -> list[tuple[Path, str | None]]:
     """The search's files logged to its MLflow parent run."""
     return [(paths.results, None), (paths.best_config, None), (paths.study_file, None)]
 
@@ -466,11 +468,3 @@ def _parent_metrics(counts: Mapping[str, int], best: Any) -> dict[str, Any]:
     if best is not None:
         metrics.update(best_value=best.value, best_trial=best.number)
     return metrics
-
-
-def _printer(verbose: bool):
-    def say(text: str, end: str = "\n") -> None:
-        if verbose:
-            print(text, end=end, flush=True)
-
-    return say

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from nnlab.errors import ConfigError
@@ -113,7 +113,7 @@ def search_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = Non
             claim=lambda owner: claim_trial(study, budget=plan.budget, lock_path=plan.lock_path, owner=owner,
                                             choose=choose),
             run_one=lambda trial: run_trial(study, trial, plan=plan, space=space, data=data),
-            on_done=_reporter(study, plan, worker, bar),
+            on_done=_trial_reporter(study, plan, worker, bar),
             label=plan.storage.label,
             say=(lambda text: print(text, file=sys.stderr, flush=True)) if s.verbose else None,
             wait_for_retries=True)
@@ -122,7 +122,7 @@ def search_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = Non
             bar.stop()
 
 
-def _reporter(study: Any, plan: Any, worker: int, bar: Any) -> Callable[[Any], None]:
+def _trial_reporter(study: Any, plan: Any, worker: int, bar: Any) -> Callable[[Any], None]:
     """After each trial: the results files, and its line (above the bar on a terminal)."""
     paths = ResultPaths(plan.results)
     s = plan.settings

@@ -74,6 +74,7 @@ from nnlab.orchestration._pool import (
     check_positive,
     limit_threads,
     one_line,
+    progress_printer,
     quiet_retracing,
     report_failed_workers,
     run_processes,
@@ -129,6 +130,7 @@ __all__ = [
     "open_study",
     "open_worker_study",
     "parent_name",
+    "progress_printer",
     "quiet_retracing",
     "reconnect",
     "release_own_trials",
@@ -146,4 +148,5 @@ __all__ = [
     "trial_id",
     "wait_for_running_trials",
     "worker_identity",
+    "worker_main",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "check_positive",
     "limit_threads",
     "one_line",
+    "progress_printer",
     "quiet_retracing",
     "report_failed_workers",
     "run_processes",
@@ -116,6 +117,24 @@ def one_line(exc: BaseException) -> str:
     """
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def progress_printer(progress: bool | Callable[[str], Any]) -> Callable[[str], None]:
+    """Where a search's or a study's progress lines go: a caller's callable, print (True) or nowhere (False).
+
+    Example:
+        >>> progress_printer(True)("3 of 4 runs finished")
+        3 of 4 runs finished
+        >>> progress_printer(False)("not shown")
+    """
+    if callable(progress):
+        return progress
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+
+    return say
 
 
 def _drop_retracing_warning(record: logging.LogRecord) -> bool:

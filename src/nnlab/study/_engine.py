@@ -16,6 +16,7 @@ from nnlab.orchestration import (
     finish_parent,
     open_parent,
     open_storage,
+    progress_printer,
     report_failed_workers,
     run_workers,
 )
@@ -41,13 +42,6 @@ from nnlab.study._results import (
 )
 
 __all__ = ["RUN_COLUMNS", "StudyResult", "default_output_dir", "run_study"]
-
-
-def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | None:
-    """Where progress lines go: a caller's callable, print (True) or nowhere (False)."""
-    if callable(progress):
-        return progress
-    return (lambda text: print(text, flush=True)) if progress else None
 
 
 def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers: int = 1,
@@ -105,18 +99,13 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
 
     plan = make_plan(spec, output_dir=output_dir, workers=workers, storage=storage, study_name=study_name,
                      data=data, progress=bool(progress), mlflow=mlflow)
-    emit = _printer(progress)
-
-    def say(text: str) -> None:
-        if emit is not None:
-            emit(text)
-
+    say = progress_printer(progress)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan, store, study = _open(plan)
     paths = {"runs": plan.runs_path, "data": plan.data_path, "record": write_record(plan)}
-    plan, left = _start(plan, study, workers, say)
-    failed_workers = _run_units(plan, store, left, paths, emit)
-    return _finish(plan, study, paths, failed_workers, say)
+    plan, left = _begin_study(plan, study, workers, say)
+    failed_workers = _run_units(plan, store, left, paths, say if progress else None)
+    return _end_study(plan, study, paths, failed_workers, say)
 
 
 def _open(plan: Any) -> tuple[Any, Any, Any]:
@@ -165,7 +154,7 @@ def _prepared(plan: Any, stored: dict[str, Any] | None) -> Any:
     return plan
 
 
-def _start(plan: Any, study: Any, workers: int, say: Callable[[str], None]) -> tuple[Any, int]:
+def _begin_study(plan: Any, study: Any, workers: int, say: Callable[[str], None]) -> tuple[Any, int]:
     """Fail interrupted trials, cap the workers, say where the study stands, open the MLflow parent.
 
     Returns:
@@ -204,10 +193,10 @@ def _run_units(plan: Any, store: Any, left: int, paths: dict[str, Path],
     return run_workers(plan.workers, here=lambda: study_worker(plan, 0, storage=store, say=emit),
                        run=study_worker, args=[(plan, i) for i in range(plan.workers)],
                        name="nnlab-study-worker", label="study worker", parent=plan.mlflow,
-                       parent_metrics=lambda: {"runs_total": n_units}, files=_parent_files(paths))
+                       parent_metrics=lambda: {"runs_total": n_units}, files=_output_files(paths))
 
 
-def _finish(plan: Any, study: Any, paths: dict[str, Path], failed_workers: list[tuple[int, int]],
+def _end_study(plan: Any, study: Any, paths: dict[str, Path], failed_workers: list[tuple[int, int]],
             say: Callable[[str], None]) -> StudyResult:
     """The runs table and the summary from the storage; the parent run ended; where the outputs are."""
     runs = runs_frame(write_runs(study, plan), plan)
@@ -220,7 +209,7 @@ def _finish(plan: Any, study: Any, paths: dict[str, Path], failed_workers: list[
     finish_parent(plan.mlflow, status="FINISHED" if done == n_units and not failed_workers else "FAILED",
                   metrics={"runs_total": n_units, "runs_finished": done,
                            "runs_completed": int((runs["status"] == RunStatus.COMPLETED.value).sum())},
-                  files=_parent_files(paths))
+                  files=_output_files(paths))
     say(f"{done} of {n_units} runs finished" + ("" if done == n_units else
                                                 "; rerun the same command to finish the others"))
     for name, path in paths.items():
@@ -234,7 +223,7 @@ def _parent_params(plan: Any) -> dict[str, Any]:
             "reference": plan.reference, "preset": plan.preset, "base": plan.base}
 
 
-def _parent_files(paths: dict[str, Path]) -> list[tuple[Path, str | None]]:
+def _output_files(paths: dict[str, Path]) -> list[tuple[Path, str | None]]:
     """The study's outputs logged to its parent run: every one but the particle data."""
     return [(path, None) for name, path in paths.items() if name != "data"]
 

@@ -33,7 +33,7 @@ def default_output_dir(kind: str) -> Path:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _StudyPlan:
     """The validated study, handed to every worker (picklable)."""
 
     kind: str
@@ -116,7 +116,7 @@ def _resolve_base(spec: StudySpec) -> dict[str, Any]:
 
 
 def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | None, study_name: str | None,
-              data: Any, progress: bool, mlflow: str | None = None) -> _Plan:
+              data: Any, progress: bool, mlflow: str | None = None) -> _StudyPlan:
     """Validate everything once, before any file is written.
 
     Raises:
@@ -140,7 +140,7 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
     else:
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
     target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
-    return _Plan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
+    return _StudyPlan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
                  reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
                  storage=store, study_name=name,
                  lock_path=budget_lock_path(study_dir.resolve(), name, prefix="study"),

@@ -152,11 +152,11 @@ def study_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[
         return cell, seed, run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
 
     return run_claim_loop(study, claim=lambda owner: _claim(study, plan, owner), run_one=run_one,
-                          on_done=_reporter(study, plan, say), label=plan.storage.label,
+                          on_done=_unit_reporter(study, plan, say), label=plan.storage.label,
                           say=(lambda text: print(text, file=sys.stderr, flush=True)) if plan.progress else None)
 
 
-def _reporter(study: Any, plan: Any, say: Callable[[str], None] | None
+def _unit_reporter(study: Any, plan: Any, say: Callable[[str], None] | None
               ) -> Callable[[tuple[dict[str, Any], int, UnitRecord]], None]:
     """After each unit: the runs table, and its line ``[done/total] cell seed=N: outcome``."""
     units = {(c["id"], s) for c in plan.cells for s in plan.seeds}
