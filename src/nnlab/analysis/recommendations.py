@@ -23,6 +23,7 @@ from scipy import stats
 from nnlab.analysis.artifacts import hidden_layers_of
 from nnlab.analysis.base import SectionResult, SectionSkipped
 from nnlab.analysis.heatmap import UNFINISHED
+from nnlab.runs import RunStatus
 from nnlab.stats import fit_exponential_decay, one_sample_ttest
 
 __all__ = ["COLUMNS", "recommend", "learning_rate_rule", "overfitting_rule", "batch_size_rule",
