@@ -7,6 +7,8 @@ from typing import Any
 
 import keras
 
+from nnlab.runs import RunStatus
+
 __all__ = ["TrialPruningCallback"]
 
 
@@ -14,8 +16,8 @@ class TrialPruningCallback(keras.callbacks.Callback):
     """Report a metric to an Optuna trial every epoch; stop training when the pruner says so.
 
     Training is stopped with ``model.stop_training`` (the epoch's artifacts are
-    written first) and ``run_status`` becomes ``"pruned"``, which
-    :func:`~nnlab.runs.train_with_tracking` records as the run's status.
+    written first) and ``run_status`` becomes ``RunStatus.PRUNED``, which
+    :func:`~nnlab.runs.execute` records as the run's status.
     Non-finite values are not reported.
 
     Args:
@@ -24,15 +26,15 @@ class TrialPruningCallback(keras.callbacks.Callback):
 
     Example:
         >>> # callback = TrialPruningCallback(trial)
-        >>> # train_with_tracking(model, *data, cfg, callbacks=[callback])
-        >>> # if callback.run_status == "pruned": raise optuna.TrialPruned()
+        >>> # result = execute(RunSpec(cfg, data, callbacks=[callback]))
+        >>> # if result.status == RunStatus.PRUNED: ...
     """
 
     def __init__(self, trial: Any, monitor: str = "val_r2_score") -> None:
         super().__init__()
         self.trial = trial
         self.monitor = monitor
-        self.run_status: str | None = None
+        self.run_status: RunStatus | None = None
         self.pruned_epoch: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -42,5 +44,5 @@ class TrialPruningCallback(keras.callbacks.Callback):
         self.trial.report(float(value), step=epoch)
         if self.trial.should_prune():
             self.model.stop_training = True
-            self.run_status = "pruned"
+            self.run_status = RunStatus.PRUNED
             self.pruned_epoch = epoch
