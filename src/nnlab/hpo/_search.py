@@ -14,13 +14,12 @@ from typing import Any
 
 from nnlab._files import probe_writable
 from nnlab.errors import ConfigError
-from nnlab.orchestration import (  # available_cpus: still imported from here by nnlab.analysis.james_stein
+from nnlab.orchestration import (
     HEARTBEAT_GRACE_S,
     HEARTBEAT_INTERVAL_S,
     OUTCOME_ATTR,
     MlflowTarget,
     StorageSpec,
-    available_cpus,  # noqa: F401
     budget_lock_path,
     capped_workers,
     check_positive,
