@@ -13,13 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from nnlab._files import atomic_write_json, probe_writable, read_csv_rows
 from nnlab.errors import ConfigError, NnlabError
 from nnlab.runs._lock import RunLockedError, locked_by
-from nnlab.runs._state import list_checkpoints
 from nnlab.runs._status import RunStatus
 
 DEFAULT_OUTPUT_DIR = "training_output"
@@ -232,7 +230,7 @@ def find_resumable_run(output_dir: str | os.PathLike, run_id: str = "latest") ->
             statuses["unreadable"] = statuses.get("unreadable", 0) + 1
             continue
         refusal = resume_refusal(run_dir, record)
-        if refusal is None and list_checkpoints(run_dir):
+        if refusal is None and _has_checkpoint(run_dir):
             return run_dir
         status = record.get("status", "unknown")
         if refusal is None:
@@ -295,6 +293,7 @@ def config_log_row(output_dir: str | os.PathLike, run_id: str) -> dict[str, str]
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries a run's results depend on."""
+    import keras
     import pandas
     import sklearn
     import tensorflow as tf
@@ -312,3 +311,9 @@ def library_versions() -> dict[str, str]:
     }
 
 
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from nnlab.runs._state import list_checkpoints  # loads Keras: only when a run is looked for
+
+    return bool(list_checkpoints(run_dir))
