@@ -20,8 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnlab.errors import ConfigError, NnlabError
-from nnlab.tracking import ErrorRecorder
+from nnlab.errors import ConfigError, ErrorRecorder, NnlabError
 
 LOCK_NAME = ".lock"
 

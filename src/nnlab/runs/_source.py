@@ -65,6 +65,8 @@ class DataSource:
     targets: tuple[str, ...] | None = None
     features: tuple[str, ...] | None = None
     generation: Any = field(default=None, compare=False, repr=False)
+    # The CSV path as the user gave it: messages name the file as typed (the record holds the absolute path).
+    given_path: str | None = field(default=None, compare=False, repr=False)
 
     # --- construction ----------------------------------------------------------------
 
@@ -86,7 +88,7 @@ class DataSource:
         resolved = str(Path(path).resolve())
         if sha256 is None and Path(resolved).is_file():  # a missing file is refused by prepare(), naming it
             sha256 = file_digest(resolved)
-        return cls("csv", seed=seed, csv_path=resolved, csv_sha256=sha256,
+        return cls("csv", seed=seed, csv_path=resolved, csv_sha256=sha256, given_path=str(path),
                    random_state=random_state, test_size=test_size, val_size=val_size)
 
     @classmethod
@@ -201,7 +203,7 @@ class DataSource:
         split = dict(test_size=self.test_size, val_size=self.val_size, random_state=self.random_state)
         targets = list(self.targets) if self.targets is not None else None
         if self.kind == "csv":
-            return prepare_csv(self.csv_path, targets=targets, **split)
+            return prepare_csv(self.given_path or self.csv_path, targets=targets, **split)
         return complete_data_pipeline(None, num_particles=self.num_particles, config=self.generation,
                                       seed=self.seed, targets=targets, **split)
 

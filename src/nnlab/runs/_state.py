@@ -39,9 +39,8 @@ import keras
 import numpy as np
 
 from nnlab._files import atomic_write, atomic_write_json
-from nnlab.errors import NnlabError
+from nnlab.errors import ErrorRecorder, NnlabError
 from nnlab.runs._status import RunStatus
-from nnlab.tracking import ErrorRecorder
 
 __all__ = [
     "CheckpointError",

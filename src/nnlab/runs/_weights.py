@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from nnlab._files import atomic_write, with_filename, writer_tag
-from nnlab.tracking import ErrorRecorder
+from nnlab.errors import ErrorRecorder
 
 
 def weights_file_bytes(model: keras.Model) -> bytes:
