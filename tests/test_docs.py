@@ -27,7 +27,7 @@ def test_readme_is_a_landing_page():
     assert len(text.splitlines()) <= 300
     for heading in ("## Quick start", "## What it does", "## Command line"):
         assert heading in text
-    for page in ("configuration", "data", "training", "tracking", "constraints", "losses", "hpo", "scale-out", "analysis",
+    for page in ("architecture", "configuration", "data", "training", "tracking", "constraints", "losses", "hpo", "scale-out", "analysis",
                  "reliability", "bad_inputs", "performance", "physics"):
         assert f"(docs/{page}.md" in text, page
 
