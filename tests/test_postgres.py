@@ -140,23 +140,27 @@ def _finished(url: str, name: str) -> list:
     return [t for t in study.trials if t.state.is_finished() and "outcome" in t.user_attrs]
 
 
-def test_database_stopped_mid_search_then_rerun(tmp_path, postgres_db, postgres_server):
-    (tmp_path / "space.json").write_text(json.dumps(SPACE))
-    args = ["--storage", postgres_db, "--max-trials", "3", "--output-dir", "out"]
-    proc = hpo(tmp_path, *args)
+def _stop_database_after_first_unit(proc: subprocess.Popen, db: str, study_name: str, server) -> None:
+    """Stop the server once the command finished a unit; it must end with one message, exit 1, no password."""
     deadline = time.monotonic() + 120
-    while not _finished(postgres_db, "nnlab-hpo"):
+    while not _finished(db, study_name):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
-    postgres_server.stop()
+    server.stop()
     try:
         out, err = proc.communicate(timeout=180)
     finally:
-        postgres_server.start()
+        server.start()
     assert proc.returncode == 1, err
-    assert "Traceback" not in err and postgres_server.password not in out + err
+    assert "Traceback" not in err and server.password not in out + err
     assert "lost the connection to the storage postgresql+psycopg://postgres:***@127.0.0.1" in err
     assert "Rerun the same command when the database is back" in err, err
+
+
+def test_database_stopped_mid_search_then_rerun(tmp_path, postgres_db, postgres_server):
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    args = ["--storage", postgres_db, "--max-trials", "3", "--output-dir", "out"]
+    _stop_database_after_first_unit(hpo(tmp_path, *args), postgres_db, "nnlab-hpo", postgres_server)
     # Back up: the same command completes the study, no trial twice.
     again = hpo(tmp_path, *args)
     out, err = again.communicate(timeout=300)
@@ -180,20 +184,7 @@ def study(cwd: Path, *args: str) -> subprocess.Popen:
 def test_database_stopped_mid_study_then_rerun(tmp_path, postgres_db, postgres_server):
     # The study worker handles a lost database as the search's does: retried, then one message and exit 1.
     args = ["--seeds", "2", "--storage", postgres_db, "--output-dir", "s"]
-    proc = study(tmp_path, *args)
-    deadline = time.monotonic() + 120
-    while not _finished(postgres_db, "nnlab-study-compare"):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    postgres_server.stop()
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        postgres_server.start()
-    assert proc.returncode == 1, err
-    assert "Traceback" not in err and postgres_server.password not in out + err
-    assert "lost the connection to the storage postgresql+psycopg://postgres:***@127.0.0.1" in err
-    assert "Rerun the same command when the database is back" in err, err
+    _stop_database_after_first_unit(study(tmp_path, *args), postgres_db, "nnlab-study-compare", postgres_server)
     # Back up: the same command finishes the study, every unit once.
     again = study(tmp_path, *args)
     out, err = again.communicate(timeout=300)

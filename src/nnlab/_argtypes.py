@@ -17,6 +17,7 @@ import argparse
 import sys
 
 __all__ = [
+    "int_at_least",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -61,6 +62,20 @@ def _int_at_least(text: str, low: int, expected: str) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def int_at_least(minimum: int):
+    """argparse type factory: an integer >= ``minimum`` ("expected an integer >= 2, got 1").
+
+    Example:
+        >>> int_at_least(2)("3")
+        3
+    """
+
+    def parse(text: str) -> int:
+        return _int_at_least(text, minimum, f"an integer >= {minimum}")
+
+    return parse
 
 
 def positive_int(text: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnlab._argtypes import int_at_least
 from nnlab.analysis.base import SECTIONS
 
 __all__ = ["add_arguments", "run"]
@@ -17,18 +18,6 @@ __all__ = ["add_arguments", "run"]
 DEFAULT_SAMPLE_SIZE = 256
 DEFAULT_JS_SEEDS = 6
 DEFAULT_JS_EPOCHS = 30
-
-
-def _positive_int(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def _sections(text: str) -> list[str]:
@@ -51,16 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root, as for python main.py (default: training_output)")
     parser.add_argument("--analysis-dir", metavar="DIR", help="where outputs go (default: <output-dir>/analysis)")
-    parser.add_argument("--sample-size", type=_positive_int(1), default=DEFAULT_SAMPLE_SIZE, metavar="N",
+    parser.add_argument("--sample-size", type=int_at_least(1), default=DEFAULT_SAMPLE_SIZE, metavar="N",
                         help=f"test points in the residual and scatter plots (default: {DEFAULT_SAMPLE_SIZE})")
     parser.add_argument("--skip", type=_sections, action="append", default=[], metavar="SECTION,...",
                         help="sections not to run (comma-separated, repeatable): " + ", ".join(SECTIONS))
-    parser.add_argument("--js-seeds", type=_positive_int(1), default=DEFAULT_JS_SEEDS, metavar="K",
+    parser.add_argument("--js-seeds", type=int_at_least(1), default=DEFAULT_JS_SEEDS, metavar="K",
                         help=f"seeds per variant in the James-Stein comparison (default: {DEFAULT_JS_SEEDS}, the "
                              "fewest with which its paired Wilcoxon test can reach p < 0.05)")
-    parser.add_argument("--js-epochs", type=_positive_int(2), default=DEFAULT_JS_EPOCHS, metavar="E",
+    parser.add_argument("--js-epochs", type=int_at_least(2), default=DEFAULT_JS_EPOCHS, metavar="E",
                         help=f"epochs per James-Stein training (default: {DEFAULT_JS_EPOCHS})")
-    parser.add_argument("--js-workers", type=_positive_int(1), default=None, metavar="N",
+    parser.add_argument("--js-workers", type=int_at_least(1), default=None, metavar="N",
                         help="worker processes training the James-Stein study in parallel (default: the CPUs "
                              "available)")
     parser.add_argument("--quiet", action="store_true", help="print only the output paths and problems")
