@@ -264,6 +264,13 @@ def test_tiny_study_results_and_best_config(tmp_path):
         assert row["total_epochs"] == "2" and float(row["duration_s"]) > 0
         assert (tmp_path / "out" / "runs" / row["run_id"] / "training_results.csv").exists()
         assert -10 < float(row["best_r2"]) <= 1 and float(row["test_mse"]) >= 0
+    # Every trial records its data source, so resume and the analysis rebuild it without inferring anything.
+    sources = [json.loads((tmp_path / "out" / "runs" / r["run_id"] / "training_config.json").read_text())["data"]
+               for r in table]
+    for source in sources:
+        assert source["kind"] == "simulated" and source["num_particles"] == 200 and source["n_rows"] == 200
+        assert source["seed"] == source["random_state"]
+    assert len({s["arrays_sha256"] for s in sources}) == 1  # every trial trains on the same split
     assert sum(line.startswith("trial ") for line in proc.stdout.splitlines()) == 3  # one progress line each
     best = max(table, key=lambda r: float(r["best_r2"]))
     assert f"best trial {best['trial_number']}" in proc.stdout
