@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ STUDY_RECORD_OTHER = '{"study_name": "someone-else", "storage": "study_journal.l
 STUDY_RECORD_SAME = '{"study_name": "nnlab-study-compare", "storage": "study_journal.log", "spec": {}}'
 AB = "--variant a= --variant b=activation=relu"
 
-CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
+CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("configuration file", "nnlab config show --config-dir cfg",
      {"cfg/model_config.json": '{"learing_rate": 0.01}'},
      ["error: model_config.json: unknown key 'learing_rate'; did you mean 'learning_rate'?"]),
@@ -540,6 +541,16 @@ CASES: list[tuple[str, str, dict[str, str], list[str]]] = [
 ]
 
 
+# Issue 23's cases live in one module per area (each may define file builders of its own: a callable
+# content is called with the path to create, and its docstring's first line is shown in the catalogue).
+from catalogue_secrets import CASES as _SECRETS_CASES  # noqa: E402
+from catalogue_ownership import CASES as _OWNERSHIP_CASES  # noqa: E402
+from catalogue_studies import CASES as _STUDIES_CASES  # noqa: E402
+from catalogue_runs import CASES as _RUNS_CASES  # noqa: E402
+
+CASES += _SECRETS_CASES + _OWNERSHIP_CASES + _STUDIES_CASES + _RUNS_CASES
+
+
 def _argv(command: str) -> list[str]:
     parts = command.split()
     if parts[:2] == ["python", "main.py"]:
@@ -550,12 +561,15 @@ def _argv(command: str) -> list[str]:
     return [sys.executable, "-m", "nnlab.cli", *parts[1:]]
 
 
-def make_files(root: Path, files: dict[str, str]) -> None:
-    """Create a case's files under ``root`` (FIFO and DIRECTORY make those instead of a file)."""
+def make_files(root: Path, files: dict[str, Any]) -> None:
+    """Create a case's files under ``root`` (FIFO and DIRECTORY make those instead of a file; a
+    callable makes whatever it makes at the path it is given)."""
     for name, content in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        if content == FIFO:
+        if callable(content):
+            content(path)
+        elif content == FIFO:
             os.mkfifo(path)
         elif content == DIRECTORY:
             path.mkdir()
@@ -652,9 +666,13 @@ def render_catalogue() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", "<br>")
 
+    def shown(content: Any) -> str:
+        if callable(content):
+            return f"`{cell((content.__doc__ or content.__name__).strip().splitlines()[0])}`"
+        return f"`{cell(content[:60]) or '(empty)'}`" + ("…" if len(content) > 60 else "")
+
     for n, (area, command, files, expected) in enumerate(CASES, start=1):
-        setup = "<br>".join(f"`{name}`: `{cell(content[:60]) or '(empty)'}`" + ("…" if len(content) > 60 else "")
-                            for name, content in files.items()) or "—"
+        setup = "<br>".join(f"`{name}`: {shown(content)}" for name, content in files.items()) or "—"
         error = "<br>".join(f"`{cell(line)}`" for line in expected)
         lines.append(f"| {n} | {area} | `{cell(command)}` | {setup} | {error} |")
     return "\n".join(lines) + "\n"
