@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -15,6 +16,8 @@ __all__ = [
     "DEFAULT_BITS",
     "DEFAULT_SEEDS",
     "KINDS",
+    "MAX_SEEDS",
+    "MAX_UNITS",
     "POLICIES",
     "PRECISION_KEYS",
     "ROUNDINGS",
@@ -30,6 +33,10 @@ __all__ = [
 # below 2 / 2**n: 0.0625 for n = 5, 0.03125 for n = 6. Six seeds is the
 # smallest study in which a cell can differ significantly from the reference at 0.05.
 DEFAULT_SEEDS = 6
+# The size of a study: each unit is a training run, a trial in the storage and a row of the runs table
+# (rewritten after every run), so a study is bounded before anything is allocated or written.
+MAX_SEEDS = 1000
+MAX_UNITS = 10_000
 DEFAULT_BITS = (24, 12, 8, 6, 4, 3, 2)
 PRECISION_KEYS = ("schedule", "rounding", "bits", "policy")
 ROUNDINGS = ("truncate", "nearest", "stochastic")
@@ -214,7 +221,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         if not eq or not key.strip():
             raise ConfigError(f"--variant {name}: expected KEY=VALUE items separated by spaces, got "
                               f"'{_short(item)}'")
-        key, value = parse_override(item)
+        try:
+            key, value = parse_override(item)
+        except ConfigError as exc:  # parse_override speaks of --set: name the variant instead
+            raise ConfigError(f"--variant {name}: {str(exc).removeprefix('--set').lstrip(': ')}") from None
         if key in overrides:
             raise ConfigError(f"--variant {name}: key '{_short(key)}' is given twice")
         overrides[key] = value
@@ -286,10 +296,13 @@ def _seeds(value: int | Sequence[int]) -> tuple[int, ...]:
         if value < 1:
             raise ConfigError(f"--seeds must be an integer >= 1 (how many seeds: 0, 1, ... N-1; "
                               f"{DEFAULT_SEEDS} or more for a significance test at 0.05), got {value}")
-        if value > SEED_MAX:
-            raise ConfigError(f"--seeds must be at most {SEED_MAX}, got {value}")
+        if value > MAX_SEEDS:
+            raise ConfigError(f"--seeds {value}: a study runs at most {MAX_SEEDS} seeds (every cell trains once "
+                              "per seed); give fewer")
         return tuple(range(value))
-    seeds = list(value)
+    seeds = list(itertools.islice(iter(value), MAX_SEEDS + 1))  # never more than the limit in memory
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"seeds: more than {MAX_SEEDS} seeds given; a study runs at most {MAX_SEEDS}")
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
     for s in seeds:
@@ -357,6 +370,10 @@ class StudySpec:
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "seeds", _seeds(self.seeds))
+        units = len(cells) * len(self.seeds)
+        if units > MAX_UNITS:
+            raise ConfigError(f"--seeds {len(self.seeds)} × {len(cells)} cells = {units} runs; a study runs at most "
+                              f"{MAX_UNITS} (cells × seeds): give fewer seeds or cells")
 
     def source(self, cell: Cell) -> str:
         """How error messages name a cell: ``--variant NAME`` or ``cell k=v ...``."""

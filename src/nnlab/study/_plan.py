@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnlab._redact import redact
 from nnlab.errors import ConfigError
 from nnlab.orchestration import (
     MlflowTarget,
@@ -25,6 +26,7 @@ __all__ = ["DATA_FILE", "JOURNAL_FILE", "STUDY_ROOT", "default_output_dir", "mak
 STUDY_ROOT = Path("training_output") / "studies"
 DATA_FILE = "particles.csv"
 JOURNAL_FILE = "study_journal.log"
+MAX_STUDY_NAME = 200  # the lock file .study-<name>.lock stays within a file name's 255 bytes
 
 
 def default_output_dir(kind: str) -> Path:
@@ -76,7 +78,7 @@ class _StudyPlan:
         """The spec stored on the Optuna study; a rerun must match it (seeds may grow)."""
         return {"kind": self.kind, "keys": list(self.keys),
                 "cells": [{"key": c["key"], "overrides": c["overrides"]} for c in self.cells],
-                "reference": self.reference, "seeds": list(self.seeds), "base": self.base, "preset": self.preset,
+                "reference": self.reference, "seeds": list(self.seeds), "base": redact(self.base), "preset": self.preset,
                 "data_sha256": self.data_sha256}
 
     def cell_of(self, cell_id: str) -> dict[str, Any] | None:
@@ -132,6 +134,9 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
     name = study_name if study_name is not None else f"nnlab-study-{spec.kind}"
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("--study-name: give a non-empty name")
+    if len(name) > MAX_STUDY_NAME:  # it names the study's lock file, whose name the file system limits
+        raise ConfigError(f"--study-name: '{name[:40]}...' is {len(name)} characters long; at most "
+                          f"{MAX_STUDY_NAME} are allowed")
     if data is not None:
         from nnlab.data import check_data_file
 
@@ -166,6 +171,7 @@ def _study_dir(spec: StudySpec, output_dir: Any) -> Path:
     from nnlab._files import probe_writable
 
     study_dir = Path(output_dir) if output_dir is not None else default_output_dir(spec.kind)
+    _check_utf8(study_dir)
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError(f"--output-dir: '{study_dir}' exists and is not a directory")
     try:
@@ -173,3 +179,16 @@ def _study_dir(spec: StudySpec, output_dir: Any) -> Path:
     except OSError as exc:
         raise ConfigError(f"--output-dir: '{study_dir}' cannot be written: {exc.strerror or exc}") from None
     return study_dir
+
+
+def _check_utf8(study_dir: Path) -> None:
+    """The study directory's full path is UTF-8: the study's files (runs table, record, run logs) name it."""
+    import os
+
+    for path in (study_dir, study_dir.absolute()):
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise ConfigError(f"--output-dir: '{shown}' is not a UTF-8 path (the study's files record it); "
+                              "choose a directory whose full path is UTF-8") from None

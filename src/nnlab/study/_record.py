@@ -88,7 +88,9 @@ def _differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
         removed = [c for c in old if c not in new]
         added = [c for c in new if c not in old]
         parts = ([f"without {', '.join(removed)}"] if removed else []) + ([f"with {', '.join(added)}"] if added else [])
-        out.append(shorten(f"cells: {len(old)} (now {len(new)}, {'; '.join(parts) or 'in another order'})", 300))
+        order = "" if parts else _order_text(stored, now)
+        out.append(shorten(f"cells: {len(old)} (now {len(new)}, {'; '.join(parts) or 'in another order'})", 300)
+                   + order)
     for label in old.keys() & new.keys():
         if old[label] != new[label]:
             out.append(f"cell {label}: overrides {shorten(json.dumps(old[label]))} (now "
@@ -98,6 +100,26 @@ def _differences(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
         if sb.get(key) != nb.get(key):
             out.append(f"{key}={shorten(json.dumps(sb.get(key)))} (now {shorten(json.dumps(nb.get(key)))})")
     return out
+
+
+# The option that orders each key column's values, and the value that is the reference's, not given.
+_ORDER_OPTIONS = {"variant": ("--variant", None), "rounding": ("--rounding", "none"), "bits": ("--bits", 24),
+                  "policy": ("--policy", None), "schedule": ("--schedule", None)}
+
+
+def _order_text(stored: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """``: the study has --rounding truncate,nearest (now nearest,truncate)``: the original order of the options."""
+    def values(record: Mapping[str, Any], column: str) -> list[str]:
+        skip = _ORDER_OPTIONS[column][1]
+        seen = [c["key"][column] for c in record.get("cells", []) if column in c["key"]]
+        return [str(v) for v in dict.fromkeys(seen) if v != skip]
+
+    parts = []
+    for column, (option, _) in _ORDER_OPTIONS.items():
+        was, is_now = values(stored, column), values(now, column)
+        if was != is_now:
+            parts.append(f"{option} {','.join(was)} (now {','.join(is_now)})")
+    return f": the study has {'; '.join(parts)}" if parts else ""
 
 
 def stored_spec(storage: Any, plan: Any) -> dict[str, Any] | None:
