@@ -287,6 +287,16 @@ def test_parse_override_rejects_malformed(text):
         parse_override(text)
 
 
+def test_none_is_the_allowed_string_where_a_key_allows_it_and_null_elsewhere():
+    assert load_config(overrides=parse_overrides(["loss_weighting_strategy=none"])).model.loss_weighting_strategy \
+        == "none"
+    assert parse_override("distribution=None") == ("distribution", "none")
+    assert parse_override("seed=none") == ("seed", None)
+    # Another key's message is unchanged: none is still null there.
+    with pytest.raises(ConfigError, match=r"--set: learning_rate = null is invalid"):
+        load_config(overrides=parse_overrides(["learning_rate=none"]))
+
+
 def test_parse_overrides_later_wins():
     assert parse_overrides(["epochs=2", "epochs=3"]) == {"epochs": 3}
 

@@ -256,6 +256,28 @@ def test_edited_training_config_is_refused(run_to_edit, change):
     assert digests(out) == before
 
 
+def test_edited_scalers_json_is_refused_and_an_old_run_without_its_digest_resumes(run_to_edit):
+    out, run_dir = run_to_edit
+    saved = json.loads((run_dir / "training_config.json").read_text())
+    assert len(saved["scalers_sha256"]) == 64
+    scalers_path = run_dir / "scalers.json"
+    original = scalers_path.read_text()
+    scalers = json.loads(original)
+    scalers["y_scaler"]["mean_"][0] += 1.0
+    scalers_path.write_text(json.dumps(scalers, indent=2))
+    before = digests(out)
+    with pytest.raises(NnlabError, match=f"scalers.json: the scalers were edited after run {run_dir.name} started"):
+        resume_training(run_dir.name, output_dir=out)
+    assert digests(out) == before
+    scalers_path.unlink()
+    with pytest.raises(NnlabError, match="scalers.json: cannot be read"):
+        resume_training(run_dir.name, output_dir=out)
+    # A run of an older nnlab recorded no digest: not checked.
+    scalers_path.write_text(original)
+    _edit(run_dir, lambda s: s.pop("scalers_sha256"), recompute=False)
+    assert resume_training(run_dir.name, output_dir=out, verbose=0)["status"] == "completed"
+
+
 def test_edited_architecture_with_forged_digest_fails_the_checkpoint_check(run_to_edit):
     out, run_dir = run_to_edit
     _edit(run_dir, lambda s: s["config"].update(hidden_layers=[32]), recompute=True)

@@ -269,7 +269,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from nnlab.errors import ConfigError
     from nnlab.runs import resume
 
-    given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config_file),
+    given = [flag for flag, value in (("--config-dir", args.config_dir), ("--preset", args.preset),
+                                      ("--config", args.config_file),
                                       ("--epochs", args.epochs), ("--batch-size", args.batch_size),
                                       ("--num-particles", args.num_particles), ("--data", args.data),
                                       ("--seed", args.seed), ("--mlflow", args.mlflow)) if value is not None]
@@ -342,6 +343,9 @@ def _quiet_tensorflow() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    from nnlab._redact import install as mask_passwords_in_output
+
+    mask_passwords_in_output()  # everything printed (messages, progress, warnings) goes through one redaction
     _quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -269,6 +270,11 @@ _KEY_SECTION: dict[str, str] = {
     key: section for section, cls in _SECTIONS.items() for key in cls.model_fields
 }
 ALL_KEYS: tuple[str, ...] = tuple(_KEY_SECTION)
+# Keys for which "none" is an allowed string (loss_weighting_strategy, distribution): on the
+# command line `--set KEY=none` means that string there, not null.
+NONE_STRING_KEYS: frozenset[str] = frozenset(
+    key for section, cls in _SECTIONS.items() for key, field in cls.model_fields.items()
+    if "none" in typing.get_args(field.annotation))
 
 # Keys of the original project's ml_config/*.json that nnlab has no use for, each with
 # why. In a configuration file they are dropped with one warning, so that the original

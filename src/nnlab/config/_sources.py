@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlab._files import special_file_kind
-from nnlab.config._models import LEGACY_KEYS, Config, check_known_keys, shorten
+from nnlab.config._models import LEGACY_KEYS, NONE_STRING_KEYS, Config, check_known_keys, shorten
 from nnlab.errors import ConfigError
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -198,6 +198,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return key, lowered == "true"
+    if lowered == "none" and key in NONE_STRING_KEYS:
+        return key, "none"  # an allowed value of this key, not null
     if lowered in ("null", "none"):
         return key, None
     try:

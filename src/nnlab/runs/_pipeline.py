@@ -21,7 +21,7 @@ from nnlab._files import (
     is_disk_full,
     upsert_csv_row,
 )
-from nnlab._redact import redact_argv
+from nnlab._redact import redact, redact_argv
 from nnlab.config import Config, resolve_config
 from nnlab.errors import NnlabError
 from nnlab.formats import evaluate_formats
@@ -139,7 +139,7 @@ def _build_sinks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, tracker: 
         from nnlab.integrations.mlflow import MlflowSink
 
         sinks.append(MlflowSink(cfg.training.mlflow_tracking_uri, cfg.training.mlflow_experiment,
-                                run_dir=run.run_dir, rows=lambda: tracker.rows, params=cfg.to_flat(),
+                                run_dir=run.run_dir, rows=lambda: tracker.rows, params=redact(cfg.to_flat()),
                                 tags=run.tags, errors=model.errors, flush_every=cfg.training.checkpoint_every,
                                 resuming=resume_from is not None))
     return sinks
@@ -276,13 +276,15 @@ def train_with_tracking(
     if source.get("csv_path") and not source.get("csv_sha256"):
         source["csv_sha256"] = _safe(errors, "training_config.json", file_digest, source["csv_path"])
     source["arrays_sha256"] = arrays_digest((X_train, X_val, X_test, y_train, y_val, y_test))
-    saved = {"run_id": run_id, "preset": preset, "config": cfg.to_flat(), "seed": cfg.model.seed,
+    saved = {"run_id": run_id, "preset": preset, "config": redact(cfg.to_flat()), "seed": cfg.model.seed,
              "versions": library_versions(), "command": redact_argv(sys.argv), "data": source}
     saved["settings_sha256"] = settings_digest(saved)
+    if data is not None and hasattr(data, "save_scalers"):
+        # Written first so that its SHA-256 is recorded: a resume refuses an edited scalers.json.
+        if _safe(errors, "scalers.json", data.save_scalers, run_dir) is not None:
+            saved["scalers_sha256"] = _safe(errors, "scalers.json", file_digest, run_dir / "scalers.json")
     run.tags = run_tags(run_id, source, mlflow_tags)
     _safe(errors, "training_config.json", atomic_write_json, run_dir / "training_config.json", saved)
-    if data is not None and hasattr(data, "save_scalers"):
-        _safe(errors, "scalers.json", data.save_scalers, run_dir)
     return _train_recorded(model, (X_train, X_val, X_test, y_train, y_val, y_test), cfg, run, data=data,
                            verbose=verbose, callbacks=callbacks)
 

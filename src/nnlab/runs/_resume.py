@@ -33,6 +33,7 @@ from nnlab.runs._runs import (
     RESUMABLE_STATUSES,
     arrays_digest,
     config_log_row,
+    file_digest,
     find_resumable_run,
     read_run_status,
     resume_refusal,
@@ -94,6 +95,7 @@ def resume_training(
             f"{config_path}: its configuration or data source was edited after run {run_dir.name} started "
             "(it no longer matches the SHA-256 recorded then); a resume continues a run exactly as it was "
             "started: undo the edit, or start a new run with the changed settings")
+    _check_scalers(run_dir, saved.get("scalers_sha256"))
     cfg = Config.from_flat(saved.get("config", {}), source=str(config_path))
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -143,6 +145,25 @@ def resume_training(
     print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
           file=sys.stderr, flush=True)
     return _train_recorded(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
+
+
+def _check_scalers(run_dir: Path, recorded: Any) -> None:
+    """Refuse a resume whose scalers.json is not the one written when the run started (older runs
+    recorded no digest and are not checked)."""
+    if recorded is None:
+        return
+    path = run_dir / "scalers.json"
+    try:
+        now = file_digest(path)
+    except OSError as exc:
+        raise NnlabError(f"{path}: cannot be read ({exc.strerror or exc}); run {run_dir.name} recorded its "
+                         "SHA-256 when it started, and a resume continues a run exactly as it was started: "
+                         "restore the file, or start a new run") from None
+    if now != recorded:
+        raise NnlabError(
+            f"{path}: the scalers were edited after run {run_dir.name} started (it no longer matches the "
+            "SHA-256 recorded then in training_config.json); a resume continues a run exactly as it was "
+            "started: undo the edit, or start a new run")
 
 
 def _rebuild_data(run_dir: Path, saved: Mapping[str, Any], cfg: Config) -> Any:
