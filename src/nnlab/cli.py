@@ -343,6 +343,9 @@ def _quiet_tensorflow() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    from nnlab._redact import install as mask_passwords_in_output
+
+    mask_passwords_in_output()  # everything printed (messages, progress, warnings) goes through one redaction
     _quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlab._files import probe_writable
+from nnlab._redact import redact
 from nnlab.errors import ConfigError
 from nnlab.orchestration import (
     HEARTBEAT_GRACE_S,
@@ -174,11 +175,13 @@ def plan_search(settings: SearchSettings) -> _SearchPlan:
     mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
     results, spec = _search_storage(s)
     study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
-    fingerprint = json.loads(json.dumps({
+    # Stored in the study (journal/database) and hpo_study.json: passwords masked, so a rerun with the same
+    # password-bearing --set compares equal.
+    fingerprint = redact(json.loads(json.dumps({
         "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
         "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
         "overrides": dict(s.overrides),
-    }))
+    })))
     return _SearchPlan(
         settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
         storage=spec, study_name=study_name,

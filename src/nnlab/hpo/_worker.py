@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from nnlab._redact import redact
 from nnlab.errors import ConfigError
 from nnlab.hpo._results import ResultPaths, TrialOutcome, format_progress, write_results
 from nnlab.hpo._space import SearchSpace
@@ -221,7 +222,7 @@ def _train_trial(trial: Any, *, plan: Any, space: SearchSpace, data: Any
         cfg = Config.from_flat(plan.base_configs[preset]).updated(overrides, source=f"trial {trial.number}")
     except ConfigError as exc:
         return TrialOutcome.FAILED, None, one_line(exc)
-    trial.set_user_attr("config", cfg.to_flat())
+    trial.set_user_attr("config", redact(cfg.to_flat()))  # stored in the journal/database: no password
     spec = _run_spec(trial, cfg, preset=preset, plan=plan, data=data)
     try:
         result = execute(spec)

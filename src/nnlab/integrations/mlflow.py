@@ -20,7 +20,7 @@ import keras
 
 from nnlab._files import atomic_write_json
 from nnlab._numbers import float_or_none
-from nnlab._redact import redact_url_password
+from nnlab._redact import redact, redact_url_password
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
@@ -51,7 +51,11 @@ def client_for(tracking_uri: str) -> Any:
 
     Raises:
         ImportError: MLflow is not installed (the message says how to install it).
+        ConfigError: the URI is a database of another kind (an Optuna storage...), left unchanged.
     """
+    from nnlab.integrations._uri import check_tracking_database
+
+    check_tracking_database(tracking_uri, option="mlflow_tracking_uri")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
@@ -207,7 +211,7 @@ class MlflowSink(keras.callbacks.Callback):
         self.experiment = experiment
         self.run_dir = Path(run_dir)
         self._rows = rows
-        self.config_params = dict(params or {})
+        self.config_params = redact(dict(params or {}))  # what MLflow stores: no password
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.errors = errors if errors is not None else ErrorRecorder()
         self.flush_every = max(1, int(flush_every))
@@ -317,7 +321,8 @@ def open_parent_run(tracking_uri: str, experiment: str, *, kind: str, name: str,
             return run_id
         run = client.create_run(exp_id, tags={f"nnlab.{kind}": name, "nnlab.parent": "true"},
                                 run_name=f"{kind}: {name}")
-        client.log_batch(run.info.run_id, params=[Param(k, _text(v)[:6000]) for k, v in (params or {}).items()])
+        client.log_batch(run.info.run_id,
+                         params=[Param(k, _text(v)[:6000]) for k, v in redact(dict(params or {})).items()])
         found = client.search_runs([exp_id], _parent_filter(kind, name), order_by=["attributes.start_time ASC"])
         first = found[0].info.run_id if found else run.info.run_id
         if first != run.info.run_id:

@@ -115,7 +115,9 @@ def one_line(exc: BaseException) -> str:
         >>> one_line(ValueError("bad\\n  value"))
         'ValueError: bad value'
     """
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    from nnlab._redact import redact_text
+
+    text = redact_text(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -155,6 +157,49 @@ def quiet_retracing() -> Iterator[None]:
         tf_logger.removeFilter(_drop_retracing_warning)
 
 
+# After its parent died, a worker gets SIGTERM (its running unit stops after the epoch and is recorded as
+# interrupted); if it still runs this many seconds later, it exits at once (the next command reruns the unit).
+PARENT_GONE_GRACE_S = 10.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent(*, poll_s: float = 0.5) -> None:
+    """Stop this spawned process when its parent dies, whatever killed the parent (SIGKILL included).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` signals it the moment the parent
+    dies; everywhere, a daemon thread that sees the parent gone sends SIGTERM and,
+    :data:`PARENT_GONE_GRACE_S` later, exits. Not a spawned process: nothing to do.
+    """
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the thread below still watches
+            pass
+    name = multiprocessing.current_process().name
+
+    def watch() -> None:
+        while os.getppid() == parent.pid:
+            time.sleep(poll_s)
+        print(f"error: {name}: the command that started it has gone; stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(PARENT_GONE_GRACE_S)
+        os._exit(1)
+
+    if os.getppid() != parent.pid:  # gone before the watch began
+        os._exit(1)
+    threading.Thread(target=watch, name="nnlab-parent-watch", daemon=True).start()
+
+
 def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
     """Entry point of a spawned worker process: ``run(*args)``, errors as one line naming the worker.
 
@@ -166,8 +211,12 @@ def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
         name: the worker in messages, e.g. ``worker 1``.
         args: its arguments.
     """
+    from nnlab._redact import install, remember_secrets
     from nnlab._tflog import quiet_tensorflow_import
 
+    install()  # what the worker prints is masked like the main process's output
+    remember_secrets(repr(args))  # the storage and tracking URLs it was given
+    stop_with_parent()  # a worker never trains on, unseen, after its command was killed
     quiet_tensorflow_import()  # a fresh (spawned) process: its first TensorFlow import is quiet too
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import optuna
