@@ -6,6 +6,7 @@ Each case is (area, command, {file: content}, expected error lines); see tests/t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from nnlab.runs._runs import settings_digest
@@ -13,6 +14,13 @@ from nnlab.runs._runs import settings_digest
 RUN = "o/runs/20260101-000000-000000-p1"
 _STATUS = json.dumps({"status": "interrupted", "pid": 1, "hostname": "h", "updated": "2026-01-01T00:00:00+00:00",
                       "epochs": 5, "epochs_run": 2})
+
+
+def _link_out_of_the_study(path: Path) -> None:
+    """a symbolic link to outside.png, a file outside the study directory"""
+    outside = path.parent.parent / "outside.png"
+    outside.write_bytes(b"the user's own figure")
+    path.symlink_to(outside)
 
 
 def _config_with_scalers_digest() -> str:
@@ -32,4 +40,29 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
      [f"error: {RUN}/scalers.json: the scalers were edited after run 20260101-000000-000000-p1 started (it no "
       "longer matches the SHA-256 recorded then in training_config.json); a resume continues a run exactly as "
       "it was started: undo the edit, or start a new run"]),
+    # Files that are not nnlab's in a directory a command writes to: refused before any work.
+    ("output ownership", "python main.py --output-dir o", {"o/configuration_log.csv": "px,py,pz\n1,2,3\n"},
+     ["error: --output-dir: 'o/configuration_log.csv' is not nnlab's configuration log (a CSV whose header is "
+      "'px,py,pz'; the log's header is run_id,timestamp,status,...); a run would add its row to it. Move the "
+      "file or choose another --output-dir"]),
+    ("output ownership", "nnlab hpo --max-trials 1 --output-dir o", {"o/configuration_log.csv": "notes\n"},
+     ["error: --output-dir: 'o/configuration_log.csv' is not nnlab's configuration log (a CSV whose header is "
+      "'notes'"]),
+    ("output ownership", "nnlab study precision --seeds 1 --bits 24 --output-dir s",
+     {"s/precision_study.csv": "cell,my result\n24,0.99\n"},
+     ["error: --output-dir: 's/precision_study.csv' exists and is not a file nnlab wrote; a precision study writes "
+      "its table of cells there. Move the file or choose another --output-dir"]),
+    ("output ownership", "nnlab study compare --variant a= --variant b=epochs=2 --seeds 1 --output-dir s",
+     {"s/compare_summary.json": '{"kind": "mine"}'},
+     ["error: --output-dir: 's/compare_summary.json' exists and is not a file nnlab wrote; a compare study writes "
+      "its summary there."]),
+    ("output ownership", "nnlab study precision --seeds 1 --bits 24 --output-dir s",
+     {"s/particles.csv.meta.json": '{"note": "my own sidecar"}'},
+     ["error: --output-dir: 's/particles.csv.meta.json' exists and is not the sidecar nnlab writes beside "
+      "generated particle data; the study would replace it when it generates 's/particles.csv'. Move the file "
+      "or choose another --output-dir"]),
+    ("output ownership", "nnlab study precision --seeds 1 --bits 24 --output-dir s",
+     {"s/precision_study.png": _link_out_of_the_study},
+     ["error: --output-dir: 's/precision_study.png' is a symbolic link to '", "outside.png', outside 's'; nnlab "
+      "does not write through it. Remove the link or choose another --output-dir"]),
 ]

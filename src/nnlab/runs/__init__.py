@@ -47,6 +47,7 @@ _EXPORTS = {
     "TrainingState": "nnlab.runs._state",
     "WeightCheckpoint": "nnlab.runs._weights",
     "build_network": "nnlab.runs._execute",
+    "check_config_log": "nnlab.runs._runs",
     "check_output_dir": "nnlab.runs._runs",
     "config_log_row": "nnlab.runs._runs",
     "create_run_dir": "nnlab.runs._runs",

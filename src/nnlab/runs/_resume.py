@@ -32,6 +32,7 @@ from nnlab.runs._runs import (
     DEFAULT_OUTPUT_DIR,
     RESUMABLE_STATUSES,
     arrays_digest,
+    check_config_log,
     config_log_row,
     file_digest,
     find_resumable_run,
@@ -87,6 +88,7 @@ def resume_training(
             training_config.json; data that changed; no usable checkpoint.
     """
     run_dir = find_resumable_run(output_dir, run_id)
+    check_config_log(output_dir)  # the run's row is written there
     config_path = run_dir / "training_config.json"
     saved = read_json_object(config_path)
     recorded = saved.get("settings_sha256")

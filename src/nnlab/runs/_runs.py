@@ -50,7 +50,49 @@ def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> P
         probe_writable(root)
     except OSError as exc:
         raise ConfigError(f"output directory '{root}' cannot be written: {exc.strerror or exc}") from None
+    check_config_log(root)
     return root
+
+
+def _is_log_header(header: list[str]) -> bool:
+    """nnlab's log: run_id first, then log columns (columns are only ever appended to its header)."""
+    return bool(header) and header[0] == "run_id" and any(c in CONFIG_LOG_COLUMNS for c in header[1:])
+
+
+def check_config_log(output_dir: str | os.PathLike, *, shown: str | None = None) -> None:
+    """Refuse an ``<output_dir>/configuration_log.csv`` that is not nnlab's configuration log.
+
+    Reads only its first line. The log is recognised by its header: ``run_id`` first, then
+    columns of the log (:data:`CONFIG_LOG_COLUMNS`); an empty file counts as a new log. A symlink is followed
+    (a log shared between output directories is a link), and its target is checked the same way.
+
+    Raises:
+        ConfigError: naming the file (under ``shown``, the directory as the user named it, if given),
+            what its header is, and what to do.
+    """
+    path = Path(output_dir) / CONFIG_LOG_NAME
+    named = Path(shown) / CONFIG_LOG_NAME if shown is not None else path
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"--output-dir: '{named}' cannot be checked: {exc.strerror or exc}") from None
+    from nnlab._files import special_file_kind
+    from nnlab.config import shorten
+
+    kind = special_file_kind(mode)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader([fh.readline(1 << 16)]), []) if kind is None else None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header, kind = None, kind or "not a text file"
+    if header == [] or (header is not None and _is_log_header(header)):
+        return
+    what = kind or f"a CSV whose header is '{shorten(','.join(header or []), 80)}'"
+    raise ConfigError(f"--output-dir: '{named}' is not nnlab's configuration log ({what}; the log's header "
+                      "is run_id,timestamp,status,...); a run would add its row to it. Move the "
+                      "file or choose another --output-dir")
 
 
 def create_run_dir(output_dir: str | os.PathLike) -> tuple[str, Path]:
