@@ -257,7 +257,12 @@ def test_journal_storage_files_that_are_accepted(tmp_path, make):
     check_storage(StorageSpec("journal", str(path)))
 
 
-@pytest.mark.parametrize("make", [None, "", _sqlite])
+def _optuna_sqlite(path: Path) -> None:
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="s")
+
+
+# A SQLite file with another application's tables is refused (issue 23): tests/test_storage_safety.py.
+@pytest.mark.parametrize("make", [None, "", _optuna_sqlite])
 def test_sqlite_files_that_are_accepted(tmp_path, make):
     path = tmp_path / "h.db"
     if make is not None:

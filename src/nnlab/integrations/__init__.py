@@ -20,6 +20,8 @@ here).
 
 from __future__ import annotations
 
+from nnlab.integrations._databases import DatabaseContents, database_contents, database_kind, describe_kind
 from nnlab.integrations._uri import MLFLOW_OPTION_HELP, check_tracking_uri, default_tracking_uri, mlflow_option
 
-__all__ = ["MLFLOW_OPTION_HELP", "check_tracking_uri", "default_tracking_uri", "mlflow_option"]
+__all__ = ["MLFLOW_OPTION_HELP", "DatabaseContents", "check_tracking_uri", "database_contents", "database_kind",
+           "default_tracking_uri", "describe_kind", "mlflow_option"]

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from nnlab.config import check_tracking_uri
 from nnlab.errors import ConfigError
 
-__all__ = ["check_tracking_uri", "check_tracking_target", "default_tracking_uri", "mlflow_option",
+__all__ = ["check_tracking_uri", "check_tracking_target", "check_tracking_database", "default_tracking_uri",
+           "mlflow_option",
            "MLFLOW_OPTION_HELP", "DEFAULT_DB_NAME"]
 
 DEFAULT_DB_NAME = "mlflow.db"
@@ -43,12 +44,33 @@ def check_tracking_target(uri: str, *, option: str = "--mlflow") -> None:
         ConfigError: naming ``option``, the directory and what to do.
     """
     directory = local_store_dir(uri)
-    if directory is None:
+    if directory is not None:
+        parent = directory if urlsplit(uri).scheme.lower().startswith("sqlite") else directory.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{option}: '{uri}' is in '{parent}', which is not a directory; "
+                              "create it first or give another location")
+    check_tracking_database(uri, option=option)
+
+
+def check_tracking_database(uri: str, *, option: str = "--mlflow") -> None:
+    """A database URI must be empty, new or an MLflow store: MLflow would add its tables to anything else.
+
+    A server that cannot be reached is not refused here (the run reports it).
+
+    Raises:
+        ConfigError: the database is an Optuna storage or another application's, naming ``option``.
+    """
+    from nnlab._redact import redact_url_password
+    from nnlab.integrations._databases import database_contents, database_kind, describe_kind
+
+    if urlsplit(uri).scheme.lower().split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "mssql", "oracle"):
         return
-    parent = directory if urlsplit(uri).scheme.lower().startswith("sqlite") else directory.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{option}: '{uri}' is in '{parent}', which is not a directory; "
-                          "create it first or give another location")
+    contents = database_contents(uri, option=option)
+    if contents is None or database_kind(contents) in ("empty", "mlflow"):
+        return
+    raise ConfigError(f"{option}: '{redact_url_password(uri)}' is {describe_kind(contents)}, not an MLflow "
+                      "tracking database; MLflow would add its tables to it. Give a new or empty database, "
+                      "or an MLflow one")
 
 
 MLFLOW_OPTION_HELP = ("log to MLflow: a tracking URI (http://HOST:PORT, sqlite:///FILE, postgresql://...), or "

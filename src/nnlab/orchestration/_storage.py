@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -21,12 +23,17 @@ __all__ = [
     "HEARTBEAT_GRACE_S",
     "HEARTBEAT_INTERVAL_S",
     "JOURNAL_FILE",
+    "KIND_ATTR",
     "SETTINGS_ATTR",
+    "STUDY_SPEC_ATTR",
     "StorageSpec",
     "check_storage",
+    "claim_study",
+    "study_kind",
     "has_heartbeats",
     "open_storage",
     "open_study",
+    "repair_journal",
     "resolve_storage",
     "retry_callback",
     "storage_spec",
@@ -41,6 +48,10 @@ RDB_DIALECTS = ("sqlite", "postgresql", "mysql")
 # Opening a new database from several processes at once: tries after losing the race to create the tables.
 SCHEMA_RACE_RETRIES = 3
 SETTINGS_ATTR = "nnlab_settings"
+# What created an Optuna study: "hpo" (a search) or "study-<kind>" (nnlab study), set at its creation.
+KIND_ATTR = "nnlab_kind"
+# The spec record nnlab study keeps in its Optuna study (study/_record.py SPEC_ATTR): a study's mark before KIND_ATTR.
+STUDY_SPEC_ATTR = "nnlab_study_spec"
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 # The first line of a journal is the study's creation, well under this size.
 JOURNAL_HEAD_BYTES = 1 << 16
@@ -130,6 +141,7 @@ def check_storage(spec: StorageSpec) -> None:
 
     path = spec.location if spec.kind == "journal" else spec.sqlite_path
     if path is None:
+        _check_database(spec)
         return
     what = "an Optuna journal file" if spec.kind == "journal" else "a SQLite database"
     try:
@@ -152,10 +164,13 @@ def check_storage(spec: StorageSpec) -> None:
         if not head.startswith(SQLITE_MAGIC):
             raise ConfigError(f"--storage: '{path}' is not a SQLite database (it does not start with "
                               "'SQLite format 3'); choose another --storage or move the file")
+        _check_database(spec)
         return
     if head.startswith(SQLITE_MAGIC):
         raise ConfigError(f"--storage: '{path}' is a SQLite database, not an Optuna journal file; "
                           f"pass --storage sqlite:///{path}")
+    if not head.endswith(b"\n") and head.startswith(b'{"op_code"'):
+        return  # a torn first record (the disk filled at the first write): open_storage drops it
     try:
         first = json.loads(head)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
@@ -163,6 +178,60 @@ def check_storage(spec: StorageSpec) -> None:
     if not (isinstance(first, dict) and "op_code" in first):
         raise ConfigError(f"--storage: '{path}' is not an Optuna journal file (a journal's lines are Optuna's "
                           "JSON records; its first line is not one); choose another --storage or move the file")
+
+
+def _check_database(spec: StorageSpec) -> None:
+    """An existing database must be empty or an Optuna storage of this Optuna's schema; it is not changed.
+
+    Optuna would add its tables to any database (an MLflow store, another
+    application's) before finding that the schema is not its own.
+    """
+    from nnlab.integrations import database_contents, database_kind, describe_kind
+
+    if spec.kind != "rdb":
+        return
+    contents = database_contents(spec.location, option="--storage")
+    kind = None if contents is None else database_kind(contents)
+    if kind in (None, "empty"):
+        return  # a new database, or one that cannot be reached (opening it says why)
+    if kind != "optuna":
+        raise ConfigError(f"--storage: '{spec.label}' is {describe_kind(contents)}, not an Optuna storage; "
+                          "Optuna would add its tables to it. Give a new or empty database, or an Optuna storage")
+    _check_optuna_schema(spec, contents.alembic_version, contents.optuna_library)
+
+
+def _optuna_schemas() -> tuple[list[str], str | None]:
+    """The schema revisions this Optuna knows, and its current one (the revision nothing follows)."""
+    import re
+
+    from optuna.storages import _rdb
+
+    revisions: dict[str, str | None] = {}
+    for script in (Path(_rdb.__file__).parent / "alembic" / "versions").glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        rev = re.search(r'^revision\s*=\s*"([^"]+)"', text, re.M)
+        down = re.search(r'^down_revision\s*=\s*"([^"]+)"', text, re.M)
+        if rev:
+            revisions[rev.group(1)] = down.group(1) if down else None
+    heads = set(revisions) - {d for d in revisions.values() if d}
+    return sorted(revisions), (heads.pop() if len(heads) == 1 else None)
+
+
+def _check_optuna_schema(spec: StorageSpec, revision: str | None, library: str | None) -> None:
+    """Refuse an Optuna storage whose schema this Optuna cannot use, saying which way it differs."""
+    import optuna
+
+    known, head = _optuna_schemas()
+    if revision is None or head is None or revision == head:
+        return
+    made_by = f" (created by Optuna {library})" if library else ""
+    if revision not in known:
+        raise ConfigError(f"--storage: '{spec.label}' is an Optuna storage of a newer schema ({revision}){made_by} "
+                          f"than this Optuna {optuna.__version__} reads ({head}); upgrade optuna "
+                          "(pip install -U optuna) or give another --storage")
+    raise ConfigError(f"--storage: '{spec.label}' is an Optuna storage of an older schema ({revision}){made_by}; "
+                      f"this Optuna {optuna.__version__} needs {head}: upgrade it with "
+                      f"`optuna storage upgrade --storage URL` or give another --storage")
 
 
 def resolve_storage(spec: StorageSpec, *, workers: int) -> StorageSpec:
@@ -197,6 +266,7 @@ def open_storage(spec: StorageSpec) -> Any:
         path = Path(spec.location)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise ConfigError(f"--storage: cannot use journal file '{path}': {exc.strerror or exc}") from None
@@ -223,6 +293,68 @@ def open_storage(spec: StorageSpec) -> Any:
         except (ImportError, sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
             raise ConfigError(f"--storage: cannot open '{spec.label}': {_first_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def repair_journal(path: str | os.PathLike) -> Path | None:
+    """Drop a torn last line of a journal (a write cut by a full disk or a kill), keeping a copy of the original.
+
+    Optuna skips a last line without its newline, but its next record would be
+    appended to that line, and every later read would fail. Works under
+    Optuna's lock of the journal, so no write in progress is taken for a torn one.
+    Prints one warning naming the journal and the copy.
+
+    Returns:
+        The copy of the original (``<journal>.torn-<time>``), or None when nothing was torn.
+
+    Raises:
+        ConfigError: a line before the last is not a journal record (corrupt in the middle: not
+            repaired), or the copy cannot be written.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        keep = _journal_intact_size(data, path)
+        if keep == len(data):
+            return None
+        copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            shutil.copy2(path, copy)
+            os.truncate(path, keep)
+        except OSError as exc:
+            raise ConfigError(f"--storage: journal '{path}' ends in a torn line, which cannot be dropped: "
+                              f"{exc.strerror or exc}; free space and rerun") from None
+    finally:
+        lock.release()
+    print(f"warning: journal '{path}' ended in a torn line ({len(data) - keep} bytes of an interrupted write: "
+          f"a full disk or a killed process); dropped it, the original is kept in '{copy}'", file=sys.stderr)
+    return copy
+
+
+def _journal_intact_size(data: bytes, path: Path) -> int:
+    """The size of ``data`` without a torn last line; a bad line before it is refused."""
+    lines = data.split(b"\n")
+    tail = lines.pop()  # what follows the last newline: b"" when the journal is whole
+    if tail == b"" and lines and not _is_record(lines[-1]):
+        tail = lines.pop() + b"\n"  # a last line that ends but is not a record: torn too
+    for number, line in enumerate(lines, start=1):
+        if not _is_record(line):
+            raise ConfigError(f"--storage: journal '{path}' is corrupt: its line {number} is not "
+                              "an Optuna record, and only a torn last line can be dropped; restore the journal "
+                              "from a copy or give another --storage")
+    return len(data) - len(tail)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
 
 
 def _retry_option(retries: int) -> dict[str, Any]:
@@ -261,8 +393,11 @@ def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, la
     """
     import optuna
 
+    claim_study(storage, study_name, "hpo", label=label)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                 load_if_exists=True, sampler=sampler, pruner=pruner)
+    if KIND_ATTR not in study.user_attrs:
+        study.set_user_attr(KIND_ATTR, "hpo")
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study '{study_name}' in {label} minimizes; nnlab studies maximize validation R². "
                           "Pass another --study-name")
@@ -277,6 +412,52 @@ def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, la
                           "Rerun with the original settings to continue it, or start a new study with "
                           "another --output-dir (or --study-name and --output)")
     return study
+
+
+def study_kind(attrs: Mapping[str, Any]) -> str | None:
+    """What created an Optuna study, from its user attributes: ``hpo``, ``study-<kind>``, or None (not nnlab).
+
+    Studies created before :data:`KIND_ATTR` existed are recognised by the
+    attributes each command stores: a search's settings, a study's spec record.
+    """
+    kind = attrs.get(KIND_ATTR)
+    if isinstance(kind, str):
+        return kind
+    if SETTINGS_ATTR in attrs:
+        return "hpo"
+    record = attrs.get(STUDY_SPEC_ATTR)
+    if isinstance(record, Mapping):
+        return f"study-{record.get('kind', 'precision')}"
+    return None
+
+
+def claim_study(storage: Any, study_name: str, kind: str, *, label: str) -> bool:
+    """Refuse to open study ``study_name`` of ``storage`` if another command created it; nothing is written.
+
+    ``kind`` is ``hpo`` (a search) or ``study-<kind>`` (``nnlab study``). A
+    study that exists must be of the same kind; one with trials but no nnlab
+    attributes is another program's. Returns whether the study exists.
+
+    Raises:
+        ConfigError: naming the study, what created it, and --study-name/--storage.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return False
+    attrs = storage.get_study_user_attrs(study_id)
+    found = study_kind(attrs)
+    if found is None and not attrs and not storage.get_all_trials(study_id, deepcopy=False):
+        return True  # created and left empty (e.g. interrupted before its first record): nothing to mix with
+    if found == kind or (found is not None and found.startswith("study-") and kind.startswith("study-")):
+        return True  # a study's kind (precision/compare) is compared with its spec record
+    creator = {"hpo": "a search (nnlab hpo)"}.get(found or "", f"a study (nnlab study {(found or '')[6:]})"
+                                                  if (found or "").startswith("study-") else
+                                                  "another program (it has no nnlab attributes)")
+    this = "nnlab hpo" if kind == "hpo" else "nnlab study"
+    raise ConfigError(f"--study-name: study '{study_name}' in {label} was created by {creator}; {this} does not "
+                      "open it, so that neither mixes its trials into the other. Choose another --study-name "
+                      "or --storage")
 
 
 def _short(value: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from nnlab.errors import ConfigError
 from nnlab.orchestration import (
+    KIND_ATTR,
     capped_workers,
     fail_interrupted_trials,
     finish_parent,
@@ -135,6 +136,8 @@ def _open(plan: Any) -> tuple[Any, Any, Any]:
                                 load_if_exists=True)
     if stored is None or list(stored.get("seeds") or []) != list(plan.seeds):
         study.set_user_attr(SPEC_ATTR, plan.record)
+    if KIND_ATTR not in study.user_attrs:  # what created it: a search never opens it
+        study.set_user_attr(KIND_ATTR, f"study-{plan.kind}")
     return plan, store, study
 
 

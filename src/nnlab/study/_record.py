@@ -128,6 +128,9 @@ def stored_spec(storage: Any, plan: Any) -> dict[str, Any] | None:
         study_id = storage.get_study_id_from_name(plan.study_name)
     except KeyError:
         return None
+    from nnlab.orchestration import claim_study
+
+    claim_study(storage, plan.study_name, f"study-{plan.kind}", label=plan.shown_storage)  # not a search's
     attrs = storage.get_study_user_attrs(study_id)
     record = attrs.get(SPEC_ATTR)
     if not isinstance(record, dict):
