@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import warnings
@@ -25,6 +26,7 @@ from nnlab.runs import RunStatus
 from nnlab.study._cells import StudySpec
 from nnlab.study._plan import default_output_dir, make_plan
 from nnlab.study._record import (
+    RECORD_FILE,
     SPEC_ATTR,
     check_data,
     check_directory_owner,
@@ -41,6 +43,7 @@ from nnlab.study._results import (
     runs_frame,
     write_runs,
 )
+from nnlab.study._worker import DataChangedError, changed_data_message, data_change
 
 __all__ = ["RUN_COLUMNS", "StudyResult", "default_output_dir", "run_study"]
 
@@ -102,17 +105,19 @@ def run_study(spec: StudySpec, *, output_dir: str | Path | None = None, workers:
                      data=data, progress=bool(progress), mlflow=mlflow)
     say = progress_printer(progress)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    plan, store, study = _open(plan)
-    paths = {"runs": plan.runs_path, "data": plan.data_path, "record": write_record(plan)}
-    plan, left = _begin_study(plan, study, workers, say)
-    failed_workers = _run_units(plan, store, left, paths, say if progress else None)
-    return _end_study(plan, study, paths, failed_workers, say)
+    with contextlib.ExitStack() as held:  # the study directory, this command's alone until it ends
+        plan, store, study = _open(plan, held)
+        paths = {"runs": plan.runs_path, "data": plan.data_path, "record": write_record(plan)}
+        plan, left = _begin_study(plan, study, workers, say)
+        failed_workers = _run_units(plan, store, left, paths, say if progress else None)
+        return _end_study(plan, study, paths, failed_workers, say)
 
 
-def _open(plan: Any) -> tuple[Any, Any, Any]:
-    """Check the directory, the data and the stored spec, prepare the data, open the study.
+def _open(plan: Any, held: contextlib.ExitStack) -> tuple[Any, Any, Any]:
+    """Check the directory, the data and the stored spec, hold the directory, prepare the data, open the study.
 
     Every refusal comes before anything is written: the directory, the data, then the stored spec.
+    The directory is held (:func:`_hold_directory`) until ``held`` closes.
 
     Returns:
         The plan (with its data's SHA-256), the storage and the Optuna study.
@@ -129,6 +134,8 @@ def _open(plan: Any) -> tuple[Any, Any, Any]:
     check_directory_owner(plan, stored is not None)
     if stored is not None:
         check_spec(stored, plan, data=False)
+    _hold_directory(plan, held)
+    check_directory_owner(plan, None)  # again: a command that held the directory until now may have written it
     plan = _prepared(plan, stored)
     if store is None:
         store = open_storage(plan.storage)
@@ -139,6 +146,37 @@ def _open(plan: Any) -> tuple[Any, Any, Any]:
     if KIND_ATTR not in study.user_attrs:  # what created it: a search never opens it
         study.set_user_attr(KIND_ATTR, f"study-{plan.kind}")
     return plan, store, study
+
+
+def _hold_directory(plan: Any, held: contextlib.ExitStack) -> None:
+    """An exclusive lock on the study directory itself (no file of its own) until ``held`` closes.
+
+    One command per study directory at a time: a second one -- the same study or
+    another -- is refused (exit 2); more processes for one study are ``--workers``,
+    other machines their own ``--output-dir``. The lock goes with the process,
+    however it ends.
+    """
+    import fcntl
+    import json
+    import os
+
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(plan.study_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    held.callback(os.close, fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            record = json.loads((plan.study_dir / RECORD_FILE).read_text(encoding="utf-8"))
+            running = f"study '{record['study_name']}'"
+        except (OSError, ValueError, TypeError, KeyError):
+            running = "a study"
+        same = running == f"study '{plan.study_name}'"
+        raise ConfigError(f"--output-dir: '{plan.shown_dir}' is in use: another nnlab study command is running "
+                          f"{running} there; "
+                          + ("wait for it to end and rerun to finish what is left (more processes: --workers)"
+                             if same else "wait for it to end, or choose another --output-dir")) from None
+    held.callback(fcntl.flock, fd, fcntl.LOCK_UN)
 
 
 def _prepared(plan: Any, stored: dict[str, Any] | None) -> Any:
@@ -203,13 +241,18 @@ def _end_study(plan: Any, study: Any, paths: dict[str, Path], failed_workers: li
             say: Callable[[str], None]) -> StudyResult:
     """The runs table and the summary from the storage; the parent run ended; where the outputs are."""
     runs = runs_frame(write_runs(study, plan), plan)
-    summary = _write_summary(plan, runs, paths)
-    report_failed_workers(failed_workers, "study worker")
-    result = StudyResult(study_dir=plan.study_dir, study_name=plan.study_name, storage=plan.storage.label,
-                         runs=runs, summary=summary, paths=paths, failed_workers=failed_workers)
     n_units = len(plan.cells) * len(plan.seeds)
     done = int(runs["status"].isin(DONE_STATUSES).sum())
-    finish_parent(plan.mlflow, status="FINISHED" if done == n_units and not failed_workers else "FAILED",
+    changed = data_change(plan.data_path, plan.data_sha256) if failed_workers else None
+    if changed:  # the workers stopped on it (each said so): the command ends as a single worker would
+        finish_parent(plan.mlflow, status="FAILED", metrics={"runs_total": n_units, "runs_finished": done},
+                      files=_output_files(paths))
+        raise DataChangedError(changed_data_message(changed, done, n_units, plan.shown(plan.runs_path)))
+    summary = _write_summary(plan, runs, paths)
+    _report_workers(failed_workers, complete=done == n_units)
+    result = StudyResult(study_dir=plan.study_dir, study_name=plan.study_name, storage=plan.storage.label,
+                         runs=runs, summary=summary, paths=paths, failed_workers=failed_workers)
+    finish_parent(plan.mlflow, status="FINISHED" if done == n_units else "FAILED",
                   metrics={"runs_total": n_units, "runs_finished": done,
                            "runs_completed": int((runs["status"] == RunStatus.COMPLETED.value).sum())},
                   files=_output_files(paths))
@@ -218,6 +261,17 @@ def _end_study(plan: Any, study: Any, paths: dict[str, Path], failed_workers: li
     for name, path in paths.items():
         say(f"{name}: {path}")
     return result
+
+
+def _report_workers(failed_workers: list[tuple[int, int]], *, complete: bool) -> None:
+    """Worker processes that failed: errors when units are missing, else warnings (the others ran its units)."""
+    if not complete:
+        report_failed_workers(failed_workers, "study worker")
+        return
+    for worker, status in failed_workers:
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        print(f"warning: study worker {worker} {how}; the other workers ran its units: every run finished",
+              file=sys.stderr)
 
 
 def _parent_params(plan: Any) -> dict[str, Any]:

@@ -69,8 +69,9 @@ class StudyResult:
 
     @property
     def complete(self) -> bool:
-        """Every unit has its finished run and no worker failed."""
-        return bool((self.runs["status"].isin(DONE_STATUSES)).all()) and not self.failed_workers
+        """Every unit has its finished run (a worker that died while the others finished its units
+        is in ``failed_workers``, but the study is complete)."""
+        return bool((self.runs["status"].isin(DONE_STATUSES)).all())
 
 
 def _finite(value: Any) -> float:

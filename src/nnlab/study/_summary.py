@@ -206,12 +206,25 @@ def _runs_frame(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, 
     df = runs.copy()
     formats = _format_columns(df)
     numeric = ["test_r2", "best_val_mse", "epoch_time_mean", *formats.values()]
+    df["_unreadable"] = _unreadable(df["test_r2"])
+    df["_test_r2_text"] = df["test_r2"]
     for column in numeric:
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df["_cell"] = [tuple(_norm(v) for v in row) for row in df[keys].itertuples(index=False, name=None)]
     df["_seed"] = pd.to_numeric(df["seed"], errors="coerce")
     df["_completed"] = _status(df).isin(DONE_STATUSES)
     return df, formats
+
+
+# How a missing or non-finite test R² is written: a diverged run's, not an unreadable value.
+_NO_NUMBER = {"", "nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "none", "null", "<na>"}
+
+
+def _unreadable(values: pd.Series) -> pd.Series:
+    """Where a value is text that is no number (``abc``): unreadable, which is not diverged."""
+    parsed = pd.to_numeric(values, errors="coerce")
+    text = values.astype(str).str.strip().str.lower()
+    return parsed.isna() & values.notna() & ~text.isin(_NO_NUMBER)
 
 
 def _status(df: pd.DataFrame) -> pd.Series:
@@ -242,7 +255,12 @@ def _counted_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     no_seed = df["_completed"] & ~np.isfinite(df["_seed"])
     if no_seed.any():
         notes.append(f"{int(no_seed.sum())} completed run(s) without a valid seed were left out.")
-    done = df[df["_completed"] & ~no_seed].copy()
+    unreadable = df["_completed"] & ~no_seed & df["_unreadable"]
+    if unreadable.any():
+        shown = ", ".join(f"'{str(v)[:20]}'" for v in df.loc[unreadable, "_test_r2_text"][:3])
+        notes.append(f"{int(unreadable.sum())} completed run(s) have an unreadable test_r2 ({shown}) and were left "
+                     "out: neither a result nor diverged; check the runs table.")
+    done = df[df["_completed"] & ~no_seed & ~unreadable].copy()
     done["_seed"] = done["_seed"].astype(np.int64)
     duplicated = done.duplicated(["_cid", "_seed"], keep="last")
     if duplicated.any():
@@ -375,6 +393,8 @@ def _fewest_bits_within(table: pd.DataFrame, keys: Sequence[str]) -> dict[str, d
     for label, line in precision_curves(table, keys).items():
         if "rounding" in line.columns and line["rounding"].iloc[0] == "none":
             continue  # a policy at full precision, not a rounding curve over bits
+        if not np.isfinite(line["test_r2_mean"].to_numpy(np.float64)).any():
+            continue  # a curve with no data: nothing to say about it
         entry: dict[str, Any] = {}
         for tol in TOLERANCES:
             fewest = None
@@ -454,7 +474,7 @@ def _findings(kind: str, table: pd.DataFrame, summary: Mapping[str, Any], keys: 
                      else f"never within {tol} of the reference" for tol in TOLERANCES]
             findings.append(f"{label}: mean test R² {', '.join(parts)}.")
         varying = [k for k in keys if k not in ("rounding", "bits") and table[k].nunique(dropna=False) > 1]
-        for c in (c for c in summary["stochastic_comparisons"] if c.get("bits") == FOCUS_BITS):
+        for c in (c for c in summary["stochastic_comparisons"] if c.get("bits") == FOCUS_BITS and c["n_pairs"]):
             verdict = ("significantly worse than" if c["significantly_worse"] else
                        "significantly better than" if c["significantly_better"] else
                        "not significantly different from")
@@ -473,6 +493,8 @@ def _findings(kind: str, table: pd.DataFrame, summary: Mapping[str, Any], keys: 
     else:
         for _, row in body.iterrows():
             label = _cell_label(keys, tuple(row[k] for k in keys))
+            if not row["n_seeds"]:
+                continue  # no data: the notes say why
             if not math.isfinite(row["wilcoxon_p"]):
                 findings.append(f"{label}: no seed paired with the reference; not compared.")
                 continue

@@ -32,7 +32,7 @@ from nnlab.runs import RunStatus
 from nnlab.study._cells import SEED_KEY
 from nnlab.study._results import FORMATS, done_units, is_done, write_runs
 
-__all__ = ["UnitRecord", "run_unit", "study_worker"]
+__all__ = ["DataChangedError", "UnitRecord", "changed_data_message", "data_change", "run_unit", "study_worker"]
 
 logger = logging.getLogger(__name__)
 # claim_trial's budget: a study's units are chosen by _next_unit, which returns None when none is left.
@@ -113,20 +113,48 @@ def _claim(study: Any, plan: Any, owner: Mapping[str, Any]) -> Any | None:
         give_back(study, trial, f"duplicate claim: trial {rival} holds this unit")
 
 
+class DataChangedError(NnlabError):
+    """The study's data file is not the one its record names (replaced, edited or gone mid-study)."""
+
+
+def data_change(path: Path, expected_sha256: str) -> str | None:
+    """How the study's data file differs from its record (one sentence), or None when it does not."""
+    from nnlab.runs import file_digest
+
+    try:
+        found = file_digest(path)
+    except OSError as exc:
+        return f"the study's data '{path}' cannot be read ({exc.strerror or exc})"
+    if found == expected_sha256:
+        return None
+    return (f"the study's data '{path}' changed since the study was created (SHA-256 {found[:12]}..., recorded "
+            f"{expected_sha256[:12]}...)")
+
+
+def changed_data_message(change: str, done: int, total: int, runs_path: Path) -> str:
+    """The whole message of a study stopped by a changed data file: what ran, what to do."""
+    return (f"{change}: the study stopped and nothing was trained on the changed file; {done} of {total} runs "
+            f"had finished before (listed in {runs_path}). Restore the file and rerun the same command to "
+            "finish the others, or start a new study (another --output-dir)")
+
+
 class _SeedData:
     """The study's particle CSV, as the data source of one seed's units: units run seed by seed."""
 
     def __init__(self, path: Path, base: Mapping[str, Any], expected_sha256: str) -> None:
         from nnlab.config import Config
-        from nnlab.runs import file_digest
 
         cfg = Config.from_flat(base)
         self.path, self.sha256 = path, expected_sha256
         self.training, self.generation_seed = cfg.training, cfg.generation.random_seed
-        found = file_digest(path)
-        if found != expected_sha256:
-            raise NnlabError(f"the study's data '{path}' changed since the study was created (SHA-256 "
-                             f"{found[:12]}..., recorded {expected_sha256[:12]}...); restore it, or start a new study")
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`DataChangedError` unless the file still has the study's SHA-256 (before and after
+        each unit: a file replaced mid-study is never trained on unseen)."""
+        changed = data_change(self.path, self.sha256)
+        if changed:
+            raise DataChangedError(changed)
 
     def source(self, seed: int) -> Any:
         """The :class:`~nnlab.runs.DataSource` of a seed: the split depends on the seed only, so every
@@ -149,7 +177,15 @@ def study_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[
 
     def run_one(trial: Any) -> tuple[dict[str, Any], int, UnitRecord]:
         cell, seed = plan.cell_of(trial.user_attrs["cell"]), trial.user_attrs["seed"]
-        return cell, seed, run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
+        try:
+            data.check()
+            return cell, seed, run_unit(study, trial, plan=plan, cell=cell, seed=seed, data=data)
+        except DataChangedError as exc:  # the unit is not counted: the next command runs it again
+            give_back(study, trial, str(exc))
+            units = {(c["id"], s) for c in plan.cells for s in plan.seeds}
+            write_runs(study, plan)
+            raise DataChangedError(changed_data_message(str(exc), len(done_units(study) & units), len(units),
+                                                        plan.shown(plan.runs_path))) from None
 
     return run_claim_loop(study, claim=lambda owner: _claim(study, plan, owner), run_one=run_one,
                           on_done=_unit_reporter(study, plan, say), label=plan.storage.label,
@@ -232,6 +268,7 @@ def _train_unit(*, plan: Any, cell: Mapping[str, Any], seed: int, data: _SeedDat
         return UnitRecord(RunStatus.FAILED, error=one_line(exc))
     if result.status == RunStatus.INTERRUPTED:
         raise KeyboardInterrupt  # the run turned Ctrl-C/SIGTERM into a stop after the epoch
+    data.check()  # replaced while this unit read it: its result is not the study's
     return UnitRecord(result.status, run_id=result.run_id, run_dir=str(result.run_dir),
                       metrics=_unit_metrics(result),
                       error=one_line(Exception(result.failure)) if result.failure else "")
