@@ -332,3 +332,31 @@ def test_analyze_study_bad_directories_exit_2_with_one_line(tmp_path):
 
     proc = nnlab("analyze", "--study", "bad", "--run", "x", cwd=tmp_path)
     assert proc.returncode == 2 and "--run" in proc.stderr
+
+
+def test_unreadable_test_r2_is_not_diverged_and_no_finding_without_data(tmp_path):
+    """`nnlab analyze --study` on a runs table with a test_r2 of "abc" and cells with no data at all."""
+    study = tmp_path / "s"
+    study.mkdir()
+    runs = compare_runs().astype({"test_r2": object})
+    runs.loc[(runs["variant"] == "js") & (runs["seed"] == 0), "test_r2"] = "abc"
+    runs.loc[runs["variant"] == "same", "status"] = "failed: disk full"  # a cell without data
+    runs.to_csv(study / "compare_runs.csv", index=False)
+    proc = nnlab("analyze", "--study", str(study), "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = (tmp_path / "out" / "analysis").iterdir()
+    summary = json.loads((out / "compare_summary.json").read_text())
+    js = next(c for c in summary["cells"] if c["variant"] == "js")
+    assert js["n_diverged"] == 0 and js["n_seeds"] == 7 and summary["n_diverged"] == 0
+    assert any("1 completed run(s) have an unreadable test_r2 ('abc')" in n for n in summary["notes"])
+    assert not any("no finite test R² (diverged)" in n for n in summary["notes"])
+    assert not any(f.startswith("same:") for f in summary["findings"])  # no data, no finding
+    assert any(f.startswith("js: significantly worse") for f in summary["findings"])
+
+    # A precision curve with no data at all gets no finding either.
+    rows = precision_runs()
+    rows.loc[rows["rounding"] == "nearest", "status"] = "failed: x"
+    summary = write_study_outputs(tmp_path / "p", "precision", rows, keys=PRECISION_KEYS, reference=PRECISION_REF)
+    assert "nearest" not in summary["fewest_bits_within"]
+    assert not any(f.startswith("nearest:") or "nearest rounding" in f for f in summary["findings"])
+    assert any(f.startswith("truncate:") for f in summary["findings"])
