@@ -277,3 +277,27 @@ def test_collocation_inputs_are_fresh_initial_states_scaled_like_the_data(prepar
     assert a.shape == (300, rows.shape[1]) and np.array_equal(a, b)
     off = AdvancedNeuralNetwork((rows.shape[1],), 6, {**cfg, "physics_collocation_points": 0}, scalers=prepared)
     assert off.physics_loss.collocation is None
+
+
+def test_collocation_settings_that_cannot_work_are_warned(prepared):
+    import warnings
+
+    from nnlab.model import AdvancedNeuralNetwork
+
+    n_features = len(prepared.feature_names)
+    cfg = {"hidden_layers": [8], "physics_loss_weight": 1.0, "physics_collocation_points": 100, "seed": 5}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AdvancedNeuralNetwork((n_features,), 6, {**cfg, "physics_collocation_batch_size": 64}, scalers=prepared)
+    assert not [w for w in caught if "collocation" in str(w.message)]  # the defaults' ranges fit the data
+    with pytest.warns(UserWarning, match="physics_collocation_batch_size = 1000000 is larger than "
+                                         "physics_collocation_points = 100"):
+        AdvancedNeuralNetwork((n_features,), 6, {**cfg, "physics_collocation_batch_size": 1_000_000},
+                              scalers=prepared)
+    # Data from other ranges (velocities of 100-110) than the collocation rows are drawn from (-5..5).
+    far = complete_data_pipeline(num_particles=300, seed=3,
+                                 config={"velocity_x_range": [100.0, 110.0]})
+    with pytest.warns(UserWarning, match=r"collocation rows lie far outside the training data for "
+                                         r"initial_velocity_x \(velocity_x_range = \[-5.0, 5.0\]; the data's "
+                                         r"mean ± 2 sd: \[\d+"):
+        AdvancedNeuralNetwork((n_features,), 6, {**cfg, "physics_collocation_batch_size": 64}, scalers=far)

@@ -143,3 +143,16 @@ def test_resume_of_a_completed_run_is_refused_before_anything_is_written(execute
     with pytest.raises(NnlabError, match=f"run {result.run_id} completed all 2 epochs"):
         resume(result.run_id, output_dir=out)
     assert sorted(p.stat().st_mtime_ns for p in result.run_dir.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("mixed_float16", "training diverged (the loss became NaN/inf): float16 overflows past 65504 under "
+                      "precision_policy mixed_float16; train with --set precision_policy=float32 (or mixed_bfloat16"),
+    ("float32", "training diverged (the loss became NaN/inf); try a smaller learning_rate"),
+    (None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"),
+])
+def test_divergence_advice_fits_the_precision_policy(tmp_path, policy, expected):
+    """The message `nnlab train` prints and a search or study records for a diverged run."""
+    result = RunResult(run_id="r", run_dir=tmp_path, status=RunStatus.DIVERGED,
+                       details={"status": "diverged", "precision_policy": policy})
+    assert result.divergence_message.startswith(expected)

@@ -248,7 +248,7 @@ def _finish_training(result, output_dir: str) -> int:
               f"--output-dir {output_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.status == RunStatus.DIVERGED:
-        print("error: training diverged (the loss became NaN/inf); try a smaller learning_rate", file=sys.stderr)
+        print(f"error: {result.divergence_message}", file=sys.stderr)
         return 1
     if result.failure:  # the disk filled up: the run stopped, what it wrote is intact
         print(f"error: {result.failure}", file=sys.stderr)

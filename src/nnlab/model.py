@@ -27,6 +27,47 @@ __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predic
 METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
 # Added to the model seed for the physics term's collocation draws (distinct from the data's).
 COLLOCATION_SEED_OFFSET = 1_000_003
+# The simulated initial quantities (features) and the generation setting each is drawn from.
+_DRAWN_FROM = {"mass": "mass_range", "initial_velocity_x": "velocity_x_range",
+               "initial_velocity_y": "velocity_y_range", "initial_position_x": "position_x_range",
+               "initial_position_y": "position_y_range", "charge": "charge_values",
+               "magnetic_field_strength": "magnetic_field_range", "simulation_time": "simulation_time_range"}
+# A collocation row this many of the data's standard deviations from its mean is far outside the data;
+# warned when most rows are.
+_FAR_SD = 4.0
+
+
+def warn_collocation(model_config: Any, generation: Any, scalers: Any, collocation: np.ndarray) -> None:
+    """Warn about collocation settings that cannot work as meant (``UserWarning``; training goes on).
+
+    * ``physics_collocation_batch_size`` larger than ``physics_collocation_points``: every step
+      draws more rows than the pool holds, so the same rows repeat within a batch;
+    * collocation rows (drawn from the generation ranges) mostly far outside the training data
+      (``--data`` rows from other ranges): the physics term then constrains the network where it
+      has seen no data. Named per initial quantity, with its generation key and the data's range.
+    """
+    import warnings
+
+    m = model_config
+    if 0 < m.physics_collocation_points < m.physics_collocation_batch_size:
+        warnings.warn(f"physics_collocation_batch_size = {m.physics_collocation_batch_size} is larger than "
+                      f"physics_collocation_points = {m.physics_collocation_points}: each step draws its batch "
+                      "from a smaller pool, so rows repeat; lower physics_collocation_batch_size or raise "
+                      "physics_collocation_points", UserWarning, stacklevel=3)
+    names = list(scalers.feature_names)
+    far = []
+    for feature, key in _DRAWN_FROM.items():
+        if feature not in names or len(collocation) == 0:
+            continue
+        column = names.index(feature)
+        if np.mean(np.abs(collocation[:, column]) > _FAR_SD) > 0.5:
+            mean, sd = float(scalers.x_scaler.mean_[column]), float(scalers.x_scaler.scale_[column])
+            far.append(f"{feature} ({key} = {list(getattr(generation, key))}; the data's mean ± 2 sd: "
+                       f"[{mean - 2 * sd:.4g}, {mean + 2 * sd:.4g}])")
+    if far:
+        warnings.warn(f"the physics term's collocation rows lie far outside the training data for "
+                      f"{'; '.join(far)}: the term would constrain the network where it has no data; set these "
+                      "generation settings to the data's ranges (--set KEY=[low,high])", UserWarning, stacklevel=3)
 # R² compares the error with the spread of the targets: one row has none.
 MIN_ROWS_FOR_R2 = 2
 
@@ -192,6 +233,7 @@ class AdvancedNeuralNetwork:
         # Collocation draws never repeat the data's: a seed of their own, derived from the model seed.
         seed = None if m.seed is None else (m.seed + COLLOCATION_SEED_OFFSET) % 2**32
         free = collocation_inputs(scalers, self.config.generation, m.physics_collocation_points, seed=seed)
+        warn_collocation(m, self.config.generation, scalers, free)
         return PhysicsLoss(scalers, m.physics_loss_terms, weight=m.physics_loss_weight, collocation=free)
 
     def _build(self) -> keras.Model:

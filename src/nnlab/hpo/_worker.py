@@ -244,7 +244,7 @@ def _judge(trial: Any, result: Any) -> tuple[TrialOutcome, float | None, str]:
         # The run turned Ctrl-C/SIGTERM into a clean stop after the epoch.
         raise KeyboardInterrupt
     if result.status == RunStatus.DIVERGED:
-        return TrialOutcome.FAILED, None, "training diverged (the loss became NaN/inf); try a smaller learning_rate"
+        return TrialOutcome.FAILED, None, result.divergence_message
     if result.status == RunStatus.PRUNED:
         return TrialOutcome.PRUNED, None, ""
     if result.status.failed:

@@ -85,6 +85,13 @@ class RunResult:
                    details=dict(results))
 
     @property
+    def divergence_message(self) -> str:
+        """What a diverged run's user is told: the cause that fits its precision policy, and the advice."""
+        from nnlab.runs._runs import divergence_message
+
+        return divergence_message(self.details.get("precision_policy"))
+
+    @property
     def test_scaled(self) -> dict[str, Any]:
         """The scaled test metrics (``mse``, ``mae``, ``rmse``, ``r2``); empty without a test report."""
         return dict((self.test or {}).get("scaled") or {})

@@ -470,7 +470,7 @@ def _train(model: AdvancedNeuralNetwork, arrays: tuple, cfg: Config, run: _Run, 
                        test_r2=scaled["r2"], error_count=len(errors))
     results = {"run_id": run.run_id, "run_dir": str(run.run_dir), "status": fit.status,
                "training": fit.training, "test": test_report, "performance_summary": summary,
-               "error_summary": errors.summary()}
+               "error_summary": errors.summary(), "precision_policy": cfg.get("precision_policy")}
     if fit.failure is not None:
         results["failure"] = fit.failure
     # Where the optional sinks write (a sink that failed says nothing here; its error is listed).

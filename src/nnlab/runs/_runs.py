@@ -95,6 +95,15 @@ def check_config_log(output_dir: str | os.PathLike, *, shown: str | None = None)
                       "file or choose another --output-dir")
 
 
+def divergence_message(precision_policy: str | None) -> str:
+    """Why a run diverged and what to change: under ``mixed_float16`` the usual cause is float16
+    overflow (past 65504, e.g. a large physics loss term), not the learning rate."""
+    if precision_policy == "mixed_float16":
+        return ("training diverged (the loss became NaN/inf): float16 overflows past 65504 under precision_policy "
+                "mixed_float16; train with --set precision_policy=float32 (or mixed_bfloat16, float32's range)")
+    return "training diverged (the loss became NaN/inf); try a smaller learning_rate"
+
+
 def create_run_dir(output_dir: str | os.PathLike) -> tuple[str, Path]:
     """A new, unique run directory under ``<output_dir>/runs``.
 
