@@ -135,10 +135,10 @@ def _leaks_in_database(server, database: str) -> list[str]:
 
 @pytest.fixture
 def secret_role(postgres_server):
-    """A login role whose password is SECRET, and two databases it owns (storage, MLflow)."""
+    """A login role whose password is SECRET, and the databases it owns (search storage, MLflow, study storage)."""
     import psycopg
 
-    names = {"storage": "sec_storage", "mlflow": "sec_mlflow"}
+    names = {"storage": "sec_storage", "mlflow": "sec_mlflow", "study": "sec_study"}
     with psycopg.connect(host="127.0.0.1", port=postgres_server.port, user="postgres",
                          password=postgres_server.password, dbname="postgres", autocommit=True) as connection:
         connection.execute(f"DROP ROLE IF EXISTS {ROLE}")
@@ -149,6 +149,7 @@ def secret_role(postgres_server):
     return {"storage": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['storage']}",
             "mlflow": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['mlflow']}",
             "mlflow_query": f"postgresql+psycopg://{ROLE}@{host}/{names['mlflow']}?password={QUERY_FORM}",
+            "study": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['study']}",
             "databases": list(names.values())}
 
 
@@ -164,7 +165,7 @@ def test_train_search_and_study_with_a_reachable_server_write_and_print_no_passw
                       "--output-dir", "search", "--storage", urls["storage"], "--mlflow", urls["mlflow"]),
     }
     study = ["study", "compare", "--variant", "a=activation=relu", "--variant", "b=activation=tanh", "--seeds", "1",
-             *TINY, "--output-dir", "study", "--storage", urls["storage"].replace("sec_storage", "sec_mlflow"),
+             *TINY, "--output-dir", "study", "--storage", urls["study"],
              "--set", f"mlflow_tracking_uri={urls['mlflow']}"]
     results["study"] = _nnlab(tmp_path, *study)
     # The same study, the same password-bearing options: recognised, nothing to run.

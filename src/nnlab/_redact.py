@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-__all__ = ["MASK", "install", "redact", "redact_argv", "redact_text", "redact_url_password", "remember_secrets"]
+__all__ = ["MASK", "install", "redact", "redact_argv", "redact_text", "redact_url_password", "remember_secrets",
+           "without_masked_password"]
 
 MASK = "***"
 # A password seen this short is masked in URLs and settings, but not searched for as a bare string.
@@ -140,6 +141,19 @@ def redact(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(redact(item) for item in value)
     return value
+
+
+def without_masked_password(url: str) -> str:
+    """A URL read back from a file (masked by :func:`redact`) without its ``***`` password, so that the driver
+    takes the password from the environment (``PGPASSWORD``, ``~/.pgpass``, ``MLFLOW_TRACKING_PASSWORD``).
+
+    Example:
+        >>> without_masked_password("postgresql://u:***@db/x?sslmode=off&password=***")
+        'postgresql://u@db/x?sslmode=off'
+    """
+    url = url.replace(f":{MASK}@", "@", 1)
+    url = re.sub(rf"[?&]{_KEY}={re.escape(MASK)}(?=&|$)", "", url, flags=re.IGNORECASE)
+    return url if "?" in url or "&" not in url else url.replace("&", "?", 1)
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ import keras
 
 from nnlab._files import atomic_write_json
 from nnlab._numbers import float_or_none
-from nnlab._redact import redact, redact_url_password
+from nnlab._redact import redact, redact_url_password, without_masked_password
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
@@ -144,7 +144,8 @@ def run_files(run_dir: Path) -> list[tuple[Path, str | None]]:
 def run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The run's ``mlflow_run.json`` (tracking_uri, experiment_id, run_id), or None when there is none.
 
-    ``tracking_uri`` is the configured one (with its password, if it has one), which the file itself never holds.
+    ``tracking_uri`` is the configured one; neither file holds a password: a masked one is dropped from it, so the
+    driver takes the password from the environment (``PGPASSWORD``, ``~/.pgpass``, ``MLFLOW_TRACKING_PASSWORD``).
     """
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
@@ -155,14 +156,14 @@ def run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict):
         return None
-    # The record keeps no password; the run's configuration has the URI as it was given.
+    # The record keeps no password; the run's configuration has the URI as it was given, password masked.
     try:
         saved = json.loads((Path(run_dir) / "training_config.json").read_text(encoding="utf-8"))
         configured = saved["config"]["mlflow_tracking_uri"]
     except (OSError, ValueError, KeyError, TypeError):
         configured = None
     if isinstance(configured, str) and redact_url_password(configured) == record.get("tracking_uri"):
-        record["tracking_uri"] = configured
+        record["tracking_uri"] = without_masked_password(configured)
     return record
 
 

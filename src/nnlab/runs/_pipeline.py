@@ -21,7 +21,7 @@ from nnlab._files import (
     is_disk_full,
     upsert_csv_row,
 )
-from nnlab._redact import redact, redact_argv
+from nnlab._redact import redact, redact_argv, without_masked_password
 from nnlab.config import Config, resolve_config
 from nnlab.errors import NnlabError
 from nnlab.formats import evaluate_formats
@@ -138,8 +138,10 @@ def _build_sinks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, tracker: 
     if cfg.training.mlflow_tracking_uri:
         from nnlab.integrations.mlflow import MlflowSink
 
-        sinks.append(MlflowSink(cfg.training.mlflow_tracking_uri, cfg.training.mlflow_experiment,
-                                run_dir=run.run_dir, rows=lambda: tracker.rows, params=redact(cfg.to_flat()),
+        # A resumed run's URI was read back masked: its password comes from the environment.
+        uri = without_masked_password(cfg.training.mlflow_tracking_uri)
+        sinks.append(MlflowSink(uri, cfg.training.mlflow_experiment, run_dir=run.run_dir,
+                                rows=lambda: tracker.rows, params=redact(cfg.to_flat()),
                                 tags=run.tags, errors=model.errors, flush_every=cfg.training.checkpoint_every,
                                 resuming=resume_from is not None))
     return sinks
