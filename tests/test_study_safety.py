@@ -198,3 +198,13 @@ def test_a_killed_worker_whose_units_the_others_ran_is_a_warning(tmp_path):
     assert len(warnings) == 1 and "was killed by signal 9" in warnings[0] and "every run finished" in warnings[0]
     assert not [line for line in err.splitlines() if line.startswith("error:")]
     assert {r["status"] for r in _rows(study_dir / "compare_runs.csv")} == {"completed"}
+
+
+def test_a_non_utf8_output_dir_is_refused_naming_the_option(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "a=", "--variant", "b=",
+                           "--output-dir", os.fsdecode(b"d\xff"), "--config-dir", CONFIG_DIR],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("error: --output-dir: 'd\\xff' is not a UTF-8 path (the study's files record it); "
+                                   "choose a directory whose full path is UTF-8")
+    assert not any(tmp_path.iterdir())
