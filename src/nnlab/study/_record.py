@@ -17,6 +17,7 @@ __all__ = [
     "SPEC_ATTR",
     "check_data",
     "check_directory_owner",
+    "check_outputs",
     "check_spec",
     "prepare_data",
     "stored_spec",
@@ -173,11 +174,13 @@ def _generation_metadata(plan: Any) -> dict[str, Any]:
 
 
 def check_data(plan: Any) -> None:
-    """Read-only, before anything is written: ``--data`` is valid particle data; the study's own
-    ``particles.csv``, if there is one, holds exactly the data the base configuration asks for."""
+    """Read-only, before anything is written: the study's outputs may be written (:func:`check_outputs`);
+    ``--data`` is valid particle data; the study's own ``particles.csv``, if there is one, holds exactly
+    the data the base configuration asks for."""
     from nnlab.data import load_particle_data, validate_particle_data
     from nnlab.data import sidecar_path, stale_reason
 
+    check_outputs(plan)  # no file of the user's replaced, nothing written through a link out of the directory
     path = plan.data_path
     if plan.data_generated and path.exists():
         expected = _generation_metadata(plan)
@@ -194,6 +197,40 @@ def check_data(plan: Any) -> None:
                               f"({reason}); rerun with the original options, or choose another --output-dir")
     if not plan.data_generated:
         validate_particle_data(load_particle_data(path), source=path)  # bad data fails before anything is written
+
+
+def check_outputs(plan: Any) -> None:
+    """Read-only, before any unit trains: nothing the study writes would replace a file that is not
+    nnlab's, or be written through a symbolic link out of the study directory.
+
+    The summary outputs are checked by :func:`nnlab.study._summary.check_study_outputs`; the
+    particle data's sidecar must be nnlab's (its ``source`` the generator); the runs'
+    ``configuration_log.csv`` must be nnlab's log (:func:`nnlab.runs.check_config_log`).
+    """
+    from nnlab.data import GENERATOR_NAME, sidecar_path
+    from nnlab.runs import check_config_log
+    from nnlab.study._summary import check_inside, check_study_outputs
+
+    if not plan.study_dir.exists():
+        return
+    check_study_outputs(plan.study_dir, plan.kind, shown=plan.shown, shown_dir=plan.shown_dir)
+    written = [plan.study_dir / RECORD_FILE, plan.runs_path]
+    if plan.data_generated:
+        written += [plan.data_path, sidecar_path(plan.data_path)]
+    for path in written:
+        if path.parent == plan.study_dir:
+            check_inside(path, plan.study_dir, "--output-dir", plan.shown(path), plan.shown_dir)
+    sidecar = sidecar_path(plan.data_path)
+    if plan.data_generated and not plan.data_path.exists() and sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("source") != GENERATOR_NAME:
+            raise ConfigError(f"--output-dir: '{plan.shown(sidecar)}' exists and is not the sidecar nnlab writes "
+                              f"beside generated particle data; the study would replace it when it generates "
+                              f"'{plan.shown(plan.data_path)}'. Move the file or choose another --output-dir")
+    check_config_log(plan.study_dir, shown=plan.shown_dir)
 
 
 def prepare_data(plan: Any) -> tuple[bool, str]:

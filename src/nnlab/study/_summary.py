@@ -23,11 +23,12 @@ reason is in the summary's ``notes``.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from nnlab.study._curves import TOLERANCES, precision_curves
 
 __all__ = [
     "KINDS",
+    "check_inside",
+    "check_study_outputs",
     "STUDY_COLUMNS",
     "TOLERANCES",
     "format_r2_difference",
@@ -512,6 +515,74 @@ def _findings(kind: str, table: pd.DataFrame, summary: Mapping[str, Any], keys: 
     return findings
 
 
+def output_paths(study_dir: Path, kind: str) -> dict[str, Path]:
+    """The files :func:`write_study_outputs` writes, by role."""
+    return {"csv": study_dir / f"{kind}_study.csv", "figure": study_dir / f"{kind}_study.png",
+            "summary": study_dir / f"{kind}_summary.json"}
+
+
+def check_inside(path: Path, directory: Path, option: str, shown: str | None = None,
+                 shown_dir: str | None = None) -> None:
+    """Refuse ``path`` when it is a symbolic link that leads out of ``directory`` (nothing is written
+    through a link onto a file elsewhere); a link that stays inside is written through."""
+    if not path.is_symlink():
+        return
+    target = Path(os.path.realpath(path))
+    if not target.is_relative_to(os.path.realpath(directory)):
+        raise ConfigError(f"{option}: '{shown or path}' is a symbolic link to '{target}', outside "
+                          f"'{shown_dir or directory}'; nnlab does not write through it. Remove the link or choose another "
+                          f"{option}")
+
+
+def _is_own_output(role: str, path: Path, kind: str) -> bool:
+    """Whether an existing output is nnlab's: the CSV by its exact statistics header, the summary by
+    its fields (``kind``, ``files``), the figure by the PNG text nnlab writes (``nnlab._plots``)."""
+    from nnlab._plots import is_nnlab_figure
+
+    if role == "figure":
+        return is_nnlab_figure(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            if role == "csv":
+                header = next(csv.reader([fh.readline(1 << 16)]), [])
+                return tuple(header[-len(STUDY_COLUMNS):]) == STUDY_COLUMNS
+            record = json.loads(fh.read(64 << 20))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return False
+    return isinstance(record, dict) and record.get("kind") == kind and isinstance(record.get("files"), dict)
+
+
+_ROLE_WORDS = {"csv": "table of cells", "figure": "figure", "summary": "summary"}
+
+
+def check_study_outputs(study_dir: Path, kind: str, *, option: str = "--output-dir",
+                        shown: Callable[[Path], str] = str, shown_dir: str | None = None) -> None:
+    """Refuse, before any work, to write a study's outputs over files that are not nnlab's.
+
+    Reads only. Each of ``<kind>_study.csv``, ``<kind>_study.png`` and ``<kind>_summary.json``
+    must be absent or recognisably nnlab's (see :func:`_is_own_output`), a regular file, and not a
+    symbolic link out of ``study_dir``.
+
+    Raises:
+        ConfigError: naming the file and what to do.
+    """
+    for role, path in output_paths(Path(study_dir), kind).items():
+        check_inside(path, study_dir, option, shown(path), shown_dir)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{option}: '{shown(path)}' cannot be checked: {exc.strerror or exc}") from None
+        from nnlab._files import special_file_kind
+
+        what = special_file_kind(mode)
+        if what is None and _is_own_output(role, path, kind):
+            continue
+        raise ConfigError(f"{option}: '{shown(path)}' exists and is {what or 'not a file nnlab wrote'}; a {kind} "
+                          f"study writes its {_ROLE_WORDS[role]} there. Move the file or choose another {option}")
+
+
 def write_study_outputs(study_dir: Path, kind: str, runs: pd.DataFrame, *, keys: Sequence[str],
                         reference: Mapping[str, Any], alpha: float = 0.05, seed: int = 0) -> dict:
     """Write ``<kind>_study.csv``, ``<kind>_study.png`` and ``<kind>_summary.json`` into ``study_dir``.
@@ -545,10 +616,9 @@ def write_study_outputs(study_dir: Path, kind: str, runs: pd.DataFrame, *, keys:
     """
     table, summary, per_seed = summarise_study(kind, runs, keys=keys, reference=reference, alpha=alpha, seed=seed)
     study_dir = Path(study_dir)
+    check_study_outputs(study_dir, kind)  # again here: a file may have appeared since the study started
     study_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = study_dir / f"{kind}_study.csv"
-    figure_path = study_dir / f"{kind}_study.png"
-    json_path = study_dir / f"{kind}_summary.json"
+    csv_path, figure_path, json_path = output_paths(study_dir, kind).values()
     write_csv_rows(csv_path, to_jsonable(table.to_dict("records")), list(table.columns))
     files = {"csv": str(csv_path), "figure": None, "summary": str(json_path)}
     try:
