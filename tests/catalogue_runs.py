@@ -40,6 +40,13 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
      [f"error: {RUN}/scalers.json: the scalers were edited after run 20260101-000000-000000-p1 started (it no "
       "longer matches the SHA-256 recorded then in training_config.json); a resume continues a run exactly as "
       "it was started: undo the edit, or start a new run"]),
+    # An output directory whose path a run's files cannot hold: refused before any work, nothing written.
+    ("CLI arguments", "python main.py --epochs 1 --output-dir o\udcff", {},
+     ["error: --output-dir: 'o\\xff' is not a UTF-8 path (a run's files record it); choose a directory whose full "
+      "path is UTF-8"]),
+    ("CLI arguments", f"python main.py --epochs 1 --output-dir {'n' * 300}", {},
+     ["error: --output-dir: '", "has a name of 300 bytes", "this file system allows at most 255: choose a shorter "
+      "--output-dir"]),
     # Files that are not nnlab's in a directory a command writes to: refused before any work.
     ("output ownership", "python main.py --output-dir o", {"o/configuration_log.csv": "px,py,pz\n1,2,3\n"},
      ["error: --output-dir: 'o/configuration_log.csv' is not nnlab's configuration log (a CSV whose header is "

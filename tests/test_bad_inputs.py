@@ -663,8 +663,8 @@ def render_catalogue() -> str:
         "|---|---|---|---|---|",
     ]
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>")
+    def cell(text: str) -> str:  # a non-UTF-8 path's surrogate escape shown as \udcff
+        return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("|", "\\|").replace("\n", "<br>")
 
     def shown(content: Any) -> str:
         if callable(content):

@@ -156,3 +156,20 @@ def test_divergence_advice_fits_the_precision_policy(tmp_path, policy, expected)
     result = RunResult(run_id="r", run_dir=tmp_path, status=RunStatus.DIVERGED,
                        details={"status": "diverged", "precision_policy": policy})
     assert result.divergence_message.startswith(expected)
+
+
+@pytest.mark.parametrize("name, message", [
+    (b"o\xff", r"--output-dir: 'o\\xff' is not a UTF-8 path \(a run's files record it\)"),
+    (b"n" * 300, r"--output-dir: 'n+… \(300 characters\)' has a name of 300 bytes .*at most 255"),
+    (b"/".join([b"d" * 200] * 20), r"--output-dir: .* bytes long as a full path; a run's files need it under"),
+], ids=["non_utf8", "long_name", "long_path"])
+def test_an_output_dir_the_runs_files_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch,
+                                                                                         name, message):
+    import os
+
+    from nnlab.runs import check_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        check_output_dir(os.fsdecode(name), create=True)
+    assert os.listdir(tmp_path) == []

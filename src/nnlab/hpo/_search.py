@@ -269,8 +269,9 @@ def _search_storage(s: SearchSettings) -> tuple[Path, StorageSpec]:
     paths = ResultPaths(results)
     spec = storage_spec(s.storage, output_dir)
     _probe_writable("--output-dir", output_dir)
-    from nnlab.runs import check_config_log
+    from nnlab.runs import check_config_log, check_path_names
 
+    check_path_names(output_dir)  # a UTF-8 path of names the file system allows: every run records it
     check_config_log(output_dir)  # every trial adds its row there: a foreign file is refused now
     _probe_writable("--output", results.parent)
     spec = resolve_storage(spec, workers=s.workers)

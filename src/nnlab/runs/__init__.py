@@ -49,6 +49,7 @@ _EXPORTS = {
     "build_network": "nnlab.runs._execute",
     "check_config_log": "nnlab.runs._runs",
     "check_output_dir": "nnlab.runs._runs",
+    "check_path_names": "nnlab.runs._runs",
     "divergence_message": "nnlab.runs._runs",
     "config_log_row": "nnlab.runs._runs",
     "create_run_dir": "nnlab.runs._runs",

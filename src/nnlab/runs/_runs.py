@@ -44,6 +44,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> P
         ConfigError: naming the directory and why it cannot be used.
     """
     root = Path(output_dir)
+    check_path_names(root)
     try:
         if create:
             (root / "runs").mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,56 @@ def check_output_dir(output_dir: str | os.PathLike, *, create: bool = True) -> P
         raise ConfigError(f"output directory '{root}' cannot be written: {exc.strerror or exc}") from None
     check_config_log(root)
     return root
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, say: not there
+        return False
+
+
+# What a run adds below the output directory at most (runs/<run id>/<a temporary file's name>).
+_RUN_PATH_RESERVE = 160
+
+
+def check_path_names(output_dir: str | os.PathLike, *, option: str = "--output-dir") -> None:
+    """Refuse, before any work, an output directory whose path the run's files could not hold.
+
+    Its full path must be UTF-8 (the configuration log, training_config.json and the training log
+    record it), each name in it at most the file system's name limit (usually 255 bytes), and the
+    whole path short enough for the run's own files below it.
+
+    Raises:
+        ConfigError: naming ``option``, the path and what is allowed.
+    """
+    root = Path(output_dir)
+    absolute = root.absolute()
+    raw = os.fsencode(absolute)
+    shown = os.fsencode(root).decode("utf-8", "backslashreplace")
+    try:
+        os.fsdecode(raw).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{option}: '{shown}' is not a UTF-8 path (a run's files record it); choose a directory "
+                          "whose full path is UTF-8") from None
+    existing = absolute
+    while existing != existing.parent and not _exists(existing):
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    from nnlab.config import shorten
+
+    for part in absolute.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(f"{option}: '{shorten(shown, 80)}' has a name of {len(os.fsencode(part))} bytes "
+                              f"('{shorten(part, 40)}'); this file system allows at most {name_max}: choose a "
+                              f"shorter {option}")
+    if len(raw) + _RUN_PATH_RESERVE > path_max:
+        raise ConfigError(f"{option}: '{shorten(shown, 80)}' is {len(raw)} bytes long as a full path; a run's files "
+                          f"need it under {path_max - _RUN_PATH_RESERVE}: choose a shorter {option}")
 
 
 def _is_log_header(header: list[str]) -> bool:
