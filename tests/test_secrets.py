@@ -135,10 +135,10 @@ def _leaks_in_database(server, database: str) -> list[str]:
 
 @pytest.fixture
 def secret_role(postgres_server):
-    """A login role whose password is SECRET, and the databases it owns (search storage, MLflow, study storage)."""
+    """A login role whose password is SECRET, and the databases it owns (the search's storage, MLflow's)."""
     import psycopg
 
-    names = {"storage": "sec_storage", "mlflow": "sec_mlflow", "study": "sec_study"}
+    names = {"storage": "sec_storage", "mlflow": "sec_mlflow"}
     with psycopg.connect(host="127.0.0.1", port=postgres_server.port, user="postgres",
                          password=postgres_server.password, dbname="postgres", autocommit=True) as connection:
         connection.execute(f"DROP ROLE IF EXISTS {ROLE}")
@@ -149,27 +149,28 @@ def secret_role(postgres_server):
     return {"storage": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['storage']}",
             "mlflow": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['mlflow']}",
             "mlflow_query": f"postgresql+psycopg://{ROLE}@{host}/{names['mlflow']}?password={QUERY_FORM}",
-            "study": f"postgresql+psycopg://{ROLE}:{USERINFO_FORM}@{host}/{names['study']}",
             "databases": list(names.values())}
 
 
 def test_train_search_and_study_with_a_reachable_server_write_and_print_no_password(
         tmp_path, postgres_server, secret_role):
     urls = secret_role
+    search = ["hpo", "--max-trials", "1", "--epochs", "1", "--num-particles", "200", "--presets", "fast_debug",
+              "--set", "jit_compile=false", "--output-dir", "search", "--storage", urls["storage"],
+              "--mlflow", urls["mlflow"]]
+    # The study in its own journal (study_journal.log holds its record), tracked through a configuration value.
+    study = ["study", "compare", "--variant", "a=activation=relu", "--variant", "b=activation=tanh", "--seeds", "1",
+             *TINY, "--output-dir", "study", "--set", f"mlflow_tracking_uri={urls['mlflow']}"]
     results = {
         "train --mlflow": _nnlab(tmp_path, "train", *TINY, "--output-dir", "out", "--mlflow", urls["mlflow"]),
         "train --set": _nnlab(tmp_path, "train", *TINY, "--output-dir", "out2",
                               "--set", f"mlflow_tracking_uri={urls['mlflow_query']}"),
-        "hpo": _nnlab(tmp_path, "hpo", "--max-trials", "1", "--epochs", "1", "--num-particles", "200",
-                      "--presets", "fast_debug", "--set", "jit_compile=false", "--set", "tensorboard=false",
-                      "--output-dir", "search", "--storage", urls["storage"], "--mlflow", urls["mlflow"]),
+        "hpo": _nnlab(tmp_path, *search),
+        "study": _nnlab(tmp_path, *study),
+        # The same search and study with the same password-bearing options: recognised, nothing more to run.
+        "hpo again": _nnlab(tmp_path, *search),
+        "study again": _nnlab(tmp_path, *study),
     }
-    study = ["study", "compare", "--variant", "a=activation=relu", "--variant", "b=activation=tanh", "--seeds", "1",
-             *TINY, "--output-dir", "study", "--storage", urls["study"],
-             "--set", f"mlflow_tracking_uri={urls['mlflow']}"]
-    results["study"] = _nnlab(tmp_path, *study)
-    # The same study, the same password-bearing options: recognised, nothing to run.
-    results["study again"] = _nnlab(tmp_path, *study)
     for name, proc in results.items():
         assert proc.returncode == 0, f"{name}: {proc.stdout}\n{proc.stderr}"
         assert "Traceback" not in proc.stderr, proc.stderr
@@ -178,7 +179,11 @@ def test_train_search_and_study_with_a_reachable_server_write_and_print_no_passw
     for database in urls["databases"]:
         leaks += _leaks_in_database(postgres_server, database)
     assert not leaks, leaks
-    assert "***" in (tmp_path / "out").joinpath("runs").rglob("training_config.json").__next__().read_text()
+    # What was recorded is there, masked: the runs' configurations, the study's journal, the search's storage.
+    masked = f"{ROLE}:***@".encode()
+    for pattern in ("out/runs/*/training_config.json", "study/*journal*", "search/**/hpo_study.json"):
+        assert any(masked in path.read_bytes() for path in tmp_path.glob(pattern)), pattern
+    assert any(b"password=***" in path.read_bytes() for path in tmp_path.glob("out2/runs/*/training_config.json"))
 
 
 def _closed_port() -> int:
