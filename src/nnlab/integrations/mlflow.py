@@ -225,7 +225,10 @@ class MlflowSink(keras.callbacks.Callback):
     def _fail(self, exc: BaseException) -> None:
         self._failed = True
         self.client = None
-        self.errors.record(self.component, exc)
+        # MLflow's messages may hold the tracking URI (an http request's URL): recorded in the run's files masked.
+        text = f"{type(exc).__name__}: {exc}"
+        shown = redact_url_password(text)
+        self.errors.record(self.component, exc if shown == text else shown)
 
     def on_train_begin(self, logs=None):
         if self.client is not None or self._failed:
