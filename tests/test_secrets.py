@@ -77,6 +77,22 @@ def test_a_password_seen_once_is_masked_in_any_later_message():
     assert "Seen" not in redact_text(message)
 
 
+def test_a_masked_url_read_back_connects_without_the_mask():
+    from nnlab._redact import without_masked_password
+
+    uri = redact("postgresql+psycopg://u:pa/ss9word@db:5432/x?sslmode=off")
+    assert without_masked_password(uri) == "postgresql+psycopg://u@db:5432/x?sslmode=off"
+    assert without_masked_password(redact("postgresql://db/x?password=pw%2F99&user=u")) == "postgresql://db/x?user=u"
+    assert without_masked_password("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_config_show_masks_the_tracking_password(tmp_path):
+    proc = _nnlab(tmp_path, "config", "show", "--config-dir", str(REPO / "ml_config"),
+                  "--set", f"mlflow_tracking_uri=postgresql+psycopg://{ROLE}:{USERINFO_FORM}@db/x")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{ROLE}:***@db/x" in proc.stdout and not _leaks_in(proc.stdout + proc.stderr, "config show")
+
+
 def test_the_printed_streams_are_masked(capsys):
     from nnlab import _redact
 

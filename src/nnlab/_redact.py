@@ -180,6 +180,12 @@ class _RedactingStream(io.TextIOBase):
     def isatty(self) -> bool:
         return self._raw.isatty()
 
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
     def fileno(self) -> int:
         return self._raw.fileno()
 

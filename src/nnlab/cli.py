@@ -318,7 +318,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_load_config(args).to_flat(), indent=2))
+    from nnlab._redact import redact
+
+    print(json.dumps(redact(_load_config(args).to_flat()), indent=2))  # a tracking URI's password masked
     return EXIT_OK
 
 
