@@ -75,11 +75,12 @@ class _StudyPlan:
 
     @property
     def record(self) -> dict[str, Any]:
-        """The spec stored on the Optuna study; a rerun must match it (seeds may grow)."""
-        return {"kind": self.kind, "keys": list(self.keys),
-                "cells": [{"key": c["key"], "overrides": c["overrides"]} for c in self.cells],
-                "reference": self.reference, "seeds": list(self.seeds), "base": redact(self.base), "preset": self.preset,
-                "data_sha256": self.data_sha256}
+        """The spec stored on the Optuna study; a rerun must match it (seeds may grow). Passwords masked (it is
+        written to the storage and study_spec.json): a rerun compares the masked forms."""
+        return redact({"kind": self.kind, "keys": list(self.keys),
+                       "cells": [{"key": c["key"], "overrides": c["overrides"]} for c in self.cells],
+                       "reference": self.reference, "seeds": list(self.seeds), "base": self.base,
+                       "preset": self.preset, "data_sha256": self.data_sha256})
 
     def cell_of(self, cell_id: str) -> dict[str, Any] | None:
         return next((c for c in self.cells if c["id"] == cell_id), None)
