@@ -213,7 +213,7 @@ class MlflowSink(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
         self._rows = rows
         self.config_params = redact(dict(params or {}))  # what MLflow stores: no password
-        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         self.errors = errors if errors is not None else ErrorRecorder()
         self.flush_every = max(1, int(flush_every))
         self.resuming = resuming

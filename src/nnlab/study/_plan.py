@@ -88,7 +88,7 @@ class _StudyPlan:
     def label(self, cell: Mapping[str, Any]) -> str:
         """The cell's varying key columns (all of them when only one cell)."""
         varying = [k for k in self.keys if len({json.dumps(c["key"][k]) for c in self.cells}) > 1] or list(self.keys)
-        return " ".join(f"{k}={cell['key'][k]}" for k in varying)
+        return redact(" ".join(f"{k}={cell['key'][k]}" for k in varying))  # shown and written: no password
 
 
 def _resolve_base(spec: StudySpec) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def _cells(spec: StudySpec, base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     for cell in spec.cells:
         base_cfg.updated({**cell.overrides, SEED_KEY: spec.seeds[0]}, source=spec.source(cell))
         cells.append({"key": json.loads(json.dumps(dict(cell.key))), "overrides": json.loads(json.dumps(
-            dict(cell.overrides))), "id": cell.id, "label": cell.label, "source": spec.source(cell)})
+            dict(cell.overrides))), "id": cell.id, "label": redact(cell.label), "source": spec.source(cell)})
     return tuple(cells)
 
 
