@@ -116,3 +116,26 @@ def postgres_db(postgres_server, request):
     """A fresh database on the session's server: its URL, password included."""
     name = "t_" + secrets.token_hex(6)
     return postgres_server.create_database(name)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(size: str, prefix: str):
+    """A fresh directory with a tmpfs of ``size`` mounted on it: a real full disk for the tests that need one.
+
+    Skips the test when it cannot mount (not root, no ``mount``, no permission).
+    """
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs a tmpfs mount: run as root (CAP_SYS_ADMIN)")
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        directory.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the fault-injection tests still run")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
+        directory.rmdir()

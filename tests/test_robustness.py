@@ -12,13 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import mounted_tmpfs
 
 from nnlab import _files
 from nnlab._files import (
@@ -264,25 +264,10 @@ def test_csv_row_cut_off_by_a_full_disk_is_taken_back(tmp_path, monkeypatch):
     assert writer.errors.disk_full["path"] == str(path)
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs a tmpfs mount: run as root (CAP_SYS_ADMIN)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the fault-injection tests still run")
-
-
 @pytest.fixture
 def small_disk():
-    directory = Path(tempfile.mkdtemp(prefix="nnlab-full-disk-"))
-    _mount_tmpfs(directory, "512k")
-    try:
+    with mounted_tmpfs("512k", "nnlab-full-disk-") as directory:
         yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=False)
-        directory.rmdir()
 
 
 def test_main_py_on_a_real_full_disk(small_disk, tmp_path):

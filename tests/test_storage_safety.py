@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import mounted_tmpfs
 
 from catalogue_ownership import mlflow_like_db, newer_optuna_db, optuna_db, search_journal, study_journal, unrelated_db
 from nnlab.errors import ConfigError
@@ -241,24 +240,10 @@ def test_a_journal_corrupt_in_the_middle_is_refused_unchanged(tmp_path):
     assert not list(tmp_path.glob("j.log.torn-*"))
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs a tmpfs mount: run as root (CAP_SYS_ADMIN)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the hand-torn journal tests still run")
-
-
 @pytest.fixture
 def small_disk():
-    directory = Path(tempfile.mkdtemp(prefix="nnlab-full-journal-"))
-    _mount_tmpfs(directory, "64k")
-    try:
+    with mounted_tmpfs("64k", "nnlab-full-journal-") as directory:
         yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=False)
-        directory.rmdir()
 
 
 def test_a_search_whose_journal_filled_the_disk_continues_after_space_is_freed(small_disk, tmp_path):
