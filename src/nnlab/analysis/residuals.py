@@ -40,6 +40,65 @@ def _normality_p(values: np.ndarray) -> float:
     return math.nan
 
 
+def _residual_stats(name: str, r: np.ndarray, mu: float, sigma: float) -> dict:
+    return {
+        "target": name, "n": int(r.size), "mean": float(mu), "std": float(sigma),
+        "mae": float(np.mean(np.abs(r))), "rmse": float(np.sqrt(np.mean(r**2))),
+        "skewness": float(stats.skew(r)) if r.size > 2 else math.nan,
+        "excess_kurtosis": float(stats.kurtosis(r)) if r.size > 3 else math.nan,
+        "normality_p": _normality_p(r),
+    }
+
+
+def _histogram_panel(ax, residuals: np.ndarray, names: list[str], colors: list[str]) -> list[dict]:
+    """Histograms with fitted normals; returns the per-target statistics rows."""
+    rows = []
+    for j, name in enumerate(names):
+        r = residuals[:, j]
+        mu, sigma = stats.norm.fit(r)
+        ax.hist(r, bins=30, density=True, histtype="step", lw=1.5, color=colors[j],
+                label=f"{name}: μ={mu:.3g}, σ={sigma:.3g}")
+        if sigma > 0:
+            grid = np.linspace(mu - 4 * sigma, mu + 4 * sigma, 200)
+            ax.plot(grid, stats.norm.pdf(grid, mu, sigma), ls="--", lw=1, color=colors[j])
+        rows.append(_residual_stats(name, r, mu, sigma))
+    ax.set(title="Residual histograms with fitted normals (dashed)", xlabel="residual (predicted − actual, physical units)",
+           ylabel="density")
+    ax.legend(fontsize=7)
+    return rows
+
+
+def _qq_panel(ax, residuals: np.ndarray, names: list[str], colors: list[str]) -> None:
+    for j, name in enumerate(names):
+        r = residuals[:, j]
+        sd = r.std(ddof=1) if r.size > 1 else 0.0
+        z = (r - r.mean()) / sd if sd > 0 else r - r.mean()
+        (theoretical, ordered), _ = stats.probplot(z, dist="norm")
+        ax.plot(theoretical, ordered, ".", ms=3, color=colors[j], label=name)
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, color="black", lw=1)
+    ax.set(title="Normal Q-Q plot (each target's residuals standardised)", xlabel="theoretical quantile",
+           ylabel="sample quantile")
+    ax.legend(fontsize=7)
+
+
+def _versus_predicted_panel(ax, y_pred: np.ndarray, residuals: np.ndarray, names: list[str],
+                            colors: list[str]) -> None:
+    for j, name in enumerate(names):
+        ax.scatter(y_pred[:, j], residuals[:, j], s=6, alpha=0.5, color=colors[j], label=name)
+    ax.axhline(0.0, color="black", lw=1)
+    ax.set(title="Residuals vs predicted", xlabel="predicted (physical units)", ylabel="residual")
+    ax.legend(fontsize=7, markerscale=2)
+
+
+def _box_panel(ax, residuals: np.ndarray, names: list[str]) -> None:
+    ax.boxplot([residuals[:, j] for j in range(len(names))])
+    ax.set_xticks(range(1, len(names) + 1), names)  # tick_labels= needs matplotlib 3.9
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.tick_params(axis="x", rotation=30)
+    ax.set(title="Residuals per target", ylabel="residual (physical units)")
+
+
 def residual_analysis(y_true: np.ndarray, y_pred: np.ndarray, target_names: Sequence[str],
                       out_dir: Path) -> SectionResult:
     """Section 4: histogram with fitted normals, Q-Q plot, residuals vs predicted, per-target boxplots.
@@ -53,53 +112,10 @@ def residual_analysis(y_true: np.ndarray, y_pred: np.ndarray, target_names: Sequ
     names = list(target_names)
     colors = [f"C{i}" for i in range(len(names))]
     fig, axes = new_figure(2, 2, size=(14, 10.5))
-    ax = axes[0, 0]
-    rows = []
-    for j, name in enumerate(names):
-        r = residuals[:, j]
-        mu, sigma = stats.norm.fit(r)
-        ax.hist(r, bins=30, density=True, histtype="step", lw=1.5, color=colors[j],
-                label=f"{name}: μ={mu:.3g}, σ={sigma:.3g}")
-        if sigma > 0:
-            grid = np.linspace(mu - 4 * sigma, mu + 4 * sigma, 200)
-            ax.plot(grid, stats.norm.pdf(grid, mu, sigma), ls="--", lw=1, color=colors[j])
-        rows.append({
-            "target": name, "n": int(r.size), "mean": float(mu), "std": float(sigma),
-            "mae": float(np.mean(np.abs(r))), "rmse": float(np.sqrt(np.mean(r**2))),
-            "skewness": float(stats.skew(r)) if r.size > 2 else math.nan,
-            "excess_kurtosis": float(stats.kurtosis(r)) if r.size > 3 else math.nan,
-            "normality_p": _normality_p(r),
-        })
-    ax.set(title="Residual histograms with fitted normals (dashed)", xlabel="residual (predicted − actual, physical units)",
-           ylabel="density")
-    ax.legend(fontsize=7)
-
-    ax = axes[0, 1]
-    for j, name in enumerate(names):
-        r = residuals[:, j]
-        sd = r.std(ddof=1) if r.size > 1 else 0.0
-        z = (r - r.mean()) / sd if sd > 0 else r - r.mean()
-        (theoretical, ordered), _ = stats.probplot(z, dist="norm")
-        ax.plot(theoretical, ordered, ".", ms=3, color=colors[j], label=name)
-    lim = ax.get_xlim()
-    ax.plot(lim, lim, color="black", lw=1)
-    ax.set(title="Normal Q-Q plot (each target's residuals standardised)", xlabel="theoretical quantile",
-           ylabel="sample quantile")
-    ax.legend(fontsize=7)
-
-    ax = axes[1, 0]
-    for j, name in enumerate(names):
-        ax.scatter(y_pred[:, j], residuals[:, j], s=6, alpha=0.5, color=colors[j], label=name)
-    ax.axhline(0.0, color="black", lw=1)
-    ax.set(title="Residuals vs predicted", xlabel="predicted (physical units)", ylabel="residual")
-    ax.legend(fontsize=7, markerscale=2)
-
-    ax = axes[1, 1]
-    ax.boxplot([residuals[:, j] for j in range(len(names))])
-    ax.set_xticks(range(1, len(names) + 1), names)  # tick_labels= needs matplotlib 3.9
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.tick_params(axis="x", rotation=30)
-    ax.set(title="Residuals per target", ylabel="residual (physical units)")
+    rows = _histogram_panel(axes[0, 0], residuals, names, colors)
+    _qq_panel(axes[0, 1], residuals, names, colors)
+    _versus_predicted_panel(axes[1, 0], y_pred, residuals, names, colors)
+    _box_panel(axes[1, 1], residuals, names)
     path = save_figure(fig, out_dir / "residual_analysis_suite.png")
     table = pd.DataFrame(rows)
     notes = [
