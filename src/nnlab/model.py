@@ -68,6 +68,8 @@ def warn_collocation(model_config: Any, generation: Any, scalers: Any, collocati
         warnings.warn(f"the physics term's collocation rows lie far outside the training data for "
                       f"{'; '.join(far)}: the term would constrain the network where it has no data; set these "
                       "generation settings to the data's ranges (--set KEY=[low,high])", UserWarning, stacklevel=3)
+
+
 # R² compares the error with the spread of the targets: one row has none.
 MIN_ROWS_FOR_R2 = 2
 
