@@ -17,6 +17,8 @@ import argparse
 import sys
 
 __all__ = [
+    "add_table_arguments",
+    "column_list",
     "int_at_least",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -27,6 +29,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "seed_int",
+    "table_overrides",
 ]
 
 EXIT_OK = 0
@@ -97,3 +100,35 @@ def seed_int(text: str) -> int:
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX} (2**32 - 1), got {value}")
     return value
+
+
+def column_list(text: str) -> list[str]:
+    """argparse type: comma-separated column names (``price`` or ``price,volume``).
+
+    Example:
+        >>> column_list("price, volume")
+        ['price', 'volume']
+    """
+    names = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got '{text[:80]}'")
+    return names
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--targets``, ``--features`` and ``--drop-missing``: a ``--data`` table's columns (config keys data_*)."""
+    parser.add_argument("--targets", type=column_list, metavar="COL[,COL...]",
+                        help="train on a table of your own: the --data column(s) to predict (config key "
+                             "data_targets); without it a --data CSV is the particle task")
+    parser.add_argument("--features", type=column_list, metavar="COL[,COL...]",
+                        help="the table's input columns (config key data_features; default: every column but "
+                             "the targets, leaving out a row-number column)")
+    parser.add_argument("--drop-missing", action="store_true", default=None,
+                        help="leave out the table's rows with missing values (config key data_drop_missing); "
+                             "without it such a table is refused")
+
+
+def table_overrides(args: argparse.Namespace) -> dict:
+    """The configuration keys the table options set (only those given)."""
+    given = {"data_targets": args.targets, "data_features": args.features, "data_drop_missing": args.drop_missing}
+    return {key: value for key, value in given.items() if value is not None}

@@ -31,9 +31,11 @@ from nnlab._argtypes import (  # noqa: F401 - the argument types stay importable
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    add_table_arguments,
     non_negative_int,
     positive_int,
     seed_int,
+    table_overrides,
 )
 from nnlab._argtypes import Parser as _Parser
 from nnlab.errors import DataValidationError, NnlabError
@@ -78,7 +80,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-particles", type=positive_int, metavar="N",
                         help="particles to simulate (default: num_particles_default)")
     parser.add_argument("--data", metavar="FILE",
-                        help="train on this particle CSV (validated; never modified)")
+                        help="train on this CSV, never modified: a particle CSV (validated), or with --targets "
+                             "a table of your own")
+    add_table_arguments(parser)
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root (default: training_output)")
     parser.add_argument("--seed", type=seed_int, help="seed for data generation, weights and shuffling (repeatable runs)")
@@ -273,7 +277,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                                       ("--config", args.config_file),
                                       ("--epochs", args.epochs), ("--batch-size", args.batch_size),
                                       ("--num-particles", args.num_particles), ("--data", args.data),
-                                      ("--seed", args.seed), ("--mlflow", args.mlflow)) if value is not None]
+                                      ("--seed", args.seed), ("--mlflow", args.mlflow), ("--targets", args.targets),
+                                      ("--features", args.features), ("--drop-missing", args.drop_missing))
+             if value is not None]
     if given or args.overrides:
         raise ConfigError(f"--resume continues a run with its own configuration and data; "
                           f"drop {', '.join(given + ['--set'] * bool(args.overrides))}")
@@ -295,6 +301,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from nnlab.integrations import mlflow_option
 
         extra["mlflow_tracking_uri"] = mlflow_option(args.mlflow, args.output_dir)
+    extra.update(table_overrides(args))
     cfg = _load_config(args, extra)
     from nnlab._memory import check_memory  # before any allocation: refuse what cannot fit in memory
 
@@ -312,6 +319,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from nnlab.runs import DataSource, RunSpec, execute
 
     source = DataSource.for_config(cfg, csv_path=args.data, num_particles=args.num_particles)
+    source.check_config(cfg)
     spec = RunSpec(cfg, source, output_dir=args.output_dir, preset=args.preset, progress=_progress_mode(args),
                    announce=not args.quiet)
     return _finish_training(execute(spec), args.output_dir)

@@ -49,6 +49,7 @@ __all__ = [
     "consistency_residuals",
     "gyration_sample_mask",
     "missing_quantities",
+    "physics_not_applicable",
     "physics_report",
 ]
 
@@ -201,3 +202,15 @@ def physics_report(y_pred: np.ndarray, y_true: np.ndarray, X: np.ndarray, *, tar
     true.pop("not_applicable")
     report["true_data"] = true
     return report
+
+
+def physics_not_applicable(target_names: list[str]) -> dict[str, Any]:
+    """The physics entry of a run on a user's table: not applicable, and why.
+
+    Example:
+        >>> physics_not_applicable(["price"])["applicable"]
+        False
+    """
+    return {"applicable": False,
+            "reason": "the consistency relations are the particle task's; this run predicts "
+                      f"{', '.join(target_names)} from a user's table"}

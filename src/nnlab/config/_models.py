@@ -175,6 +175,37 @@ class TrainingConfig(_Section):
     tensorboard: StrictBool = True
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = Field("nnlab", min_length=1, max_length=500)
+    data_targets: list[str] | None = None
+    data_features: list[str] | None = None
+    data_drop_missing: StrictBool = False
+
+    @field_validator("data_targets", "data_features", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # --set data_targets=a,b and the --targets option give the names as one string.
+        return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("data_targets", "data_features")
+    @classmethod
+    def _column_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one column name, or null")
+        blank = [v for v in value if not v.strip()]
+        if blank:
+            raise ValueError("a column name cannot be empty")
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"column(s) {repeated} named more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _features_need_targets(self) -> "TrainingConfig":
+        if self.data_features is not None and self.data_targets is None:
+            raise ValueError("data_features chooses the input columns of a --data table and needs data_targets "
+                             "(--targets), the column(s) to predict")
+        return self
 
     @model_validator(mode="after")
     def _mirrored_runs_one_step_per_call(self) -> "TrainingConfig":

@@ -1,4 +1,5 @@
-"""Particle data: simulate -> validate -> derive features -> split and scale.
+"""The data of a run: the particle task (simulate -> validate -> derive features -> split and scale)
+or a user's table (``prepare_table``: chosen columns, text one-hot encoded, split and scaled).
 
 A 2-D particle of mass ``m`` and charge ``q`` moves in a uniform magnetic field
 ``B`` along z. The Lorentz force ``F = q v x B`` turns the velocity at the signed
@@ -22,6 +23,7 @@ from nnlab.data._io import (
     check_data_file,
     check_output_file,
     load_particle_data,
+    read_header,
     read_particle_csv,
     save_particle_data,
     sidecar_path,
@@ -29,6 +31,8 @@ from nnlab.data._io import (
 )
 from nnlab.data._migrate import RESIMULATOR_NAME, Resimulation, resimulate_csv, resimulate_particle_data
 from nnlab.data._prepare import (
+    PARTICLE_TASK,
+    TABLE_TASK,
     PreparedData,
     Scalers,
     collocation_inputs,
@@ -37,6 +41,7 @@ from nnlab.data._prepare import (
     prepare_csv,
     preprocess_for_training,
     resolve_columns,
+    split_indices,
 )
 from nnlab.data._simulate import (
     DEFAULT_TARGETS,
@@ -48,6 +53,14 @@ from nnlab.data._simulate import (
     add_derived_features,
     final_state,
     generate_particle_data,
+)
+from nnlab.data._table import (
+    MAX_CATEGORIES,
+    MISSING_MARKERS,
+    ROWS_PER_CATEGORY,
+    TableEncoding,
+    encode_table,
+    prepare_table,
 )
 from nnlab.data._validate import (
     MAX_ABS_VALUE,
@@ -66,8 +79,14 @@ __all__ = [
     "GENERATOR_NAME",
     "INITIAL_COLUMNS",
     "MAX_ABS_VALUE",
+    "MAX_CATEGORIES",
+    "MISSING_MARKERS",
+    "PARTICLE_TASK",
     "REQUIRED_COLUMNS",
     "RESIMULATOR_NAME",
+    "ROWS_PER_CATEGORY",
+    "TABLE_TASK",
+    "TableEncoding",
     "PreparedData",
     "Resimulation",
     "Scalers",
@@ -77,6 +96,7 @@ __all__ = [
     "check_output_file",
     "collocation_inputs",
     "complete_data_pipeline",
+    "encode_table",
     "final_state",
     "generate_particle_data",
     "load_particle_data",
@@ -84,13 +104,16 @@ __all__ = [
     "original_lab_message",
     "original_lab_signs",
     "prepare_csv",
+    "prepare_table",
     "preprocess_for_training",
+    "read_header",
     "read_particle_csv",
     "resimulate_csv",
     "resimulate_particle_data",
     "resolve_columns",
     "save_particle_data",
     "sidecar_path",
+    "split_indices",
     "stale_reason",
     "validate_particle_data",
 ]

@@ -110,7 +110,7 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
                           f"({exc.strerror})") from None
 
 
-def _read_header(path: Path) -> list[str] | None:
+def read_header(path: Path) -> list[str] | None:
     """The first non-blank record of a CSV as the csv module splits it (None if unreadable).
 
     pandas renames a repeated header name (``mass`` -> ``mass.1``), so duplicates can
@@ -162,7 +162,7 @@ def read_particle_csv(path: str | os.PathLike, **read_csv: Any) -> pd.DataFrame:
     try:
         if p.stat().st_size == 0:
             raise DataValidationError(f"particle data file {p} is empty (0 bytes)")
-        header = _read_header(p)
+        header = read_header(p)
         if header is not None and len(header) == 1 and (hint := separator_hint(header)):
             raise DataValidationError(f"particle data file {p} {hint}")
         df = pd.read_csv(p, **read_csv)

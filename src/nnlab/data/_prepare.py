@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from nnlab.data._simulate import (
     DERIVED_FEATURES,
     FEATURE_COLUMNS,
     FINAL_COLUMNS,
+    REQUIRED_COLUMNS,
     _check_positive_int,
     _coerce_config,
     add_derived_features,
@@ -43,6 +43,10 @@ from nnlab.errors import ConfigError, DataValidationError
 
 logger = logging.getLogger("nnlab.data")
 
+# The task a run's data poses: the particle simulation's (physics applies) or a user's table.
+PARTICLE_TASK = "particles"
+TABLE_TASK = "table"
+
 
 class _TargetScaling:
     """Methods shared by ``Scalers`` and ``PreparedData`` (both hold the fitted scalers)."""
@@ -51,6 +55,14 @@ class _TargetScaling:
     y_scaler: StandardScaler
     feature_names: list[str]
     target_names: list[str]
+    task: str
+    columns: list[str] | None
+    encodings: dict[str, list[str]]
+
+    @property
+    def is_particle_task(self) -> bool:
+        """True for the particle task (the physics relations apply), False for a user's table."""
+        return self.task == PARTICLE_TASK
 
     def inverse_transform_targets(self, y_scaled: np.ndarray) -> np.ndarray:
         """Map scaled targets, shape (n, n_targets) or (n_targets,), to physical units."""
@@ -67,6 +79,9 @@ class _TargetScaling:
         doc = {"format_version": DATA_FORMAT_VERSION, "feature_names": list(self.feature_names),
                "target_names": list(self.target_names),
                "x_scaler": state(self.x_scaler), "y_scaler": state(self.y_scaler)}
+        if not self.is_particle_task:  # a table's raw columns and text categories, to encode raw rows again
+            doc.update(task=self.task, columns=list(self.columns or []),
+                       encodings={k: list(v) for k, v in self.encodings.items()})
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "scalers.json", lambda fh: json.dump(doc, fh, indent=2, allow_nan=False))
@@ -75,12 +90,19 @@ class _TargetScaling:
 
 @dataclass
 class Scalers(_TargetScaling):
-    """Fitted feature and target scalers plus the column names they belong to."""
+    """Fitted feature and target scalers plus the column names they belong to.
+
+    For a user's table (``task == "table"``) also the raw feature ``columns`` and
+    the ``encodings`` (categories) of its text columns.
+    """
 
     x_scaler: StandardScaler
     y_scaler: StandardScaler
     feature_names: list[str]
     target_names: list[str]
+    task: str = PARTICLE_TASK
+    columns: list[str] | None = None
+    encodings: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_scalers(directory: str | os.PathLike) -> Scalers:
@@ -113,11 +135,24 @@ def load_scalers(directory: str | os.PathLike) -> Scalers:
             scaler.n_features_in_ = len(cols)
             scaler.n_samples_seen_ = int(doc[key]["n_samples_seen_"])
             fitted[key] = scaler
+        task = _task_record(doc)
     except FileNotFoundError:
         raise DataValidationError(f"scalers file not found: {path}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise DataValidationError(f"scalers file {path} is unreadable or corrupt: {exc!r}") from exc
-    return Scalers(fitted["x_scaler"], fitted["y_scaler"], names["x_scaler"], names["y_scaler"])
+    return Scalers(fitted["x_scaler"], fitted["y_scaler"], names["x_scaler"], names["y_scaler"], **task)
+
+
+def _task_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """The task part of scalers.json (absent: the particle task)."""
+    task = doc.get("task", PARTICLE_TASK)
+    if task == PARTICLE_TASK:
+        return {}
+    columns, encodings = doc["columns"], doc["encodings"]
+    if task != TABLE_TASK or not isinstance(columns, list) or not isinstance(encodings, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in encodings.values()):
+        raise ValueError(f"task {task!r}: expected task 'table' with a list of columns and lists of categories")
+    return {"task": task, "columns": [str(c) for c in columns], "encodings": encodings}
 
 
 @dataclass(eq=False)  # field-wise == on arrays is ambiguous
@@ -139,6 +174,9 @@ class PreparedData(_TargetScaling):
     y_scaler: StandardScaler
     feature_names: list[str]
     target_names: list[str]
+    task: str = PARTICLE_TASK
+    columns: list[str] | None = None
+    encodings: dict[str, list[str]] = field(default_factory=dict)
 
     load_scalers = staticmethod(load_scalers)
 
@@ -171,6 +209,29 @@ def resolve_columns(features: Sequence[str] | None = None, targets: Sequence[str
             raise DataValidationError(f"invalid {kind} names {names} (unknown: {unknown}); "
                                       f"choose distinct names from {allowed}")
     return feature_names, target_names
+
+
+def split_indices(n: int, test_size: float, val_size: float, random_state: int | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and test row indices: the test rows first, then ``val_size`` of the rest.
+
+    Raises:
+        ConfigError: a size outside (0, 1).
+        DataValidationError: too few rows for at least 2 training rows and 1 validation row.
+    """
+    for name, value in (("test_size", test_size), ("val_size", val_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
+    n_test = int(np.ceil(test_size * n))
+    n_val = int(np.ceil(val_size * (n - n_test)))
+    if n - n_test - n_val < 2 or n_val < 1:
+        raise DataValidationError(
+            f"too few rows ({n}) to split with test_size={test_size}, val_size={val_size}: "
+            f"would give {n - n_test - n_val} train / {n_val} val / {n_test} test rows; "
+            "need at least 2 training rows and 1 validation row")
+    rest, test = train_test_split(np.arange(n), test_size=test_size, random_state=random_state)
+    train, val = train_test_split(rest, test_size=val_size, random_state=random_state)
+    return train, val, test
 
 
 def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.2,
@@ -213,18 +274,8 @@ def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: 
         >>> prepared.X_train.shape
         (64, 23)
     """
-    for name, value in (("test_size", test_size), ("val_size", val_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
     feature_names, target_names = resolve_columns(features, targets)
-    n = len(df)
-    n_test = math.ceil(test_size * n)
-    n_val = math.ceil(val_size * (n - n_test))
-    if n - n_test - n_val < 2 or n_val < 1:
-        raise DataValidationError(
-            f"too few rows ({n}) to split with test_size={test_size}, val_size={val_size}: "
-            f"would give {n - n_test - n_val} train / {n_val} val / {n_test} test rows; "
-            "need at least 2 training rows and 1 validation row")
+    train, val, test = split_indices(len(df), test_size, val_size, random_state)
     where = f" in {source}" if source else ""
     given = [c for c in DERIVED_FEATURES if c in df.columns]
     if given:
@@ -240,8 +291,6 @@ def preprocess_for_training(df: pd.DataFrame, test_size: float = 0.2, val_size: 
     bad = [c for c, ok in zip([*feature_names, *target_names], finite) if not ok]
     if bad:
         raise DataValidationError(f"non-finite values in column(s) {bad}{where}; validate the data first")
-    rest, test = train_test_split(np.arange(n), test_size=test_size, random_state=random_state)
-    train, val = train_test_split(rest, test_size=val_size, random_state=random_state)
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, by column
         x_scaler = StandardScaler().fit(X[train])
         y_scaler = StandardScaler().fit(y[train])
@@ -357,7 +406,15 @@ def prepare_csv(csv_path: str | os.PathLike, test_size: float = 0.2, val_size: f
         UserWarning: the CSV holds derived-feature columns (ignored, recomputed).
     """
     path = Path(csv_path)
-    report = validate_particle_data(load_particle_data(path), drop_invalid=drop_invalid, source=path)
+    df = load_particle_data(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if len(missing) == len(REQUIRED_COLUMNS):  # not a particle CSV at all: say how to use it as a table
+        raise DataValidationError(
+            f"{path} is not a particle CSV (it has none of the particle columns {', '.join(REQUIRED_COLUMNS[:4])}, "
+            f"...); to train on your own table, name the column(s) to predict with --targets COL[,COL...] "
+            f"(config key data_targets); its columns are {', '.join(map(str, df.columns[:12]))}"
+            + (" ..." if len(df.columns) > 12 else ""))
+    report = validate_particle_data(df, drop_invalid=drop_invalid, source=path)
     return preprocess_for_training(report.data, test_size, val_size, random_state, targets=targets,
                                    source=path)
 

@@ -108,13 +108,15 @@ def execute(spec: RunSpec) -> RunResult:
     """Prepare the data, build the network, train it with tracking and write every artifact.
 
     Raises:
-        ConfigError, DataValidationError: bad configuration or data (before the run
-            directory is created when the data or the network cannot be built).
+        ConfigError, DataValidationError: bad configuration or data, or configuration
+            that does not fit the data's task (before the run directory is created when the
+            data or the network cannot be built).
     """
     import keras
 
     from nnlab.runs._pipeline import train_with_tracking
 
+    spec.data.check_config(spec.config)  # e.g. the physics loss on a table: refused before any work
     data = spec.data.prepare()
     if spec.announce:
         print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "

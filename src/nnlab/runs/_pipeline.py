@@ -27,7 +27,7 @@ from nnlab.errors import NnlabError
 from nnlab.formats import evaluate_formats
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
-from nnlab.physics import physics_report
+from nnlab.physics import physics_not_applicable, physics_report
 from nnlab.tracking import ErrorRecorder, PerformanceTracker, RowsCallbackWriter
 from nnlab.runs._lock import RunLock, lock_new_run
 from nnlab.runs._status import RunStatus
@@ -426,7 +426,9 @@ def _test_report(model: AdvancedNeuralNetwork, X_test: Any, y_test: Any, data: A
     if data is not None and hasattr(data, "inverse_transform_targets"):
         y_true, y_pred = (data.inverse_transform_targets(np.asarray(y)) for y in (y_test, model.predict(X_test)))
         report["per_target_physical"] = _per_target(regression_metrics(y_true, y_pred), target_names)
-        if hasattr(data, "x_scaler"):
+        if not getattr(data, "is_particle_task", True):
+            report["physics"] = physics_not_applicable(target_names)
+        elif hasattr(data, "x_scaler"):
             report["physics"] = _safe(
                 errors, "physics metrics", physics_report, y_pred, y_true,
                 data.x_scaler.inverse_transform(np.asarray(X_test, dtype=np.float64)),

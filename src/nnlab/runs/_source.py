@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from nnlab.errors import ConfigError, NnlabError
 
-__all__ = ["DataSource", "DEFAULT_RANDOM_STATE"]
+__all__ = ["DataSource", "DEFAULT_RANDOM_STATE", "check_table_keys"]
 
 # The split's random_state when the configuration has no random_seed.
 DEFAULT_RANDOM_STATE = 42
 # Recorded keys and their types (training_config.json "data"), checked when a record is read back.
 _RECORD_TYPES: dict[str, type] = {"num_particles": int, "seed": int, "random_state": int, "test_size": float,
-                                  "val_size": float, "csv_path": str, "csv_sha256": str}
+                                  "val_size": float, "csv_path": str, "csv_sha256": str, "drop_missing": bool}
 # The last prepared split, by source: a search prepares its data once for all its trials, a study once per seed.
 _PREPARED: dict[str, Any] = {}
 
@@ -33,9 +33,11 @@ class DataSource:
 
     ``kind`` is ``"simulated"`` (``num_particles`` particles simulated with
     ``seed`` and the ``generation`` settings) or ``"csv"`` (the file at
-    ``csv_path`` as found, with its SHA-256 ``csv_sha256``). ``targets`` and
-    ``features`` choose columns (None: the particle task's defaults). The split
-    is ``test_size``/``val_size`` with ``random_state``.
+    ``csv_path`` as found, with its SHA-256 ``csv_sha256``). A CSV with
+    ``targets`` is a user's table (:attr:`task` ``"table"``): ``targets`` are
+    predicted from ``features`` (None: every other column), rows with a missing
+    value are left out when ``drop_missing``. Without ``targets`` the data is the
+    particle task's. The split is ``test_size``/``val_size`` with ``random_state``.
 
     Args:
         kind: ``"simulated"`` or ``"csv"``.
@@ -44,7 +46,8 @@ class DataSource:
         csv_path: the CSV's absolute path (csv).
         csv_sha256: the CSV's SHA-256 when the run started (csv).
         random_state, test_size, val_size: the train/validation/test split.
-        targets, features: columns to predict and to use (None: the task's defaults).
+        targets, features: a table's columns to predict and to use (None: the particle task).
+        drop_missing: a table's rows with missing values are left out (else refused).
         generation: the :class:`~nnlab.config.GenerationConfig` to simulate with (not
             recorded here: it is part of the run's configuration).
 
@@ -64,6 +67,7 @@ class DataSource:
     val_size: float = 0.2
     targets: tuple[str, ...] | None = None
     features: tuple[str, ...] | None = None
+    drop_missing: bool = False
     generation: Any = field(default=None, compare=False, repr=False)
     # The CSV path as the user gave it: messages name the file as typed (the record holds the absolute path).
     given_path: str | None = field(default=None, compare=False, repr=False)
@@ -81,15 +85,17 @@ class DataSource:
     @classmethod
     def from_csv(cls, path: str | Path, *, sha256: str | None = None, seed: int | None = None,
                  random_state: int | None = DEFAULT_RANDOM_STATE, test_size: float = 0.2,
-                 val_size: float = 0.2) -> DataSource:
-        """The CSV at ``path`` as found; its SHA-256 is computed now unless given."""
+                 val_size: float = 0.2, targets: Any = None, features: Any = None,
+                 drop_missing: bool = False) -> DataSource:
+        """The CSV at ``path`` as found (``targets``: a user's table); its SHA-256 is computed now unless given."""
         from nnlab.runs._runs import file_digest
 
         resolved = str(Path(path).resolve())
         if sha256 is None and Path(resolved).is_file():  # a missing file is refused by prepare(), naming it
             sha256 = file_digest(resolved)
         return cls("csv", seed=seed, csv_path=resolved, csv_sha256=sha256, given_path=str(path),
-                   random_state=random_state, test_size=test_size, val_size=val_size)
+                   random_state=random_state, test_size=test_size, val_size=val_size,
+                   targets=_names(targets), features=_names(features), drop_missing=bool(drop_missing))
 
     @classmethod
     def for_config(cls, config: Any, *, csv_path: str | Path | None = None, num_particles: int | None = None,
@@ -97,13 +103,19 @@ class DataSource:
         """The source the command line builds from a configuration: a CSV, or the configured simulation.
 
         ``random_state`` defaults to the configuration's ``random_seed`` (42 when it is null).
+        The table keys (``data_targets``, ``data_features``, ``data_drop_missing``) apply to a CSV.
+
+        Raises:
+            ConfigError: a table key is set without a CSV.
         """
         gen, training = config.generation, config.training
         if random_state is None:
             random_state = gen.random_seed if gen.random_seed is not None else DEFAULT_RANDOM_STATE
         split = dict(random_state=random_state, test_size=training.test_size, val_size=training.val_size)
         if csv_path is not None:
-            return cls.from_csv(csv_path, seed=gen.random_seed, **split)
+            return cls.from_csv(csv_path, seed=gen.random_seed, targets=training.data_targets,
+                                features=training.data_features, drop_missing=training.data_drop_missing, **split)
+        check_table_keys(config)
         return cls.simulated(num_particles or gen.num_particles_default, seed=gen.random_seed, generation=gen,
                              **split)
 
@@ -125,6 +137,10 @@ class DataSource:
             record["targets"] = list(self.targets)
         if self.features is not None:
             record["features"] = list(self.features)
+        if self.drop_missing:
+            record["drop_missing"] = True
+        if self.task == "table":
+            record["task"] = "table"
         return record
 
     @classmethod
@@ -152,7 +168,7 @@ class DataSource:
         if record.get("csv_path"):
             return cls("csv", seed=record.get("seed"), csv_path=record["csv_path"],
                        csv_sha256=record.get("csv_sha256"), random_state=random_state, generation=generation,
-                       **split, **columns)
+                       drop_missing=bool(record.get("drop_missing", False)), **split, **columns)
         if not record.get("num_particles"):
             raise ConfigError(f"{where} records neither a csv_path nor num_particles, so the run's data "
                               "cannot be rebuilt")
@@ -161,11 +177,30 @@ class DataSource:
 
     # --- the data --------------------------------------------------------------------
 
+    @property
+    def task(self) -> str:
+        """``"table"`` (a user's table: targets chosen) or ``"particles"`` (the particle task)."""
+        return "table" if self.kind == "csv" and self.targets is not None else "particles"
+
+    def check_config(self, config: Any) -> None:
+        """Refuse, before any work, configuration that does not fit this source's task.
+
+        Raises:
+            ConfigError: ``physics_loss_weight`` > 0 on a user's table (the physics
+                relations are the particle task's).
+        """
+        weight = config.model.physics_loss_weight
+        if self.task == "table" and weight > 0:
+            raise ConfigError(f"physics_loss_weight = {weight:g}: the physics-informed loss applies to the particle "
+                              f"task only, and this run predicts {', '.join(self.targets)} from a table; set "
+                              "physics_loss_weight to 0")
+
     def describe(self) -> str:
-        """One line: ``csv PATH (sha256 ...)`` or ``simulated: N particles, seed S``."""
+        """One line: ``csv PATH (sha256 ...)``, with a table's targets, or ``simulated: N particles, seed S``."""
         if self.kind == "csv":
             digest = (self.csv_sha256 or "")[:12]
-            return f"csv {self.csv_path}" + (f" (sha256 {digest}...)" if digest else "")
+            task = f", predicting {', '.join(self.targets)}" if self.task == "table" else ""
+            return f"csv {self.csv_path}" + (f" (sha256 {digest}...)" if digest else "") + task
         return f"simulated: {self.num_particles} particles, seed {self.seed}"
 
     def check_unchanged(self, run_name: str) -> None:
@@ -198,14 +233,37 @@ class DataSource:
         return _PREPARED[key]
 
     def _prepare(self) -> Any:
-        from nnlab.data import complete_data_pipeline, prepare_csv
+        from nnlab.data import complete_data_pipeline, prepare_csv, prepare_table
 
         split = dict(test_size=self.test_size, val_size=self.val_size, random_state=self.random_state)
-        targets = list(self.targets) if self.targets is not None else None
+        path = self.given_path or self.csv_path
+        if self.task == "table":
+            features = list(self.features) if self.features is not None else None
+            return prepare_table(path, targets=list(self.targets), features=features,
+                                 drop_missing=self.drop_missing, **split)
         if self.kind == "csv":
-            return prepare_csv(self.given_path or self.csv_path, targets=targets, **split)
+            return prepare_csv(path, **split)
+        targets = list(self.targets) if self.targets is not None else None  # a subset of the particle targets
         return complete_data_pipeline(None, num_particles=self.num_particles, config=self.generation,
                                       seed=self.seed, targets=targets, **split)
+
+
+def check_table_keys(config: Any) -> None:
+    """Refuse the table keys without a table: the simulated particles have the particle task's columns.
+
+    Raises:
+        ConfigError: naming the key that is set.
+    """
+    training = config.training
+    for key in ("data_targets", "data_features", "data_drop_missing"):
+        if getattr(training, key):
+            raise ConfigError(f"{key} = {json.dumps(getattr(training, key))} chooses columns of a --data table, "
+                              "but no --data FILE is given (the simulated particles are the particle task); give "
+                              f"--data FILE or unset {key}")
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
 
 
 def _generation_record(generation: Any) -> Any:

@@ -68,6 +68,8 @@ def _physics_lines(physics: Mapping[str, Any] | None) -> list[str]:
     """The test set's consistency metrics (and the true data's, the simulation's self-check)."""
     if not physics:
         return []
+    if physics.get("applicable") is False:
+        return [f"  physics consistency  not applicable: {physics.get('reason', '')}"]
     from nnlab.physics import PHYSICS_METRICS
 
     true = physics.get("true_data") or {}
