@@ -8,6 +8,7 @@ import json
 from nnlab._argtypes import non_negative_int as _non_negative_int
 from nnlab._argtypes import positive_int as _positive_int
 from nnlab._argtypes import seed_int as _seed_int
+from nnlab.errors import ConfigError
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,8 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"presets sampled as each trial's base configuration (default: {','.join(DEFAULT_PRESETS)})")
     add("--epochs", type=_positive_int, default=25, metavar="N", help="epochs per trial (default: 25)")
     add("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default: 64)")
-    add("--num-particles", type=_positive_int, default=3000, metavar="N",
-        help="particles simulated once per worker and shared by its trials (default: 3000)")
+    add("--num-particles", type=_positive_int, metavar="N",
+        help="particles simulated once per worker and shared by its trials (default: 3000); not with --data")
+    add("--data", metavar="FILE",
+        help="train every trial on this CSV, never modified: a particle CSV, or with --targets a table of your "
+             "own (checked once, before any trial)")
+    from nnlab._argtypes import add_table_arguments
+
+    add_table_arguments(parser)
     add("--seed", type=_seed_int, default=42, help="seed of the data, initial weights and samplers (default: 42)")
     add("--output-dir", default="training_output", metavar="DIR",
         help="training output root: runs/<run_id>/ per trial (default: training_output)")
@@ -75,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the search; 0 when a trial completed, 1 when none did or a worker failed."""
     import optuna
 
+    from nnlab._argtypes import table_overrides
     from nnlab.config import parse_overrides
-    from nnlab.hpo._search import SearchSettings, run_search
+    from nnlab.hpo._search import DEFAULT_NUM_PARTICLES, SearchSettings, run_search
     from nnlab.hpo._space import load_search_space
 
     if args.show_space:
@@ -88,13 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
         return export_results(args.export, storage=args.storage, study_name=args.study_name,
                               output_dir=args.output_dir)
+    if args.data is not None and args.num_particles is not None:
+        raise ConfigError("--num-particles sets how many particles the search simulates; with --data FILE the "
+                          "file is used as found: drop one of them")
     settings = SearchSettings(
         max_trials=args.max_trials, presets=args.presets, epochs=args.epochs, batch_size=args.batch_size,
-        num_particles=args.num_particles, seed=args.seed, output_dir=args.output_dir, output=args.output,
+        num_particles=args.num_particles or DEFAULT_NUM_PARTICLES, data=args.data, seed=args.seed, output_dir=args.output_dir, output=args.output,
         benchmarking=args.benchmarking, sampler=args.sampler, pruner=args.pruner,
         startup_trials=args.startup_trials, storage=args.storage, study_name=args.study_name,
         workers=args.workers, space=args.space, config_dir=args.config_dir,
-        overrides=parse_overrides(args.overrides), mlflow=args.mlflow, heartbeat_interval=args.heartbeat_interval,
+        overrides={**parse_overrides(args.overrides), **table_overrides(args)}, mlflow=args.mlflow, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, retries=args.retries,
     )
     from nnlab.orchestration import exit_on_lost_storage

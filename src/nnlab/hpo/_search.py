@@ -43,6 +43,7 @@ from nnlab.orchestration import (
 __all__ = ["DEFAULT_PRESETS", "SearchSettings", "SearchSummary", "export_results", "plan_search", "run_search"]
 
 DEFAULT_PRESETS = ("baseline", "deep_regularized")
+DEFAULT_NUM_PARTICLES = 3000
 DEFAULT_STUDY_NAME = "nnlab-hpo"
 DEFAULT_BENCHMARK_STUDY_NAME = "nnlab-benchmark"
 SAMPLERS = ("random", "tpe")
@@ -59,6 +60,9 @@ class SearchSettings:
         presets: presets a trial samples its base configuration from.
         epochs, batch_size: training length and batch size of every trial.
         num_particles: particles simulated once per worker and shared by its trials.
+        data: a CSV every trial trains on instead (``--data``): a particle CSV, or a
+            table of your own with ``data_targets`` in ``overrides``; checked and
+            prepared once, before any trial. Not with a non-default ``num_particles``.
         seed: seeds the data, the networks' initial weights and the samplers.
         output_dir: training output root; run directories go to ``<output_dir>/runs/``.
         output: the results CSV (default ``<output_dir>/analysis/hpo_results.csv``).
@@ -98,7 +102,8 @@ class SearchSettings:
     presets: tuple[str, ...] = DEFAULT_PRESETS
     epochs: int = 25
     batch_size: int = 64
-    num_particles: int = 3000
+    num_particles: int = DEFAULT_NUM_PARTICLES
+    data: str | os.PathLike | None = None
     seed: int = 42
     output_dir: str = "training_output"
     output: str | None = None
@@ -172,6 +177,7 @@ def plan_search(settings: SearchSettings) -> _SearchPlan:
         raise ConfigError("--space cannot be combined with --benchmarking, which trains each preset as-is")
     space = _search_space(s)
     base = _base_configs(s, presets)
+    data_record = _check_data(s, base, presets, space)
     mlflow = resolve_mlflow(s.mlflow, s.output_dir, [base[p] for p in presets])
     results, spec = _search_storage(s)
     study_name = s.study_name or (DEFAULT_BENCHMARK_STUDY_NAME if s.benchmarking else DEFAULT_STUDY_NAME)
@@ -180,7 +186,7 @@ def plan_search(settings: SearchSettings) -> _SearchPlan:
     fingerprint = redact(json.loads(json.dumps({
         "presets": list(presets), "benchmarking": s.benchmarking, "space": space.to_dict(),
         "epochs": s.epochs, "batch_size": s.batch_size, "num_particles": s.num_particles, "seed": s.seed,
-        "overrides": dict(s.overrides),
+        "overrides": dict(s.overrides), **({"data": data_record} if data_record is not None else {}),
     })))
     return _SearchPlan(
         settings=s, presets=presets, space=space.to_dict(), space_source=space.source, base_configs=base,
@@ -256,6 +262,35 @@ def _base_configs(s: SearchSettings, presets: tuple[str, ...]) -> dict[str, dict
             raise ConfigError(f"preset '{p}' sets {', '.join(differ)} differently from preset '{presets[0]}'; "
                               "the data is prepared once per search, so presets must share it")
     return base
+
+
+def _check_data(s: SearchSettings, base: dict[str, dict[str, Any]], presets: tuple[str, ...], space: Any
+                ) -> dict[str, Any] | None:
+    """The search's data, checked once before anything is written; returns its record (None: simulated).
+
+    A ``--data`` table is read, validated and split here (every problem at once,
+    exit 2), and the split is kept for this process's trials. Table keys without
+    ``--data``, and the physics loss on a table (set or sampled), are refused.
+    """
+    from nnlab.hpo._worker import data_source
+
+    if s.data is not None and s.num_particles != DEFAULT_NUM_PARTICLES:
+        raise ConfigError("--num-particles sets how many particles the search simulates; with --data FILE the "
+                          "file is used as found: drop one of them")
+    source = data_source(s, base[presets[0]])  # without --data: refuses the table keys
+    if s.data is None:
+        return None
+    from nnlab.config import Config
+
+    for preset in presets:
+        source.check_config(Config.from_flat(base[preset]))  # e.g. the physics loss on a table
+    high = space.upper_bound("physics_loss_weight")
+    if source.task == "table" and high is not None and high > 0:
+        raise ConfigError(f"{space.source}: physics_loss_weight samples values up to {high:g}; the physics-informed "
+                          f"loss applies to the particle task only, and this search predicts "
+                          f"{', '.join(source.targets)} from a table: leave physics_loss_weight out of the space")
+    source.prepare()
+    return {k: v for k, v in source.to_record().items() if k not in ("seed", "num_particles")}
 
 
 def _search_storage(s: SearchSettings) -> tuple[Path, StorageSpec]:
@@ -368,6 +403,9 @@ def _begin_search(plan: _SearchPlan, study: Any, paths: Any, say: Callable[[str]
     mode = "benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
         f"sampler {settings.sampler}, pruner {plan.pruner}, presets {', '.join(plan.presets)}, "
         f"space: {plan.space_source}")
+    if settings.data is not None:
+        targets = plan.fingerprint["data"].get("targets")
+        mode += f"; data {settings.data}" + (f" (predicting {', '.join(targets)})" if targets else "")
     say(f"study '{plan.study_name}' ({plan.storage.label}): {finished} of {plan.budget} trials finished; "
         f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}")
     for number, reason in interrupted:

@@ -52,7 +52,8 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
 }
 
 # The data is prepared once per search, so the space may not change it.
-DATA_KEYS = frozenset(GenerationConfig.model_fields) | {"test_size", "val_size"}
+DATA_KEYS = frozenset(GenerationConfig.model_fields) | {"test_size", "val_size", "data_targets", "data_features",
+                                                        "data_drop_missing"}
 
 _RANGE_FIELDS = frozenset({"low", "high", "log", "step"})
 
@@ -176,8 +177,9 @@ class SearchSpace:
 
     def _parse(self, key: str, value: Any) -> _Choice | _Range | _Fixed:
         if key in DATA_KEYS:
-            raise ConfigError(f"{key}: changes the data, which is prepared once per search; "
-                              "set it with --set or --num-particles instead")
+            how = "--targets, --features or --drop-missing" if key.startswith("data_") else "--set or --num-particles"
+            raise ConfigError(f"{key}: changes the data, which is prepared once per search; set it with {how} "
+                              "instead")
         if isinstance(value, list):
             if not value:
                 raise ConfigError(f"{key}: the list of choices is empty")
@@ -226,6 +228,17 @@ class SearchSpace:
     def keys(self) -> tuple[str, ...]:
         """The configuration keys this space sets."""
         return tuple(self._dims)
+
+    def upper_bound(self, key: str) -> Any:
+        """The largest value this space can give a numeric ``key`` (None: the space does not set it)."""
+        dim = self._dims.get(key)
+        if dim is None:
+            return None
+        if isinstance(dim, _Range):
+            return dim.high
+        values = dim.choices if isinstance(dim, _Choice) else (dim.value,)
+        numbers = [v for v in values if _is_number(v)]
+        return max(numbers) if numbers else None
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Suggest one value per key from an Optuna trial; returns the overrides."""

@@ -68,15 +68,23 @@ def make_pruner(kind: str, *, startup_trials: int, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def data_source(plan: Any) -> Any:
-    """The search's data: ``num_particles`` simulated and split with the search's seed (every trial the same)."""
+def data_source(settings: Any, base: dict[str, Any]) -> Any:
+    """The search's data (every trial the same), split with the search's seed: the ``--data`` CSV (a table
+    with ``data_targets``), or ``num_particles`` simulated.
+
+    Raises:
+        ConfigError: a table key (``data_targets``, ...) without ``--data``.
+    """
     from nnlab.config import Config
     from nnlab.runs import DataSource
 
-    cfg = Config.from_flat(plan.base_configs[plan.presets[0]])
-    s = plan.settings
-    return DataSource.simulated(s.num_particles, seed=s.seed, generation=cfg.generation, random_state=s.seed,
-                                test_size=cfg.training.test_size, val_size=cfg.training.val_size)
+    cfg = Config.from_flat(base)
+    if settings.data is not None:
+        from nnlab.data import check_data_file
+
+        check_data_file(settings.data, option="--data", what="data file")
+    return DataSource.for_config(cfg, csv_path=settings.data, num_particles=settings.num_particles,
+                                 random_state=settings.seed)
 
 
 def _next_preset(presets: tuple[str, ...]) -> Callable[[list[Any]], dict[str, str] | None]:
@@ -103,7 +111,7 @@ def search_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = Non
                              startup_trials=plan.startup_trials),
         pruner=make_pruner(plan.pruner, startup_trials=plan.startup_trials, epochs=s.epochs),
     )
-    data = data_source(plan)
+    data = data_source(s, plan.base_configs[plan.presets[0]])
     data.prepare()  # once, before the first claim: a data error ends the worker, not one trial after another
     space = SearchSpace(plan.space, source=plan.space_source)
     choose = _next_preset(plan.presets) if s.benchmarking else None

@@ -48,6 +48,7 @@ _EXPORTS = {
     "WeightCheckpoint": "nnlab.runs._weights",
     "build_network": "nnlab.runs._execute",
     "check_config_log": "nnlab.runs._runs",
+    "check_table_keys": "nnlab.runs._source",
     "check_output_dir": "nnlab.runs._runs",
     "check_path_names": "nnlab.runs._runs",
     "divergence_message": "nnlab.runs._runs",

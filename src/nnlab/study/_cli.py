@@ -25,7 +25,11 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     add("--epochs", type=positive_int, metavar="N", help="epochs per run (config key epochs)")
     add("--num-particles", type=positive_int, metavar="N",
         help="particles simulated once per study (config key num_particles_default); not with --data")
-    add("--data", metavar="FILE", help="train every run on this particle CSV (validated, never modified)")
+    add("--data", metavar="FILE", help="train every run on this CSV, never modified: a particle CSV (validated), "
+                                       "or with --targets a table of your own (checked once, before any run)")
+    from nnlab._argtypes import add_table_arguments
+
+    add_table_arguments(parser)
     add("--preset", metavar="NAME", help="a preset from ml_config/model_presets/ as the base configuration")
     add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -78,7 +82,9 @@ def _spec(args: argparse.Namespace):
     from nnlab.errors import ConfigError
     from nnlab.study._cells import StudySpec
 
-    base = parse_overrides(args.overrides)
+    from nnlab._argtypes import table_overrides
+
+    base = {**parse_overrides(args.overrides), **table_overrides(args)}
     if args.epochs is not None:
         base["epochs"] = args.epochs
     if args.num_particles is not None:

@@ -26,6 +26,7 @@ __all__ = ["DATA_FILE", "JOURNAL_FILE", "STUDY_ROOT", "default_output_dir", "mak
 STUDY_ROOT = Path("training_output") / "studies"
 DATA_FILE = "particles.csv"
 JOURNAL_FILE = "study_journal.log"
+_TABLE_KEYS = ("data_targets", "data_features", "data_drop_missing")
 MAX_STUDY_NAME = 200  # the lock file .study-<name>.lock stays within a file name's 255 bytes
 
 
@@ -56,6 +57,7 @@ class _StudyPlan:
     n_existing: int = 0
     data_sha256: str = ""
     shown_dir: str = ""  # the study directory as the user named it, for messages
+    shown_data: str = ""  # --data as the user named it, for messages
     mlflow: MlflowTarget | None = None  # a parent run per study, a child per run
 
     def shown(self, path: Path | str) -> str:
@@ -141,9 +143,13 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
     if data is not None:
         from nnlab.data import check_data_file
 
-        data_path = check_data_file(data, option="--data").resolve()
+        data_path = check_data_file(data, option="--data", what=_data_what(base)).resolve()
         generated = False
     else:
+        from nnlab.config import Config
+        from nnlab.runs import check_table_keys
+
+        check_table_keys(Config.from_flat(base))  # the study's own particles have the particle task's columns
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
     target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
     return _StudyPlan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
@@ -151,7 +157,11 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
                  storage=store, study_name=name,
                  lock_path=budget_lock_path(study_dir.resolve(), name, prefix="study"),
                  data_path=data_path, data_generated=generated, workers=workers, progress=progress,
-                 shown_dir=str(study_dir), mlflow=target)
+                 shown_dir=str(study_dir), shown_data=str(data) if data is not None else "", mlflow=target)
+
+
+def _data_what(base: dict[str, Any]) -> str:
+    return "data file" if base.get("data_targets") else "particle data file"
 
 
 def _cells(spec: StudySpec, base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
@@ -161,6 +171,10 @@ def _cells(spec: StudySpec, base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     base_cfg = Config.from_flat(base)
     cells = []
     for cell in spec.cells:
+        shared = sorted(set(cell.overrides) & set(_TABLE_KEYS))
+        if shared:
+            raise ConfigError(f"{spec.source(cell)}: {shared[0]} chooses the data, which every cell of a study shares; "
+                              "set it for the whole study with --targets, --features or --drop-missing")
         base_cfg.updated({**cell.overrides, SEED_KEY: spec.seeds[0]}, source=spec.source(cell))
         cells.append({"key": json.loads(json.dumps(dict(cell.key))), "overrides": json.loads(json.dumps(
             dict(cell.overrides))), "id": cell.id, "label": redact(cell.label), "source": spec.source(cell)})

@@ -175,7 +175,7 @@ def _generation_metadata(plan: Any) -> dict[str, Any]:
 
 def check_data(plan: Any) -> None:
     """Read-only, before anything is written: the study's outputs may be written (:func:`check_outputs`);
-    ``--data`` is valid particle data; the study's own ``particles.csv``, if there is one, holds exactly
+    ``--data`` is valid particle data, or a valid table that fits every cell; the study's own ``particles.csv``, if there is one, holds exactly
     the data the base configuration asks for."""
     from nnlab.data import load_particle_data, validate_particle_data
     from nnlab.data import sidecar_path, stale_reason
@@ -195,8 +195,30 @@ def check_data(plan: Any) -> None:
         if reason is not None:
             raise ConfigError(f"--output-dir: '{plan.shown(path)}' holds other particle data than this study asks for "
                               f"({reason}); rerun with the original options, or choose another --output-dir")
-    if not plan.data_generated:
+    if not plan.data_generated and plan.base.get("data_targets"):
+        _check_table(plan)
+    elif not plan.data_generated:
         validate_particle_data(load_particle_data(path), source=path)  # bad data fails before anything is written
+
+
+def _check_table(plan: Any) -> None:
+    """A ``--data`` table: every cell's configuration fits it, and its first seed's split is prepared now
+    (every problem of the table at once, before anything is written; the split is reused by the first unit)."""
+    from nnlab.config import Config
+    from nnlab.study._cells import SEED_KEY
+    from nnlab.study._worker import seed_source
+
+    seed = plan.seeds[0]
+    source = seed_source(plan.data_path, plan.base, seed, shown=plan.shown_data or None)
+    base = Config.from_flat(plan.base)
+    for cell in plan.cells:
+        try:
+            source.check_config(base.updated({**cell["overrides"], SEED_KEY: seed}, source=cell["source"]))
+        except ConfigError as exc:
+            if "physics_loss_weight" not in cell["overrides"]:
+                raise  # the base configuration's (--set, --preset): the message says it all
+            raise ConfigError(f"{cell['source']}: {exc}") from None
+    source.prepare()
 
 
 def check_outputs(plan: Any) -> None:

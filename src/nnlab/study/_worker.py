@@ -32,7 +32,8 @@ from nnlab.runs import RunStatus
 from nnlab.study._cells import SEED_KEY
 from nnlab.study._results import FORMATS, done_units, is_done, write_runs
 
-__all__ = ["DataChangedError", "UnitRecord", "changed_data_message", "data_change", "run_unit", "study_worker"]
+__all__ = ["DataChangedError", "UnitRecord", "changed_data_message", "data_change", "run_unit", "seed_source",
+           "study_worker"]
 
 logger = logging.getLogger(__name__)
 # claim_trial's budget: a study's units are chosen by _next_unit, which returns None when none is left.
@@ -139,14 +140,12 @@ def changed_data_message(change: str, done: int, total: int, runs_path: Path) ->
 
 
 class _SeedData:
-    """The study's particle CSV, as the data source of one seed's units: units run seed by seed."""
+    """The study's CSV (particles, or a table of the user's), as the data source of one seed's units: units run
+    seed by seed."""
 
-    def __init__(self, path: Path, base: Mapping[str, Any], expected_sha256: str) -> None:
-        from nnlab.config import Config
-
-        cfg = Config.from_flat(base)
-        self.path, self.sha256 = path, expected_sha256
-        self.training, self.generation_seed = cfg.training, cfg.generation.random_seed
+    def __init__(self, path: Path, base: Mapping[str, Any], expected_sha256: str, *, shown: str | None = None
+                 ) -> None:
+        self.path, self.sha256, self.base, self.shown = path, expected_sha256, base, shown
         self.check()
 
     def check(self) -> None:
@@ -159,10 +158,26 @@ class _SeedData:
     def source(self, seed: int) -> Any:
         """The :class:`~nnlab.runs.DataSource` of a seed: the split depends on the seed only, so every
         cell of a seed trains on the same rows."""
-        from nnlab.runs import DataSource
+        return seed_source(self.path, self.base, seed, sha256=self.sha256, shown=self.shown)
 
-        return DataSource.from_csv(self.path, sha256=self.sha256, seed=self.generation_seed, random_state=seed,
-                                   test_size=self.training.test_size, val_size=self.training.val_size)
+
+def seed_source(path: Path, base: Mapping[str, Any], seed: int, *, sha256: str | None = None,
+                shown: str | None = None) -> Any:
+    """The :class:`~nnlab.runs.DataSource` of a seed's units: the study's CSV split with the seed; a table
+    when the base configuration chooses ``data_targets`` (with its ``data_features``, ``data_drop_missing``).
+    ``shown``: the file as the user named it, for messages."""
+    import dataclasses
+
+    from nnlab.config import Config
+    from nnlab.runs import DataSource
+
+    cfg = Config.from_flat(base)
+    training = cfg.training
+    source = DataSource.from_csv(path, sha256=sha256, seed=cfg.generation.random_seed, random_state=seed,
+                                 test_size=training.test_size, val_size=training.val_size,
+                                 targets=training.data_targets, features=training.data_features,
+                                 drop_missing=training.data_drop_missing)
+    return dataclasses.replace(source, given_path=shown) if shown else source
 
 
 def study_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[str], None] | None = None) -> int:
@@ -173,7 +188,7 @@ def study_worker(plan: Any, worker: int, *, storage: Any = None, say: Callable[[
     database exists only there); a spawned worker opens its own.
     """
     study = open_worker_study(plan.storage, plan.study_name, workers=plan.workers, storage=storage)
-    data = _SeedData(plan.data_path, plan.base, plan.data_sha256)
+    data = _SeedData(plan.data_path, plan.base, plan.data_sha256, shown=plan.shown_data or None)
 
     def run_one(trial: Any) -> tuple[dict[str, Any], int, UnitRecord]:
         cell, seed = plan.cell_of(trial.user_attrs["cell"]), trial.user_attrs["seed"]
