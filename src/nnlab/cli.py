@@ -312,7 +312,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from nnlab.data import check_data_file
 
         # Before anything else: a named pipe or device would block or never end.
-        check_data_file(args.data, option="--data", hint=" (create one with `nnlab data generate --out FILE`)")
+        if cfg.training.data_targets is not None:  # a table of the user's own
+            check_data_file(args.data, option="--data", what="data file")
+        else:
+            check_data_file(args.data, option="--data", hint=" (create one with `nnlab data generate --out FILE`)")
     from nnlab.runs import check_output_dir
 
     check_output_dir(args.output_dir, create=False)  # fail before any data or training work

@@ -24,7 +24,8 @@ DATA_FORMAT_VERSION = 1
 GENERATOR_NAME = "nnlab.generate_particle_data"
 
 
-def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint: str = "") -> Path:
+def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint: str = "",
+                    what: str = "particle data file") -> Path:
     """Check that ``path`` is an existing regular file, without opening it.
 
     Args:
@@ -32,6 +33,7 @@ def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint:
         option: the command-line option that named it (``"--data"``), put in front of
             the message.
         hint: appended to the "not found" message (e.g. how to create the file).
+        what: what the file is, for the messages (``"data file"`` for a user's table).
 
     Returns:
         ``path`` as a ``Path``.
@@ -49,12 +51,12 @@ def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint:
     try:
         mode = os.stat(p).st_mode  # follows symlinks: a link to a pipe is a pipe
     except (FileNotFoundError, NotADirectoryError):
-        raise DataValidationError(f"{prefix}particle data file not found: {p}{hint}") from None
+        raise DataValidationError(f"{prefix}{what} not found: {p}{hint}") from None
     except OSError as exc:
-        raise DataValidationError(f"{prefix}cannot read particle data file {p}: {exc.strerror}") from None
+        raise DataValidationError(f"{prefix}cannot read {what} {p}: {exc.strerror}") from None
     kind = special_file_kind(mode)
     if kind is not None:
-        raise DataValidationError(f"{prefix}particle data file {p} is {kind}, not a regular file")
+        raise DataValidationError(f"{prefix}{what} {p} is {kind}, not a regular file")
     return p
 
 

@@ -104,7 +104,7 @@ def encode_table(df: pd.DataFrame, encoding: TableEncoding, x_scaler: StandardSc
                 continue
             blocks.append(numbers[:, None])
     if problems:
-        raise DataValidationError(f"{source}: " + "; ".join(problems), problems)
+        raise _refused(source, problems)
     X = np.hstack(blocks) if blocks else np.zeros((len(df), 0))
     return ((X - x_scaler.mean_) / x_scaler.scale_).astype(np.float32)
 
@@ -152,8 +152,15 @@ def _choose_columns(header: list[str], targets: Sequence[str], features: Sequenc
         if twice:
             problems.append(f"--{kind}: column(s) {twice} named more than once")
     if problems:
-        raise DataValidationError(f"{where}: " + "; ".join(problems), problems)
+        raise _refused(where, problems)
     return targets, features
+
+
+def _refused(where: str, problems: list[str]) -> DataValidationError:
+    """One problem on the line of the file's name; several, one per line below it."""
+    if len(problems) == 1:
+        return DataValidationError(f"{where}: {problems[0]}", problems)
+    return DataValidationError(f"{where}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -266,14 +273,18 @@ def _problems(columns: dict[str, _Column], drop_missing: bool) -> list[str]:
                             "a target must be a number")
     missing = {c.name: c.missing for c in columns.values() if c.missing}
     if missing and not drop_missing:
-        problems.append("missing values in " + ", ".join(f"'{n}' ({k} rows)" for n, k in missing.items())
+        problems.append("missing values in " + ", ".join(f"'{n}' ({_rows(k)})" for n, k in missing.items())
                         + "; pass --drop-missing (config key data_drop_missing) to leave those rows out, or fill "
                           "them in")
     infinite = {c.name: c.infinite for c in columns.values() if c.infinite}
     if infinite:
-        problems.append("infinite values in " + ", ".join(f"'{n}' ({k} rows)" for n, k in infinite.items())
+        problems.append("infinite values in " + ", ".join(f"'{n}' ({_rows(k)})" for n, k in infinite.items())
                         + "; replace or remove them")
     return problems
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _categories(col: _Column, train: np.ndarray, n_train: int, problems: list[str]) -> tuple[np.ndarray, tuple]:
@@ -303,7 +314,7 @@ def _header(path: Path, where: str) -> list[str]:
     """The column names as pandas reads them (an unnamed column is ``Unnamed: i``); refuses what is not CSV."""
     from nnlab.data._io import check_data_file
 
-    check_data_file(path)
+    check_data_file(path, what="data file")
     if path.stat().st_size == 0:
         raise DataValidationError(f"{where} is empty (0 bytes)")
     raw = read_header(path)
@@ -362,7 +373,7 @@ def _check(columns: dict[str, _Column], feature_cols: list[_Column], n: int, spl
     encoded = {c.name: _categories(c, indices[0], len(indices[0]), problems)
                for c in feature_cols if c.text and indices}
     if problems:
-        raise DataValidationError(f"{where}: " + "; ".join(problems), problems)
+        raise _refused(where, problems)
     return indices, encoded
 
 

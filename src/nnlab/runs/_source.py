@@ -157,7 +157,7 @@ class DataSource:
         for key, kind in _RECORD_TYPES.items():
             value = record.get(key)
             expected = (int, float) if kind is float else kind
-            if value is not None and (isinstance(value, bool) or not isinstance(value, expected)):
+            if value is not None and ((isinstance(value, bool) and kind is not bool) or not isinstance(value, expected)):
                 raise ConfigError(f"{where}.{key} = {json.dumps(value)} is invalid: expected {kind.__name__}")
         columns = {name: _columns(record.get(name), f"{where}.{name}") for name in ("targets", "features")}
         training = getattr(config, "training", None)
