@@ -547,8 +547,11 @@ from catalogue_secrets import CASES as _SECRETS_CASES  # noqa: E402
 from catalogue_ownership import CASES as _OWNERSHIP_CASES  # noqa: E402
 from catalogue_studies import CASES as _STUDIES_CASES  # noqa: E402
 from catalogue_runs import CASES as _RUNS_CASES  # noqa: E402
+from catalogue_tables import CASES as _TABLES_CASES  # noqa: E402
+from catalogue_tables_search import CASES as _TABLES_SEARCH_CASES  # noqa: E402
 
-CASES += _SECRETS_CASES + _OWNERSHIP_CASES + _STUDIES_CASES + _RUNS_CASES
+CASES += _SECRETS_CASES + _OWNERSHIP_CASES + _STUDIES_CASES + _RUNS_CASES + _TABLES_CASES
+CASES += _TABLES_SEARCH_CASES
 
 
 def _argv(command: str) -> list[str]:
