@@ -135,6 +135,31 @@ class ExperimentAnalysis:
                     "actual_physical": data.scalers.inverse_transform_targets(y_test), "weights": path.name}
         return self._cached("predictions", load)
 
+    def table_targets(self) -> list[str] | None:
+        """The targets of a run trained on a user's table (its recorded data source); None for the particle task."""
+        record = self.run_artifacts.record.get("data")
+        physics = self.run_artifacts.test_metrics.get("physics")
+        table = (isinstance(record, dict) and record.get("task") == "table") or (
+            isinstance(physics, dict) and physics.get("applicable") is False)
+        if not table:
+            return None
+        targets = record.get("targets") if isinstance(record, dict) else None
+        if not isinstance(targets, list):
+            targets = self.run_artifacts.config.get("data_targets")
+        return [str(t) for t in targets] if isinstance(targets, list) else []
+
+    def physics_not_applicable(self) -> str | None:
+        """Why the physics relations do not apply to the run (a table run), or None when they do."""
+        from nnlab.physics import physics_not_applicable
+
+        targets = self.table_targets()
+        if targets is None:
+            return None
+        physics = self.run_artifacts.test_metrics.get("physics")
+        if isinstance(physics, dict) and physics.get("applicable") is False and physics.get("reason"):
+            return str(physics["reason"])
+        return str(physics_not_applicable(targets)["reason"])
+
     def _n_train(self) -> int | None:
         from nnlab.data import load_scalers
         from nnlab.errors import DataValidationError
@@ -229,6 +254,10 @@ class ExperimentAnalysis:
         from nnlab.analysis.inputs import run_config
         from nnlab.analysis.james_stein import james_stein_comparison
 
+        if self.table_targets() is not None:
+            raise SectionSkipped("the James-Stein study trains its variants on the particle task; this run was "
+                                 "trained on a user's table")
+
         particles, metadata = self._run_particles()
         return james_stein_comparison(particles, run_config(self.run_artifacts), self.analysis_dir,
                                       seeds=self.js_seeds, epochs=self.js_epochs, workers=self.js_workers,
@@ -264,6 +293,9 @@ class ExperimentAnalysis:
     def _section_physics(self) -> SectionResult:
         from nnlab.analysis.physics import physics_consistency
 
+        reason = self.physics_not_applicable()
+        if reason is not None:
+            raise SectionSkipped(f"not applicable: {reason}")
         arrays: dict[str, Any] = {}
         unavailable = None
         try:
@@ -355,13 +387,16 @@ class ExperimentAnalysis:
             js_summary = {**{f"{v}_best_loss": None for v in VARIANTS}, "p_values": None, "effect_sizes": None,
                           "winner": None, "status": js.status if js else "not run",
                           "reason": js.reason if js else None}
-        data = self._cache.get("data")
+        data, table = self._cache.get("data"), self.table_targets()
         return {
             "analysis_timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "nnlab_version": nnlab.__version__,
             "run_id": self.run_id,
             "run_dir": str(self.run_artifacts.run_dir),
             "output_dir": str(self.output_dir),
+            "task": "particles" if table is None else "table",
+            "targets": table if table is not None else (
+                list(self.run_artifacts.test_metrics.get("per_target_physical") or {}) or None),
             "analysis_dir": str(self.analysis_dir),
             "settings": {"sample_size": self.sample_size, "js_seeds": self.js_seeds, "js_epochs": self.js_epochs,
                          "js_workers": self.js_workers,
@@ -382,7 +417,7 @@ class ExperimentAnalysis:
             "recommendations": (self.results["recommendations"].summary.get("rows", [])
                                 if self._done("recommendations") else []),
             "hyperparameter_impact": self.results["heatmap"].summary if self._done("heatmap") else None,
-            "physics_consistency": self.results["physics"].summary if self._done("physics") else None,
+            "physics_consistency": self._physics_summary(),
             "skipped_sections": {n: r.reason for n, r in self.results.items() if r.status == "skipped"},
             "failed_sections": {n: r.reason for n, r in self.results.items() if r.status == "failed"},
             "sections": {n: {"status": r.status, "reason": r.reason, "elapsed_s": round(r.elapsed_s, 3),
@@ -392,6 +427,13 @@ class ExperimentAnalysis:
                          for n, r in self.results.items()},
             "figures": [p.name for r in self.results.values() for p in r.figures],
         }
+
+    def _physics_summary(self) -> dict[str, Any] | None:
+        """The physics section's summary; ``{"applicable": False, "reason": ...}`` for a table run."""
+        if self._done("physics"):
+            return self.results["physics"].summary
+        reason = self.physics_not_applicable()
+        return {"applicable": False, "reason": reason} if reason is not None else None
 
     def _done(self, name: str) -> bool:
         return name in self.results and self.results[name].status == "done"

@@ -70,7 +70,8 @@ def _data_source(run: RunArtifacts, cfg: Any, scalers: Any) -> Any:
         source = DataSource.from_record(record, cfg)
     except NnlabError as exc:
         raise SectionSkipped(f"the run's data source cannot be read: {exc}") from None
-    if source.targets is None and scalers is not None:
+    if source.kind == "simulated" and source.targets is None and scalers is not None:
+        # a subset of the particle targets; on a CSV, targets would make it a user's table
         source = dataclasses.replace(source, targets=tuple(scalers.target_names))
     if source.kind == "csv" and not Path(source.csv_path).is_file():
         raise SectionSkipped(f"the run's data file {source.csv_path} no longer exists")
@@ -91,7 +92,8 @@ def rebuild_run_data(run: RunArtifacts) -> RunData:
     """The run's train/val/test split, rebuilt from its recorded data source.
 
     Uses the ``data`` record of training_config.json (a :class:`~nnlab.runs.DataSource`:
-    ``csv_path``, or ``num_particles``/``seed``; ``random_state``, split sizes).
+    ``csv_path``, or ``num_particles``/``seed``; ``random_state``, split sizes; a user's
+    table's ``targets``/``features``/``drop_missing``).
     A CSV is read, never rewritten. When scalers.json exists the rebuilt training
     split must reproduce its means exactly, which proves it is the same data and split.
 
@@ -108,6 +110,10 @@ def rebuild_run_data(run: RunArtifacts) -> RunData:
                                  "random_state": source.random_state}
     if source.kind == "csv":
         described.update(kind="csv", csv_path=source.csv_path)
+        if source.task == "table":
+            described.update(task="table", targets=list(source.targets),
+                             features=list(source.features) if source.features is not None else None,
+                             drop_missing=source.drop_missing)
     else:
         described.update(kind="regenerated", num_particles=source.num_particles, seed=source.seed)
     try:

@@ -93,7 +93,8 @@ def physics_runs_table(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, lis
         predates the key), physics_loss_terms (None when the term was off),
         test_r2 (scaled), the four violations and ``true_data_max``, the
         largest of the true-data values — and the ids of the other runs (older
-        runs, or runs that did not finish).
+        runs, or runs that did not finish). Runs on a user's table (physics
+        ``{"applicable": false}``) are in neither.
     """
     rows, without = [], []
     for run_id in list_runs(output_dir):
@@ -101,6 +102,8 @@ def physics_runs_table(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, lis
         problems: dict[str, str] = {}
         test_metrics = read_json_artifact(run_dir / "test_metrics.json", problems)
         physics = test_metrics.get("physics")
+        if isinstance(physics, Mapping) and physics.get("applicable") is False:
+            continue  # a run on a user's table: the relations do not apply to it
         if not isinstance(physics, Mapping):
             without.append(run_id)
             continue
@@ -234,9 +237,12 @@ def physics_consistency(output_dir: str | os.PathLike, run_id: str, out_dir: Pat
 
     Raises:
         SectionSkipped: the run recorded no physics metrics and its predictions
-            are not available either.
+            are not available either, or its physics is not applicable (a run on
+            a user's table: ``"not applicable: <reason>"``).
     """
     recorded = test_metrics.get("physics") if isinstance(test_metrics.get("physics"), Mapping) else None
+    if recorded is not None and recorded.get("applicable") is False:
+        raise SectionSkipped(f"not applicable: {recorded.get('reason') or 'the run is not on the particle task'}")
     have_predictions = y_pred is not None and y_true is not None and X is not None
     if recorded is None and not have_predictions:
         raise SectionSkipped(f"test_metrics.json of run {run_id} has no physics metrics (the run predates them or "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -114,13 +115,25 @@ def row_metrics(row: Mapping[str, Any]) -> list[Any]:
             if key not in _NOT_METRICS and (number := float_or_none(value)) is not None]
 
 
+def metric_part(name: str) -> str:
+    """``name`` as one part of an MLflow metric key: a table's column may hold characters MLflow refuses.
+
+    Example:
+        >>> metric_part("price ($)/unit")
+        'price ____unit'
+    """
+    text = re.sub(r"[^\w\-. ]", "_", str(name)).strip() or "_"
+    return "_" if text.strip(".") == "" else text
+
+
 def test_metrics(test: Mapping[str, Any] | None) -> dict[str, float]:
-    """``test_<metric>`` (scaled) and ``test_physical/<target>/<metric>`` of a run's test report."""
+    """``test_<metric>`` (scaled) and ``test_physical/<target>/<metric>`` of a run's test report
+    (a target's characters MLflow refuses in a key become ``_``: :func:`metric_part`)."""
     if not test:
         return {}
     out = {f"test_{k}": v for k, v in (test.get("scaled") or {}).items()}
     for target, values in (test.get("per_target_physical") or {}).items():
-        out.update({f"test_physical/{target}/{k}": v for k, v in values.items()})
+        out.update({f"test_physical/{metric_part(target)}/{k}": v for k, v in values.items()})
     return {k: number for k, v in out.items() if (number := float_or_none(v)) is not None}
 
 

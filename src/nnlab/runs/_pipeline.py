@@ -110,18 +110,25 @@ def data_source_text(source: Mapping[str, Any]) -> str:
     """One line saying where a run's data came from (an MLflow tag)."""
     if source.get("csv_path"):
         digest = str(source.get("csv_sha256") or "")[:12]
-        return f"csv {source['csv_path']}" + (f" (sha256 {digest}...)" if digest else "")
+        kind = "table csv" if source.get("task") == "table" else "csv"
+        return f"{kind} {source['csv_path']}" + (f" (sha256 {digest}...)" if digest else "")
     if source.get("num_particles"):
         return f"simulated: {source['num_particles']} particles, seed {source.get('seed')}"
     return f"arrays: {source.get('n_rows', '?')} rows (sha256 {str(source.get('arrays_sha256', ''))[:12]}...)"
 
 
 def run_tags(run_id: str, source: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The tags of a run's MLflow run: its id, nnlab's version, the data source, then ``extra``."""
+    """The tags of a run's MLflow run: its id, nnlab's version, the data source, the task (a table's
+    targets), then ``extra``."""
     import nnlab
 
+    task: dict[str, str] = {}
+    if source.get("task") == "table":
+        task = {"nnlab.task": "table", "nnlab.targets": ", ".join(map(str, source.get("targets") or []))[:5000]}
+    elif source.get("csv_path") or source.get("num_particles"):
+        task = {"nnlab.task": "particles"}  # arrays passed in: the task is not known
     return {"nnlab.run_id": run_id, "nnlab.version": nnlab.__version__,
-            "nnlab.data_source": data_source_text(source)[:5000],
+            "nnlab.data_source": data_source_text(source)[:5000], **task,
             **{k: str(v) for k, v in (extra or {}).items()}}
 
 
