@@ -327,6 +327,6 @@ def format_best(best: Any | None, paths: ResultPaths, counts: Mapping[str, int])
         f"test R² {_r2(metrics.get('test_r2'))}, run {attrs.get('run_dir', attrs.get('run_id', ''))}",
         f"  overrides {json.dumps(attrs.get('overrides', {}))}",
         f"  configuration saved to {paths.best_config}; retrain it with: "
-        f"python main.py --config {paths.best_config}",
+        f"python main.py --config {paths.best_config}" + (f" --data {attrs['data']}" if attrs.get("data") else ""),
     ]
     return "\n".join(lines) + "\n"

@@ -226,6 +226,8 @@ def _train_trial(trial: Any, *, plan: Any, space: SearchSpace, data: Any
     overrides = space.sample(trial)
     trial.set_user_attr("preset", preset)
     trial.set_user_attr("overrides", overrides)
+    if data.kind == "csv":  # a retrain of the best configuration needs the file: the summary names it
+        trial.set_user_attr("data", data.given_path or data.csv_path)
     try:
         cfg = Config.from_flat(plan.base_configs[preset]).updated(overrides, source=f"trial {trial.number}")
     except ConfigError as exc:
