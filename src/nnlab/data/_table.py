@@ -1,10 +1,12 @@
 """A user's regression table: columns chosen, checked, text one-hot encoded, split and scaled.
 
-The table is read in chunks: numeric feature columns are kept as float32 offsets
-from a per-column reference value (so a column like a timestamp keeps its
-resolution), targets as float64, text columns as pandas categoricals. A
-1,000,000 x 20 table is prepared with a peak of about twice its float32 array
-(``benchmarks/table_load.py``).
+The table is read in chunks into one growing block per kind: numeric feature
+columns as float32 offsets from a per-column reference value (so a column like a
+timestamp keeps its resolution), targets as float64; text columns as pandas
+categoricals. The input matrix is then filled in split order (train, validation,
+test), so the three parts are views of it, not copies. A 1,000,000 x 20 table is
+prepared in about 2 s with a peak under three times its float32 array
+(``benchmarks/table_load.py``, docs/performance.md).
 
 Example:
     >>> prepared = prepare_table("my.csv", targets=["price"])  # doctest: +SKIP
@@ -43,7 +45,7 @@ MAX_CATEGORIES = 1000
 ROWS_PER_CATEGORY = 5
 # Names under which pandas (an unnamed index column) and R (write.csv, Rdatasets) write row numbers.
 ROW_INDEX_NAMES = ("Unnamed: 0", "rownames", "")
-CHUNK_ROWS = 65_536
+CHUNK_ROWS = 16_384
 ONE_HOT_SEPARATOR = "="
 
 
@@ -166,15 +168,41 @@ def _refused(where: str, problems: list[str]) -> DataValidationError:
 # --- reading ----------------------------------------------------------------------------------------
 
 
+class _Rows:
+    """A growing 2-D block of one dtype, filled chunk by chunk.
+
+    One large allocation rather than a list of small chunks: freed, it goes back to
+    the system at once (glibc keeps small freed chunks in the process's heap).
+    """
+
+    def __init__(self, width: int, dtype: type, capacity: int) -> None:
+        self.data, self.size = np.empty((max(capacity, 1), width), dtype=dtype), 0
+
+    def append(self, block: np.ndarray) -> None:
+        need = self.size + len(block)
+        if need > len(self.data):  # the row estimate was short: grow by half
+            grown = np.empty((max(need, len(self.data) * 3 // 2), self.data.shape[1]), dtype=self.data.dtype)
+            grown[:self.size] = self.data[:self.size]
+            self.data = grown
+        self.data[self.size:need] = block
+        self.size = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.data[:self.size]
+
+
 @dataclass
 class _Column:
     """What the pass over the rows learnt of one column."""
 
     name: str
-    role: str  # "target" | "feature" | "index?" (a row-index candidate)
+    role: str  # "target" | "feature" | "index?" (a row-index candidate, kept exact and as a feature)
     text: bool = False
-    chunks: list = field(default_factory=list)
-    offset: float | None = None
+    chunks: list = field(default_factory=list)  # a text column's categoricals, chunk by chunk
+    offset: float = 0.0  # a numeric feature is stored as float32(value - offset)
+    slot: int = -1  # its column in the feature block
+    exact: int = -1  # its column in the float64 block (targets, row-index candidates)
     missing: int = 0
     infinite: int = 0
     example: Any = None
@@ -188,21 +216,46 @@ class _TextFound(Exception):
         self.names = names
 
 
-def _store(col: _Column, values: pd.Series, keep: np.ndarray | None) -> None:
-    """Append one chunk of a column (``keep``: the complete rows when dropping missing ones)."""
-    if keep is not None:
-        values = values[keep]
-    if col.text:
-        col.chunks.append(pd.Categorical(values.astype("string")))
-        return
-    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    if col.role != "feature":  # targets and row numbers: exact
-        col.chunks.append(numbers)
-        return
-    if col.offset is None:
-        finite = numbers[np.isfinite(numbers)]
-        col.offset = float(np.median(finite)) if finite.size else None
-    col.chunks.append((numbers - (col.offset or 0.0)).astype(np.float32))
+@dataclass
+class _Pass:
+    """One pass over the rows: the columns, and the numeric blocks once the first chunk has been seen."""
+
+    columns: dict[str, _Column]
+    capacity: int
+    features: _Rows | None = None
+    exact: _Rows | None = None
+    dropped: int = 0
+
+    def start(self, chunk: pd.DataFrame) -> None:
+        """Allocate the blocks and the reference values (offsets) from the first chunk."""
+        numeric = [c for c in self.columns.values() if not c.text]
+        for slot, col in enumerate(c for c in numeric if c.role != "target"):
+            col.slot = slot
+            finite = chunk[col.name].to_numpy(dtype=np.float64, na_value=np.nan)
+            finite = finite[np.isfinite(finite)]
+            col.offset = float(np.median(finite)) if finite.size else 0.0
+        for slot, col in enumerate(c for c in numeric if c.role != "feature"):
+            col.exact = slot
+        self.features = _Rows(sum(c.slot >= 0 for c in numeric), np.float32, self.capacity)
+        self.exact = _Rows(sum(c.exact >= 0 for c in numeric), np.float64, self.capacity)
+
+    def store(self, chunk: pd.DataFrame, keep: np.ndarray | None) -> None:
+        """Append one chunk (``keep``: the complete rows when dropping missing ones)."""
+        if keep is not None:
+            chunk = chunk[keep]
+        block = np.empty((len(chunk), self.features.data.shape[1]), dtype=np.float32)
+        exact = np.empty((len(chunk), self.exact.data.shape[1]), dtype=np.float64)
+        for col in self.columns.values():
+            if col.text:
+                col.chunks.append(pd.Categorical(chunk[col.name].astype("string")))
+                continue
+            values = chunk[col.name].to_numpy(dtype=np.float64, na_value=np.nan)
+            if col.slot >= 0:
+                block[:, col.slot] = values - col.offset
+            if col.exact >= 0:
+                exact[:, col.exact] = values
+        self.features.append(block)
+        self.exact.append(exact)
 
 
 def _count(col: _Column, values: pd.Series) -> np.ndarray:
@@ -215,10 +268,18 @@ def _count(col: _Column, values: pd.Series) -> np.ndarray:
     return missing
 
 
-def _read_pass(path: Path, columns: dict[str, _Column], drop_missing: bool) -> int:
-    """One pass over the rows; returns how many were dropped for missing values."""
+def _estimated_rows(path: Path) -> int:
+    """Data rows in the file, estimated from the length of its first lines (the blocks grow if it is short)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    lines = max(head.count(b"\n"), 1)
+    return int(path.stat().st_size / (len(head) / lines) * 1.02) + 16
+
+
+def _read_pass(path: Path, run: _Pass, drop_missing: bool) -> None:
+    """One pass over the rows, in chunks."""
+    columns = run.columns
     text = {name: "string" for name, col in columns.items() if col.text}
-    dropped = 0
     reader = pd.read_csv(path, usecols=list(columns), dtype=text, na_values=list(MISSING_MARKERS),
                          chunksize=CHUNK_ROWS, low_memory=False)
     with reader:
@@ -226,25 +287,26 @@ def _read_pass(path: Path, columns: dict[str, _Column], drop_missing: bool) -> i
             found = {c for c in columns if not columns[c].text and not pd.api.types.is_numeric_dtype(chunk[c])}
             if found:
                 raise _TextFound(found)
+            if run.features is None:
+                run.start(chunk)
             gaps = np.zeros(len(chunk), dtype=bool)
             for name, col in columns.items():
                 if col.example is None and col.text and chunk[name].notna().any():
                     col.example = chunk[name].dropna().iloc[0]
                 gaps |= _count(col, chunk[name])
             keep = ~gaps if drop_missing and gaps.any() else None
-            dropped += int(gaps.sum()) if keep is not None else 0
-            for name, col in columns.items():
-                _store(col, chunk[name], keep)
-    return dropped
+            run.dropped += int(gaps.sum()) if keep is not None else 0
+            run.store(chunk, keep)
 
 
-def _read(path: Path, roles: dict[str, str], drop_missing: bool, where: str) -> tuple[dict[str, _Column], int]:
+def _read(path: Path, roles: dict[str, str], drop_missing: bool, where: str) -> _Pass:
     """Read the chosen columns (text columns found on the way are read again as text)."""
     text: set[str] = set()
+    capacity = _estimated_rows(path)
     while True:
-        columns = {name: _Column(name, role, text=name in text) for name, role in roles.items()}
+        run = _Pass({name: _Column(name, role, text=name in text) for name, role in roles.items()}, capacity)
         try:
-            dropped = _read_pass(path, columns, drop_missing)
+            _read_pass(path, run, drop_missing)
         except _TextFound as exc:
             text |= exc.names
             continue
@@ -252,13 +314,13 @@ def _read(path: Path, roles: dict[str, str], drop_missing: bool, where: str) -> 
             raise DataValidationError(f"{where} is not valid CSV: {exc}") from exc
         except OSError as exc:
             raise DataValidationError(f"cannot read {where}: {exc}") from exc
-        return columns, dropped
+        if run.features is None:  # a header and no rows
+            run.start(pd.DataFrame({name: pd.Series(dtype=float) for name in roles}))
+        return run
 
 
-def _is_row_index(col: _Column) -> bool:
-    if col.text or not col.chunks:
-        return False
-    values = np.concatenate(col.chunks)
+def _is_row_index(values: np.ndarray) -> bool:
+    """Integers that number the rows: 0, 1, 2, ... or 1, 2, 3, ..."""
     return values.size > 0 and values[0] in (0, 1) and bool(np.all(values == values[0] + np.arange(values.size)))
 
 
@@ -287,7 +349,7 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
-def _categories(col: _Column, train: np.ndarray, n_train: int, problems: list[str]) -> tuple[np.ndarray, tuple]:
+def _categories(col: _Column, train: np.ndarray, problems: list[str]) -> tuple[np.ndarray, tuple]:
     """The column's category codes against the categories of the training rows (-1: unseen there)."""
     from pandas.api.types import union_categoricals
 
@@ -297,10 +359,10 @@ def _categories(col: _Column, train: np.ndarray, n_train: int, problems: list[st
     present = np.unique(codes[train])
     present = present[present >= 0]
     known = tuple(str(c) for c in np.asarray(merged.categories)[present])
-    limit = min(MAX_CATEGORIES, max(2, n_train // ROWS_PER_CATEGORY))
+    limit = min(MAX_CATEGORIES, max(2, len(train) // ROWS_PER_CATEGORY))
     if len(known) > limit:
-        problems.append(f"text column '{col.name}' has {len(known)} categories in {n_train} training rows; at most "
-                        f"{limit} are allowed (one per {ROWS_PER_CATEGORY} training rows, at most "
+        problems.append(f"text column '{col.name}' has {len(known)} categories in {len(train)} training rows; at "
+                        f"most {limit} are allowed (one per {ROWS_PER_CATEGORY} training rows, at most "
                         f"{MAX_CATEGORIES}): leave it out of --features, or encode it as a number")
     remap = np.full(len(merged.categories) + 1, -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
@@ -340,84 +402,79 @@ def _roles(header: list[str], targets: list[str], features: list[str] | None) ->
             for name in header}
 
 
-def _settle_index_columns(columns: dict[str, _Column], where: str) -> None:
-    """Leave out a row-number column (with a note); any other candidate becomes a feature."""
-    for name in [n for n, c in columns.items() if c.role == "index?"]:
-        col = columns[name]
-        if _is_row_index(col):
+def _settle_index_columns(run: _Pass, where: str) -> None:
+    """Leave out a row-number column (with a note); any other candidate is a feature."""
+    for name in [n for n, c in run.columns.items() if c.role == "index?"]:
+        col = run.columns[name]
+        if not col.text and _is_row_index(run.exact.values[:, col.exact]):
             logger.info("%s: column '%s' numbers the rows (a row index); it is left out of the features",
                         where, name)
-            del columns[name]
+            del run.columns[name]
             continue
         col.role = "feature"
-        if not col.text:
-            values = np.concatenate(col.chunks) if col.chunks else np.zeros(0)
-            finite = values[np.isfinite(values)]
-            col.offset = float(np.median(finite)) if finite.size else 0.0
-            col.chunks = [(values - col.offset).astype(np.float32)]
 
 
-def _check(columns: dict[str, _Column], feature_cols: list[_Column], n: int, split: dict[str, Any],
-           drop_missing: bool, where: str) -> tuple[tuple[np.ndarray, ...], dict[str, tuple[np.ndarray, tuple]]]:
-    """Every problem of the table at once; the split and each text column's codes and categories."""
+def _check(run: _Pass, feature_cols: list[_Column], split: dict[str, Any], drop_missing: bool, where: str
+           ) -> tuple[np.ndarray, tuple[int, int], dict[str, tuple[np.ndarray, tuple]]]:
+    """Every problem of the table at once; the rows in split order (train, validation, test), the
+    sizes of the first two parts, and each text column's codes (in split order) and categories."""
     from nnlab.data._prepare import split_indices
 
-    problems = _problems(columns, drop_missing)
+    problems = _problems(run.columns, drop_missing)
     if not feature_cols:
         problems.append("no feature column is left besides the targets; the table needs at least one input column")
     indices: tuple[np.ndarray, ...] = ()
     try:
-        indices = split_indices(n, **split)
+        indices = split_indices(run.features.size, **split)
     except DataValidationError as exc:
         problems.append(str(exc))
-    encoded = {c.name: _categories(c, indices[0], len(indices[0]), problems)
-               for c in feature_cols if c.text and indices}
+    encoded = {c.name: _categories(c, indices[0], problems) for c in feature_cols if c.text and indices}
     if problems:
         raise _refused(where, problems)
-    return indices, encoded
+    order = np.concatenate(indices)
+    return order, (len(indices[0]), len(indices[1])), {k: (v[0][order], v[1]) for k, v in encoded.items()}
 
 
-def _fill_inputs(features: list[_Column], n: int, encoded: dict[str, tuple[np.ndarray, tuple]]
-                 ) -> tuple[np.ndarray, list[tuple[_Column, int]]]:
-    """The unscaled input matrix (numeric offsets, one-hot 0/1) and each numeric column's index in it."""
+def _fill_inputs(run: _Pass, features: list[_Column], order: np.ndarray,
+                 encoded: dict[str, tuple[np.ndarray, tuple]]) -> tuple[np.ndarray, list[tuple[_Column, int]]]:
+    """The unscaled input matrix, rows in split order (numeric offsets, one-hot 0/1), and each numeric
+    column's index in it; the feature block is freed."""
     width = sum(len(encoded[c.name][1]) if c.text else 1 for c in features)
-    X = np.zeros((n, width), dtype=np.float32)
+    X = np.empty((len(order), width), dtype=np.float32)
     numeric, j = [], 0
     for col in features:
         if col.text:
             codes, known = encoded[col.name]
+            X[:, j:j + len(known)] = 0.0
             rows = np.flatnonzero(codes >= 0)
             X[rows, j + codes[rows]] = 1.0
             j += len(known)
             continue
-        start = 0
-        while col.chunks:  # copied chunk by chunk and freed at once: the peak stays near one X
-            part = col.chunks.pop(0)
-            X[start:start + len(part), j] = part
-            start += len(part)
+        X[:, j] = run.features.values[order, col.slot]  # a gather: one column at a time
         numeric.append((col, j))
         j += 1
+    run.features = None
     return X, numeric
 
 
-def _scale_inputs(X: np.ndarray, numeric: list[tuple[_Column, int]], train: np.ndarray, where: str
-                  ) -> StandardScaler:
-    """Standardise the numeric columns in place (one-hot columns stay 0/1); the fitted scaler."""
+def _scale_inputs(X: np.ndarray, numeric: list[tuple[_Column, int]], n_train: int, where: str) -> StandardScaler:
+    """Standardise the numeric columns in place with the training rows' statistics (the first
+    ``n_train``); one-hot columns stay 0/1. The fitted scaler."""
     mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
     for col, j in numeric:
         values = X[:, j].astype(np.float64)
         if values.size and values.min() == values.max():
-            warnings.warn(f"{where}: column '{col.name}' is constant ({values[0] + (col.offset or 0):g}); it "
+            warnings.warn(f"{where}: column '{col.name}' is constant ({values[0] + col.offset:g}); it "
                           "carries no information", UserWarning, stacklevel=4)
-        m = float(values[train].mean())
+        m = float(values[:n_train].mean())
         with np.errstate(over="ignore", invalid="ignore"):
-            s = float(values[train].std())
+            s = float(values[:n_train].std())
             s = s if s > 0 else 1.0
             X[:, j] = (values - m) / s
-        mean[j], scale[j] = m + (col.offset or 0.0), s
+        mean[j], scale[j] = m + col.offset, s
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_, scaler.var_ = mean, scale, scale ** 2
-    scaler.n_features_in_, scaler.n_samples_seen_ = X.shape[1], len(train)
+    scaler.n_features_in_, scaler.n_samples_seen_ = X.shape[1], n_train
     return scaler
 
 
@@ -429,10 +486,11 @@ def _warn_unseen(encoded: dict[str, tuple[np.ndarray, tuple]], where: str) -> No
                           "row has; they are encoded as none of the known categories", UserWarning, stacklevel=4)
 
 
-def _scaled_targets(columns: dict[str, _Column], targets: list[str], train: np.ndarray
+def _scaled_targets(run: _Pass, targets: list[str], order: np.ndarray, n_train: int
                     ) -> tuple[np.ndarray, StandardScaler]:
-    y = np.column_stack([np.concatenate(columns[t].chunks) for t in targets])
-    y_scaler = StandardScaler().fit(y[train])
+    y = run.exact.values[order][:, [run.columns[t].exact for t in targets]]
+    run.exact = None
+    y_scaler = StandardScaler().fit(y[:n_train])
     with np.errstate(over="ignore", invalid="ignore"):
         return y_scaler.transform(y).astype(np.float32), y_scaler
 
@@ -473,25 +531,25 @@ def prepare_table(path: str | os.PathLike, *, targets: Sequence[str], features: 
     where = f"data file {p}"
     header = _header(p, where)
     targets, features = _choose_columns(header, targets, features, where)
-    columns, dropped = _read(p, _roles(header, targets, features), drop_missing, where)
-    _settle_index_columns(columns, where)
-    feature_cols = [c for c in columns.values() if c.role == "feature"]
-    n = sum(len(part) for part in columns[targets[0]].chunks)
-    if dropped:
-        logger.info("%s: --drop-missing left out %d of %d rows with a missing value", where, dropped, n + dropped)
+    run = _read(p, _roles(header, targets, features), drop_missing, where)
+    _settle_index_columns(run, where)
+    feature_cols = [c for c in run.columns.values() if c.role == "feature"]
+    if run.dropped:
+        logger.info("%s: --drop-missing left out %d of %d rows with a missing value", where, run.dropped,
+                    run.features.size + run.dropped)
     split = dict(test_size=test_size, val_size=val_size, random_state=random_state)
-    (train, val, test), encoded = _check(columns, feature_cols, n, split, drop_missing, where)
-    X, numeric = _fill_inputs(feature_cols, n, encoded)
+    order, (n_train, n_val), encoded = _check(run, feature_cols, split, drop_missing, where)
     _warn_unseen(encoded, where)
-    x_scaler = _scale_inputs(X, numeric, train, where)
-    ys, y_scaler = _scaled_targets(columns, targets, train)
+    ys, y_scaler = _scaled_targets(run, targets, order, n_train)  # first: its block is freed before X is made
+    X, numeric = _fill_inputs(run, feature_cols, order, encoded)
+    x_scaler = _scale_inputs(X, numeric, n_train, where)
     encoding = TableEncoding(tuple(c.name for c in feature_cols), {k: v[1] for k, v in encoded.items()})
     names = encoding.feature_names
     finite = np.concatenate([np.isfinite(X).all(axis=0), np.isfinite(ys).all(axis=0)])
     bad = [name for name, ok in zip([*names, *targets], finite) if not ok]
     if bad:
         raise DataValidationError(f"{where}: column(s) {bad} hold values too large to standardise into float32")
-    arrays = (X[train], X[val], X[test], ys[train], ys[val], ys[test])
-    del X
-    return PreparedData(*arrays, x_scaler, y_scaler, names, list(targets), task=TABLE_TASK,
+    cut = (n_train, n_train + n_val)  # the parts are views of one array, rows in split order: no copies
+    return PreparedData(X[:cut[0]], X[cut[0]:cut[1]], X[cut[1]:], ys[:cut[0]], ys[cut[0]:cut[1]], ys[cut[1]:],
+                        x_scaler, y_scaler, names, list(targets), task=TABLE_TASK,
                         columns=list(encoding.columns), encodings={k: list(v) for k, v in encoding.encodings.items()})
