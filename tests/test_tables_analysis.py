@@ -108,6 +108,20 @@ def test_baselines_are_fitted_on_the_tables_features(analyzed):
     assert baselines["mean predictor"]["r2"] < 0.05
 
 
+def test_baselines_of_a_single_target(tmp_path):
+    """scikit-learn's predictors return a flat array for one target: the table has one column per target."""
+    from nnlab.analysis.baselines import baseline_comparison
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    y = (X @ [1.0, -2.0, 0.5])[:, None] + rng.normal(0, 0.1, (200, 1))
+    result = baseline_comparison(X[:150], y[:150], X[150:], y[150:], lambda v: v * 10, ["price"], tmp_path,
+                                 network_predictions=y[150:] + 0.05)
+    assert result.summary["linear regression"]["r2"] > 0.95
+    assert abs(result.summary["mean predictor"]["r2"]) < 0.1
+    assert set(result.summary) >= {"hist gradient boosting", "network (this run)"}
+
+
 def _test_rows(run) -> pd.DataFrame:
     from nnlab.data import split_indices
 

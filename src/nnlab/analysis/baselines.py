@@ -101,7 +101,8 @@ def baseline_comparison(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nda
         network_note: why the network is missing (shown in the notes).
         seed: random_state of the gradient-boosting models.
     """
-    predictions: dict[str, np.ndarray] = {name: np.asarray(predict(X_test), float)
+    # One column per target: with a single target scikit-learn's predictors return a flat array.
+    predictions: dict[str, np.ndarray] = {name: np.asarray(predict(X_test), float).reshape(len(X_test), -1)
                                           for name, predict in fit_baselines(X_train, y_train, seed=seed).items()}
     if network_predictions is not None:
         predictions["network (this run)"] = np.asarray(network_predictions, float)
