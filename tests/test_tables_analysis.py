@@ -55,7 +55,8 @@ def analyzed(run):
     """``nnlab analyze`` on the run, as a user runs it: (process, summary JSON, report.html text)."""
     out = run[0]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "nnlab", "analyze", "--output-dir", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "nnlab", "analyze", "--output-dir", str(out), "--quiet",
+                           "--js-seeds", "2", "--js-epochs", "3"],
                           capture_output=True, text=True, env=env, timeout=600)
     [summary] = sorted((out / "analysis").glob("analysis_summary_*.json"))
     return proc, json.loads(summary.read_text()), (out / "analysis" / "report.html").read_text()
@@ -95,8 +96,18 @@ def test_physics_is_skipped_with_its_reason(analyzed):
     assert summary["sections"]["physics"]["status"] == "skipped"
     assert "physics_consistency.png" not in summary["figures"]
     assert "not applicable: the consistency relations are the particle task" in report.replace("&#x27;", "'")
-    # The James-Stein study trains on the particle task: skipped, with the reason, not failed.
-    assert "user's table" in summary["skipped_sections"]["james_stein"]
+
+def test_james_stein_variants_train_on_the_runs_table(analyzed, run):
+    _, summary, _ = analyzed
+    assert summary["sections"]["james_stein"]["status"] == "done"
+    js = summary["james_stein_comparison"]
+    assert js is not None
+    [study_dir] = [p for p in (run[0] / "analysis").iterdir() if p.is_dir() and p.name.startswith("james_stein")]
+    configs = [json.loads(p.read_text()) for p in study_dir.glob("runs/*/training_config.json")]
+    assert len(configs) == 3 * 2  # three variants, two seeds
+    assert {c["data"]["task"] for c in configs} == {"table"}
+    assert {tuple(c["data"]["targets"]) for c in configs} == {tuple(TARGETS)}
+    assert {c["data"]["csv_path"] for c in configs} == {str(run[2].resolve())}
 
 
 def test_baselines_are_fitted_on_the_tables_features(analyzed):

@@ -254,11 +254,13 @@ class ExperimentAnalysis:
         from nnlab.analysis.inputs import run_config
         from nnlab.analysis.james_stein import james_stein_comparison
 
-        if self.table_targets() is not None:
-            raise SectionSkipped("the James-Stein study trains its variants on the particle task; this run was "
-                                 "trained on a user's table")
-
-        particles, metadata = self._run_particles()
+        if self.table_targets() is not None:  # the variants train on the run's own table, its columns as recorded
+            record = self.run_artifacts.record.get("data") or {}
+            if not record.get("csv_path"):
+                raise SectionSkipped("the run's data record names no table file to train the variants on")
+            particles, metadata = record["csv_path"], None
+        else:
+            particles, metadata = self._run_particles()
         return james_stein_comparison(particles, run_config(self.run_artifacts), self.analysis_dir,
                                       seeds=self.js_seeds, epochs=self.js_epochs, workers=self.js_workers,
                                       data_metadata=metadata, progress=self.progress)
