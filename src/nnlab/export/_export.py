@@ -1,0 +1,301 @@
+"""Write a run's deployable graph in one of four formats, check it in its own runtime, describe it.
+
+The file (or SavedModel directory) is written under a temporary name beside ``out``,
+loaded again in the format's runtime and run on the run's test rows; only when it
+agrees with nnlab's own prediction path (:meth:`TrainedRun.predict`) is it renamed to
+``out``, and ``out.meta.json`` written beside it.
+
+Agreement rule: ``max |export - nnlab| / max(|nnlab|, scale of the target)`` over the test
+rows and targets must be <= 1e-5, where the reference gets the same float32 raw values as
+the export (the export's input is a float32 matrix). The target's scale (its standard
+deviation in training) keeps predictions near zero from dividing by almost nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nnlab._files import atomic_write_json, special_file_kind, writer_tag
+from nnlab.errors import ConfigError, NnlabError
+
+__all__ = ["FORMATS", "TOLERANCE", "export_run", "export_summary"]
+
+FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+TOLERANCE = 1e-5
+_INSTALL = "pip install 'nnlab[export]'"
+# The modules each format needs beyond TensorFlow/Keras, to write it and to run it.
+_NEEDS = {"keras": (), "savedmodel": (), "tflite": ("ai_edge_litert",), "onnx": ("tf2onnx", "onnx", "onnxruntime")}
+_RUNTIMES = {"keras": "keras.saving.load_model", "savedmodel": "tf.saved_model.load",
+             "tflite": "ai_edge_litert.interpreter.Interpreter", "onnx": "onnxruntime.InferenceSession"}
+
+
+def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights: str = "final", force: bool = False,
+               output_dir: str | os.PathLike = "training_output", run: str = "latest") -> dict[str, Any]:
+    """Export a run as one self-contained model of format ``fmt`` at ``out``, with ``out.meta.json``.
+
+    Args:
+        trained: a loaded :class:`~nnlab.export.TrainedRun`; None: load ``run`` of ``output_dir``.
+        fmt: one of :data:`FORMATS`.
+        out: the file to write (a directory for ``savedmodel``).
+        weights: ``"final"`` or ``"best"`` (when ``trained`` is None).
+        force: replace an existing ``out`` and its meta file.
+
+    Returns:
+        The meta document written to ``out.meta.json``.
+
+    Raises:
+        ConfigError: a bad format, destination or run; NnlabError: a missing converter or runtime
+            (naming ``nnlab[export]``), or an export that disagrees with nnlab's predictions.
+
+    Example:
+        >>> meta = export_run(fmt="onnx", out="model.onnx")  # doctest: +SKIP
+        >>> meta["runtime_check"]["max_rel_diff"] < 1e-5  # doctest: +SKIP
+        True
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: '{fmt}' is not an export format; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    check_destination(out, fmt=fmt, force=force)
+    require_runtime(fmt)
+    if trained is None:
+        from nnlab.export._run import TrainedRun
+
+        trained = TrainedRun.load(output_dir, run, weights=weights)
+    from nnlab.export._graph import FLOAT32_ONLY_FORMATS, deployable_model
+
+    model = deployable_model(trained, dtype="float32" if fmt in FLOAT32_ONLY_FORMATS else "float64")
+    X, y_true = test_rows(trained)
+    with _temporary_beside(out, fmt) as tmp:
+        _WRITERS[fmt](model, tmp)
+        predicted = load_predictor(fmt, tmp)(X)
+        check = agreement(trained, X, predicted, y_true, fmt)
+        _replace(tmp, out)
+    meta = _meta(trained, fmt, out, check)
+    atomic_write_json(meta_path(out), meta)
+    return meta
+
+
+def export_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
+    """A few lines for the console: what was written, and how it ran in its runtime."""
+    check = meta["runtime_check"]
+    r2 = "n/a" if check["test_r2"] is None else f"{check['test_r2']:.4f}"
+    lines = [f"exported run {meta['run_id']} ({meta['weights']}) as {meta['format']}: {out}",
+             f"  inputs  {len(meta['inputs'])} raw columns (float32): {', '.join(meta['inputs'])}",
+             f"  outputs {', '.join(meta['outputs'])}",
+             f"  check   {check['runtime']} on {check['rows']} test rows: max relative difference "
+             f"{check['max_rel_diff']:.2g} (<= {check['tolerance']:g}), test R² {r2}"]
+    size = meta.get("size")
+    if isinstance(size, dict):
+        lines.append(f"  size    {size['n_weights']} weights: {size['float32_bytes']} B as float32, "
+                     f"{size['packed_bytes']} B bit-packed at {size['bits']} significant bits, "
+                     f"{size['compressed_bytes']} B compressed")
+    lines.append(f"  meta    {meta_path(out)}")
+    return "\n".join(lines)
+
+
+def meta_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".meta.json")
+
+
+def check_destination(out: Path, *, fmt: str, force: bool) -> None:
+    """Refuse, before any work, a destination that exists (without ``force``) or is not replaceable."""
+    text = os.fspath(out)
+    if not text or text.endswith(("/", os.sep)):
+        raise ConfigError(f"--out: '{text}' names a directory; give the name of the {fmt} model to write")
+    for target, role, want_dir in ((out, "", fmt == "savedmodel"), (meta_path(out), " (the meta file)", False)):
+        try:
+            mode = os.stat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        kind = special_file_kind(mode)
+        if kind is not None and not (want_dir and kind == "a directory"):
+            raise ConfigError(f"--out: '{target}'{role} is {kind}; give the name of a {fmt} model to write")
+        if not force:
+            raise ConfigError(f"--out: '{target}'{role} already exists; choose another name or pass --force "
+                              "to replace it")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out: the folder '{parent}' of '{out}' does not exist or is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out: cannot write in '{parent}' (permission denied)")
+
+
+def require_runtime(fmt: str) -> None:
+    """Import the converter/runtime modules of ``fmt``; a missing one is an error naming the extra."""
+    import importlib
+
+    for module in _NEEDS[fmt]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise NnlabError(f"--format {fmt} needs the Python package '{module}', which cannot be imported "
+                             f"({exc}); install the export extra: {_INSTALL}") from None
+
+
+def test_rows(run: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The run's test rows as raw float32 inputs, and their true targets in physical units."""
+    from nnlab.runs import DataSource
+
+    data = DataSource.from_record(run.record.get("data"), run.config).prepare()
+    raw = data.x_scaler.inverse_transform(np.asarray(data.X_test, dtype=np.float64))[:, :len(run.inputs)]
+    return raw.astype(np.float32), data.inverse_transform_targets(np.asarray(data.y_test, dtype=np.float64))
+
+
+def agreement(run: Any, X: np.ndarray, predicted: np.ndarray, y_true: np.ndarray, fmt: str) -> dict[str, Any]:
+    """Compare an export's predictions with nnlab's on the same rows; refuse a disagreement."""
+    import pandas as pd
+
+    reference = run.predict(pd.DataFrame(X.astype(np.float64), columns=run.inputs))
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(reference.shape)
+    scale = np.maximum(np.abs(reference), np.asarray(run.scalers.y_scaler.scale_, dtype=np.float64))
+    diff = float(np.max(np.abs(predicted - reference) / scale)) if len(X) else 0.0
+    if not diff <= TOLERANCE:
+        raise NnlabError(f"the {fmt} export disagrees with nnlab's predictions on the run's test rows: max relative "
+                         f"difference {diff:.3g} > {TOLERANCE:g}; nothing was written")
+    return {"runtime": _RUNTIMES[fmt], "rows": int(len(X)), "max_rel_diff": diff, "tolerance": TOLERANCE,
+            "test_r2": r2_score(y_true, predicted)}
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float | None:
+    """R² averaged over the targets (as Keras' R2Score, ``uniform_average``)."""
+    if len(y_true) < 2:
+        return None
+    total = np.sum((y_true - y_true.mean(axis=0)) ** 2, axis=0)
+    residual = np.sum((y_true - y_pred) ** 2, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_target = np.where(total > 0, 1.0 - residual / total, 0.0)
+    return float(np.mean(per_target))
+
+
+# --- writing and loading each format ----------------------------------------------------------
+
+
+def _write_keras(model: Any, path: Path) -> None:
+    model.save(path)
+
+
+def _write_savedmodel(model: Any, path: Path) -> None:
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def _write_tflite(model: Any, path: Path) -> None:
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.savedmodel.") as saved:
+        model.export(saved, format="tf_saved_model", verbose=False)
+        flat = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+    path.write_bytes(flat)
+
+
+def _write_onnx(model: Any, path: Path) -> None:
+    import logging
+
+    model(np.ones((1, model.inputs[0].shape[1]), dtype=np.float32))  # Keras exports to ONNX only a called model
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate every conversion
+    model.export(str(path), format="onnx", verbose=False)
+
+
+_WRITERS: dict[str, Callable[[Any, Path], None]] = {
+    "keras": _write_keras, "savedmodel": _write_savedmodel, "tflite": _write_tflite, "onnx": _write_onnx}
+
+
+def load_predictor(fmt: str, path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+    """A function float32 rows -> predictions, running the exported file in the format's own runtime."""
+    path = os.fspath(path)
+    if fmt == "keras":
+        import keras
+
+        model = keras.saving.load_model(path)
+        return lambda X: np.asarray(model.predict(X, verbose=0, batch_size=4096))
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)  # held by the closure: serve's variables live in it
+        return lambda X: loaded.serve(tf.constant(X)).numpy()
+    if fmt == "tflite":
+        return _tflite_predictor(path)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda X: session.run(None, {name: X})[0]
+
+
+def _tflite_predictor(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # LiteRT's own package is the runtime; TensorFlow's copy is the fallback
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        interpreter = Interpreter(model_path=path)
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, X.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, np.ascontiguousarray(X, dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+
+    return predict
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _temporary_beside(out: Path, fmt: str):
+    """A temporary path next to ``out`` (same file system, so renaming is atomic), removed unless used."""
+    suffix = {"keras": ".keras", "onnx": ".onnx", "tflite": ".tflite"}.get(fmt, "")
+    tmp = out.with_name(f".{out.name}.{writer_tag()}.tmp{suffix}")
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.is_dir() and not out.is_symlink():  # a SavedModel replaced with --force: swap, then delete
+        old = out.with_name(f".{out.name}.{writer_tag()}.old")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        _remove(old)
+    else:
+        os.replace(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _meta(run: Any, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any]:
+    import nnlab
+    from nnlab.export._size import weights_size
+
+    m = run.config.model
+    bits = m.max_binary_digits if m.enable_binary_precision_max else 24
+    meta = {
+        "format": fmt, "path": out.name, "run_id": run.run_id, "task": run.task, "nnlab_version": nnlab.__version__,
+        "inputs": list(run.inputs), "input_dtype": "float32", "outputs": list(run.targets),
+        # nnlab's simulation and a user's table carry no declared units: the targets' own units, unnamed.
+        "units": {name: None for name in run.targets},
+        "weights": run.weights_path.name,
+        "precision": {"significant_bits": bits, "rounding": m.binary_rounding, "schedule": m.constraint_schedule,
+                      "constraint_interval": m.constraint_interval, "binary_precision_max": m.enable_binary_precision_max,
+                      "compute": m.precision_policy},
+        "runtime_check": check,
+        "size": weights_size(run.network.get_weights(), bits),
+    }
+    return meta
