@@ -3,6 +3,8 @@
 Subcommands::
 
     nnlab train [options]                              the training pipeline (= python main.py)
+    nnlab predict INPUT.csv --out OUT.csv [--run ID]   a trained run's predictions for raw rows
+    nnlab export --format FMT --out PATH [--run ID]    a run as one keras/savedmodel/tflite/onnx model
     nnlab data generate --num-particles N --out FILE   simulate particles to a CSV
     nnlab data validate FILE                           check a particle CSV
     nnlab data resimulate OLD.csv NEW.csv              convert a CSV of the original lab
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Keras' own per-epoch output instead of nnlab's progress display, and more log output")
 
     # Subcommands owned by other modules: each module defines add_arguments(parser)
-    # and run(args) -> exit status, and imports TensorFlow/Optuna only inside run().
+    # and run(args) -> exit status ("module:name": add_<name>_arguments and run_<name>,
+    # for a package with several subcommands), and imports TensorFlow/Optuna only inside run().
     for name, module, help_text in _PLUGGED_COMMANDS:
         plugged = commands.add_parser(name, help=help_text)
         _plug(plugged, module)
@@ -158,16 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _PLUGGED_COMMANDS = (
+    ("predict", "nnlab.export:predict", "a trained run's predictions for the raw rows of a CSV"),
+    ("export", "nnlab.export:export", "a trained run as one self-contained keras/savedmodel/tflite/onnx model"),
     ("hpo", "nnlab.hpo", "hyperparameter search on Optuna (same as python hpo_agent.py)"),
     ("study", "nnlab.study", "controlled multi-seed comparisons: precision (bits x rounding), compare (variants)"),
     ("analyze", "nnlab.analysis.cli", "analyse a training run: figures, statistics, report"),
 )
 
 
-def _plug(parser: argparse.ArgumentParser, module_name: str) -> None:
+def _plug(parser: argparse.ArgumentParser, spec: str) -> None:
     import importlib
 
+    module_name, _, command = spec.partition(":")
     module = importlib.import_module(module_name)
+    if command:
+        getattr(module, f"add_{command}_arguments")(parser)
+        parser.set_defaults(handler=getattr(module, f"run_{command}"))
+        return
     module.add_arguments(parser)
     parser.set_defaults(handler=module.run)
 
