@@ -1,0 +1,187 @@
+"""nnlab export: every format written by the CLI, loaded in its own runtime in a process without nnlab,
+agreeing with nnlab's own predictions on fresh raw particles; meta file; refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnlab.data import INITIAL_COLUMNS, generate_particle_data
+from nnlab.errors import NnlabError
+from nnlab.export import FORMATS, TrainedRun, export_run
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+
+# Each loader runs in a fresh interpreter that never imports nnlab: argv = model, inputs.npy, outputs.npy.
+LOADERS = {
+    "keras": "import keras\nm = keras.saving.load_model(path)\ny = m.predict(X, verbose=0)",
+    "savedmodel": "import tensorflow as tf\nm = tf.saved_model.load(path)\ny = m.serve(tf.constant(X)).numpy()",
+    "tflite": ("from ai_edge_litert.interpreter import Interpreter\nit = Interpreter(model_path=path)\n"
+               "i = it.get_input_details()[0]['index']\nit.resize_tensor_input(i, X.shape)\nit.allocate_tensors()\n"
+               "it.set_tensor(i, X)\nit.invoke()\ny = it.get_tensor(it.get_output_details()[0]['index'])"),
+    "onnx": ("import onnxruntime as ort\ns = ort.InferenceSession(path, providers=['CPUExecutionProvider'])\n"
+             "y = s.run(None, {s.get_inputs()[0].name: X})[0]"),
+}
+
+
+def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.ndarray:
+    np.save(tmp / "X.npy", X)
+    script = ("import os, sys\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\nimport numpy as np\n"
+              "path, X = sys.argv[1], np.load(sys.argv[2])\n" + LOADERS[fmt] +
+              "\nnp.save(sys.argv[3], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(model), str(tmp / "X.npy"), str(tmp / "y.npy")],
+                          cwd=tmp, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(tmp / "y.npy")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_run")
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "2",
+                           "--set", "hidden_layers=[16]", "--set", "seed=7", "--output-dir", str(out / "o"),
+                           "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def exports(trained) -> dict[str, subprocess.CompletedProcess]:
+    return {fmt: nnlab("export", "--format", fmt, "--out", NAMES[fmt], "--output-dir", "o", cwd=trained)
+            for fmt in FORMATS}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_agrees_with_nnlab_in_its_own_runtime(fmt, trained, exports, tmp_path):
+    proc = exports[fmt]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"as {fmt}: {NAMES[fmt]}" in proc.stdout and "max relative difference" in proc.stdout
+    raw = generate_particle_data(40, seed=7)[INITIAL_COLUMNS]
+    X = raw.to_numpy(np.float32)
+    predicted = run_without_nnlab(fmt, trained / NAMES[fmt], X, tmp_path)
+    run = TrainedRun.load(trained / "o")
+    reference = run.predict(raw)  # nnlab's own path on the float64 rows
+    assert predicted.shape == reference.shape == (40, 6)
+    scale = np.maximum(np.abs(reference), run.scalers.y_scaler.scale_)
+    assert np.max(np.abs(predicted - reference) / scale) <= 1e-5
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_meta_file(fmt, trained, exports):
+    meta = json.loads((trained / (NAMES[fmt] + ".meta.json")).read_text())
+    run = TrainedRun.load(trained / "o")
+    assert meta["format"] == fmt and meta["run_id"] == run.run_id and meta["weights"] == "final.weights.h5"
+    assert meta["inputs"] == INITIAL_COLUMNS and meta["input_dtype"] == "float32"
+    assert meta["outputs"] == run.targets and set(meta["units"]) == set(run.targets)
+    assert meta["nnlab_version"] and meta["task"] == "particles"
+    assert meta["precision"]["significant_bits"] == run.config.model.max_binary_digits
+    assert meta["precision"]["rounding"] == run.config.model.binary_rounding
+    assert meta["precision"]["schedule"] == run.config.model.constraint_schedule
+    check = meta["runtime_check"]
+    assert check["rows"] == 60 and 0 <= check["max_rel_diff"] <= 1e-5 == check["tolerance"]
+    assert check["runtime"].split(".")[0] in {"keras", "tf", "ai_edge_litert", "onnxruntime"}
+    assert isinstance(check["test_r2"], float) and check["test_r2"] <= 1
+    n_weights = sum(w.size for w in run.network.get_weights())
+    assert meta["size"]["n_weights"] == n_weights and meta["size"]["float32_bytes"] == 4 * n_weights
+
+
+def test_test_r2_is_the_same_in_every_runtime(trained, exports):
+    r2 = [json.loads((trained / (NAMES[f] + ".meta.json")).read_text())["runtime_check"]["test_r2"] for f in FORMATS]
+    assert max(r2) - min(r2) < 1e-5
+
+
+def test_existing_file_refused_without_force_and_replaced_with_it(trained, exports):
+    target = trained / "model.onnx"
+    before = target.read_bytes()
+    (trained / "model.onnx.meta.json").write_text("{}")
+    proc = nnlab("export", "--format", "onnx", "--out", "model.onnx", "--output-dir", "o", cwd=trained)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--out: 'model.onnx' already exists" in proc.stderr and "--force" in proc.stderr
+    assert target.read_bytes() == before
+    proc = nnlab("export", "--format", "onnx", "--out", "model.onnx", "--output-dir", "o", "--force", cwd=trained)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((trained / "model.onnx.meta.json").read_text())["format"] == "onnx"
+    assert not [p for p in trained.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_savedmodel_directory_replaced_with_force(trained, exports):
+    meta = export_run(fmt="savedmodel", out=trained / "saved_model", output_dir=trained / "o", force=True)
+    assert (trained / "saved_model" / "saved_model.pb").is_file() and meta["format"] == "savedmodel"
+    assert not [p for p in trained.iterdir() if p.name.startswith(".")]
+
+
+def test_refusals_of_format_and_run(trained):
+    proc = nnlab("export", "--format", "pickle", "--out", "m.pkl", "--output-dir", "o", cwd=trained)
+    assert proc.returncode == 2 and "argument --format: invalid choice: 'pickle'" in proc.stderr
+    proc = nnlab("export", "--format", "keras", "--out", "x.keras", "--output-dir", "o", "--run", "nope", cwd=trained)
+    assert proc.returncode == 2 and "unknown run id 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (trained / "x.keras").exists() and not (trained / "x.keras.meta.json").exists()
+
+
+def test_a_disagreeing_export_is_refused_and_removed(trained, monkeypatch, tmp_path):
+    import nnlab.export._export as module
+
+    real = module.load_predictor
+    monkeypatch.setattr(module, "load_predictor", lambda fmt, path: lambda X: real(fmt, path)(X) * 1.001)
+    with pytest.raises(NnlabError, match="disagrees with nnlab's predictions"):
+        export_run(fmt="keras", out=tmp_path / "m.keras", output_dir=trained / "o")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_runtime_names_the_extra(trained, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(NnlabError, match=r"pip install 'nnlab\[export\]'"):
+        export_run(fmt="onnx", out=tmp_path / "m.onnx", output_dir=trained / "o")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a user's table ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_table")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"area": rng.uniform(30, 150, 200), "rooms": rng.integers(1, 6, 200).astype(float),
+                       "district": rng.choice(["north", "south"], 200)})
+    df["price"] = 2.0 * df["area"] + 15 * df["rooms"] + np.where(df["district"] == "north", 40.0, 0.0)
+    df.to_csv(out / "t.csv", index=False)
+    for features in ("area,rooms", "area,rooms,district"):
+        proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price",
+                               "--features", features, "--epochs", "2", "--set", "hidden_layers=[8]",
+                               "--output-dir", "o", "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_numeric_table_exported_to_onnx(table_runs, tmp_path):
+    first = sorted(p.name for p in (table_runs / "o" / "runs").iterdir() if p.is_dir())[0]
+    meta = export_run(fmt="onnx", out=tmp_path / "t.onnx", output_dir=table_runs / "o", run=first)
+    assert meta["inputs"] == ["area", "rooms"] and meta["outputs"] == ["price"] and meta["task"] == "table"
+    rows = pd.DataFrame({"area": [40.0, 99.5, 140.25], "rooms": [1.0, 3.0, 5.0]})
+    predicted = run_without_nnlab("onnx", tmp_path / "t.onnx", rows.to_numpy(np.float32), tmp_path)
+    reference = TrainedRun.load(table_runs / "o", first).predict(rows)
+    assert np.allclose(predicted, reference, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_table_with_text_columns_refused(fmt, table_runs):
+    proc = nnlab("export", "--format", fmt, "--out", f"t.{fmt}", "--output-dir", "o", cwd=table_runs)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "text column(s) ['district']" in proc.stderr and "nnlab predict" in proc.stderr
+    assert not (table_runs / f"t.{fmt}").exists() and not (table_runs / f"t.{fmt}.meta.json").exists()
