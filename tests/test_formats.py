@@ -15,7 +15,8 @@ import pytest
 import nnlab.formats
 from nnlab.data import complete_data_pipeline
 from nnlab.errors import DataValidationError
-from nnlab.formats import FORMAT_BITS, FORMATS, cast_weights, evaluate_formats
+from nnlab.formats import (FORMAT_BITS, FORMATS, QUANTIZER_BITS, REFERENCE_BITS, cast_weights, evaluate_formats,
+                           evaluate_quantizers, quantized_copy)
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.runs import train_with_tracking
 
@@ -229,11 +230,22 @@ def test_test_metrics_have_formats(tiny_run, data):
     assert results["status"] == "completed" and results["error_summary"]["error_count"] == 0
     metrics = json.loads((Path(results["run_dir"]) / "test_metrics.json").read_text())
     formats = metrics["formats"]
-    assert list(formats) == list(FORMATS)
+    assert list(formats) == [*FORMATS, "int8", "int4"]
     assert results["test"]["formats"] == formats
     n_weights = model.model.count_params()
     reference = metrics["scaled"]["r2"]
-    for name, entry in formats.items():
+    for name in ("int8", "int4"):
+        entry = formats[name]
+        assert entry["quantizer"] == "keras.Model.quantize" and entry["bits"] == QUANTIZER_BITS[name]
+        assert entry["n_weights"] == n_weights and "error" not in entry
+        # every Dense kernel: 22 features -> 16 -> targets
+        kernels = sum(w.size for w in model.model.get_weights() if w.ndim == 2)
+        assert entry["n_quantized"] == kernels
+        assert entry["r2_drop"] == pytest.approx(reference - entry["r2"], abs=1e-9)
+    assert abs(formats["int8"]["r2_drop"]) < 0.02
+    assert abs(formats["int4"]["r2_drop"]) < 0.2
+    for name in FORMATS:
+        entry = formats[name]
         assert entry["significant_bits"] == FORMAT_BITS[name]
         assert entry["n_weights"] == n_weights
         assert 0 <= entry["saturated"] <= n_weights and 0 <= entry["underflow"] <= n_weights
@@ -284,3 +296,75 @@ def test_failing_formats_degrade(data, tmp_path, monkeypatch):
     row = next(csv.DictReader((tmp_path / "configuration_log.csv").read_text().splitlines()))
     assert row["status"] == "completed" and row["error_count"] == "1"
     assert "formats" in (Path(results["run_dir"]) / "training_log.txt").read_text()
+
+
+# --- real quantizers: Keras' int8/int4 ---------------------------------------------
+
+
+def test_reference_bits():
+    assert REFERENCE_BITS == {**FORMAT_BITS, "int8": 8, "int4": 4, "litert_int8": 8}
+
+
+def test_quantized_copy_leaves_the_model_alone(linear_model):
+    model, X, _, weights = linear_model
+    before = np.asarray(model.predict_on_batch(X))
+    copy = quantized_copy(model, "int8")
+    assert [layer.quantization_mode for layer in copy.layers if isinstance(layer, keras.layers.Dense)] == ["int8"] * 2
+    assert all(layer.quantization_mode is None for layer in model.layers)
+    for now, w in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(now, w)
+    np.testing.assert_array_equal(model.predict_on_batch(X), before)
+    with pytest.raises(ValueError, match="mode = 'int2' is unknown: allowed int8, int4"):
+        quantized_copy(model, "int2")
+
+
+def test_evaluate_quantizers(linear_model):
+    model, X, y, _ = linear_model
+    model.set_weights([np.clip(w, -5, 5) for w in model.get_weights()])  # no 1000 outlier: int8's scale is per unit
+    reference = regression_metrics(y, model.predict_on_batch(X))["r2"]
+    report = evaluate_quantizers(model, X, y)
+    assert list(report) == ["int8", "int4"]
+    for name, entry in report.items():
+        assert entry["r2_drop"] == pytest.approx(reference - entry["r2"], abs=1e-12)
+        assert (entry["dtype"], entry["bits"], entry["n_quantized"], entry["n_weights"]) == (
+            name, QUANTIZER_BITS[name], 5 * 8 + 8 * 3, 5 * 8 + 8 + 8 * 3 + 3)
+        # the R² of Keras' quantized copy, computed independently
+        copy = quantized_copy(model, name)
+        assert entry["r2"] == pytest.approx(regression_metrics(y, np.asarray(copy(X)))["r2"], abs=1e-9)
+    assert abs(report["int8"]["r2_drop"]) < 0.01
+    assert report["int4"]["r2"] < report["int8"]["r2"] + 0.01
+
+
+def test_a_quantizer_keras_refuses_is_recorded(linear_model, monkeypatch):
+    model, X, y, _ = linear_model
+
+    def refuse(self, mode, **kwargs):
+        if mode == "int4":
+            raise ValueError("int4 is not supported here")
+        return original(self, mode, **kwargs)
+
+    original = keras.Model.quantize
+    monkeypatch.setattr(keras.Model, "quantize", refuse)
+    seen = []
+    report = evaluate_quantizers(model, X, y, on_error=lambda mode, exc: seen.append((mode, str(exc))))
+    assert seen == [("int4", "int4 is not supported here")]
+    assert report["int4"]["r2"] is None and report["int4"]["r2_drop"] is None
+    assert report["int4"]["error"] == "ValueError: int4 is not supported here"
+    assert report["int8"]["r2"] is not None and "error" not in report["int8"]
+    with pytest.raises(ValueError, match="not supported"):
+        evaluate_quantizers(model, X, y, modes=["int4"])
+
+
+def test_refused_quantizer_in_a_run_degrades(data, tmp_path, monkeypatch):
+    def refuse(self, mode, **kwargs):
+        raise NotImplementedError(f"no {mode} here")
+
+    monkeypatch.setattr(keras.Model, "quantize", refuse)
+    with pytest.warns(RuntimeWarning, match="formats int8: NotImplementedError: no int8 here"):
+        _, results = train(data, tmp_path)
+    assert results["status"] == "completed"
+    assert results["error_summary"]["by_component"] == {"test_metrics.json: formats int8": 1,
+                                                        "test_metrics.json: formats int4": 1}
+    metrics = json.loads((Path(results["run_dir"]) / "test_metrics.json").read_text())
+    assert metrics["formats"]["int4"]["error"] == "NotImplementedError: no int4 here"
+    assert metrics["formats"]["float16"]["r2"] is not None
