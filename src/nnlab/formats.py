@@ -228,7 +228,7 @@ def quantized_copy(model: keras.Model, mode: str) -> keras.Model:
     # process holding many objects. Frozen objects are skipped by collections: only the copy is scanned.
     gc.freeze()
     try:
-        copy = keras.models.clone_model(keras.Model(model.inputs, model.outputs))
+        copy = keras.models.clone_model(_plain(model))
         copy.set_weights(model.get_weights())
         copy.quantize(mode, filters=lambda layer: isinstance(layer, keras.layers.Dense))
     finally:
@@ -339,4 +339,6 @@ def evaluate_litert_int8(model: keras.Model, X_test: Any, y_test: Any, *,
 def _plain(model: keras.Model) -> keras.Model:
     import keras
 
-    return keras.Model(model.inputs, model.outputs)
+    # A single tensor for a one-input network (not a list of one): calling the copy with an array fits.
+    inputs, outputs = model.inputs, model.outputs
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs)

@@ -24,7 +24,7 @@ from nnlab._files import (
 from nnlab._redact import redact, redact_argv, without_masked_password
 from nnlab.config import Config, resolve_config
 from nnlab.errors import NnlabError
-from nnlab.formats import evaluate_formats
+from nnlab.formats import evaluate_formats, evaluate_quantizers
 from nnlab.losses import HISTORY_COLUMNS
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.physics import physics_not_applicable, physics_report
@@ -77,9 +77,15 @@ def _safe(errors: ErrorRecorder, component: str, action, *args, **kwargs) -> Any
 
 def _evaluate_formats_safe(errors: ErrorRecorder, model: AdvancedNeuralNetwork, X_test: Any, y_test: Any,
                            reference_r2: float) -> dict[str, dict[str, Any]] | None:
-    """``test_metrics.json``'s "formats" (:func:`~nnlab.formats.evaluate_formats`); None, recorded, on failure."""
+    """``test_metrics.json``'s "formats": the casts (:func:`~nnlab.formats.evaluate_formats`) and Keras'
+    int8/int4 (:func:`~nnlab.formats.evaluate_quantizers`); None, recorded, when the casts fail; a
+    quantizer Keras refuses is recorded and its entry says why."""
     try:
-        return evaluate_formats(model.model, X_test, y_test, reference_r2=reference_r2)
+        formats = evaluate_formats(model.model, X_test, y_test, reference_r2=reference_r2)
+        formats.update(evaluate_quantizers(
+            model.model, X_test, y_test, reference_r2=reference_r2,
+            on_error=lambda mode, exc: errors.record(f"test_metrics.json: formats {mode}", exc)))
+        return formats
     except Exception as exc:  # an optional metric must not cost a finished run (a TF op error, a bug)
         errors.record("test_metrics.json: formats", exc)
         return None
