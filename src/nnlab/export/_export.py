@@ -282,17 +282,17 @@ def _remove(path: Path) -> None:
 
 def _meta(run: Any, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any]:
     import nnlab
-    from nnlab.export._size import weights_size
+    from nnlab.export._size import weights_bits, weights_size
 
     m = run.config.model
-    bits = m.max_binary_digits if m.enable_binary_precision_max else 24
+    bits = weights_bits(run.config)  # None: float32, the binary precision limit off or at 24 bits
     meta = {
         "format": fmt, "path": out.name, "run_id": run.run_id, "task": run.task, "nnlab_version": nnlab.__version__,
         "inputs": list(run.inputs), "input_dtype": "float32", "outputs": list(run.targets),
         # nnlab's simulation and a user's table carry no declared units: the targets' own units, unnamed.
         "units": {name: None for name in run.targets},
         "weights": run.weights_path.name,
-        "precision": {"significant_bits": bits, "rounding": m.binary_rounding, "schedule": m.constraint_schedule,
+        "precision": {"significant_bits": bits or 24, "rounding": m.binary_rounding, "schedule": m.constraint_schedule,
                       "constraint_interval": m.constraint_interval, "binary_precision_max": m.enable_binary_precision_max,
                       "compute": m.precision_policy},
         "runtime_check": check,
