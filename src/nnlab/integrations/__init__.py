@@ -12,6 +12,8 @@ run's error summary and stops; training goes on.
 * :class:`~nnlab.integrations.mlflow.MlflowSink` -- config key
   ``mlflow_tracking_uri`` (``--mlflow``): params, per-epoch metrics, test
   metrics, tags and the run's files, in one MLflow run per nnlab run.
+* :func:`log_exported_model` -- an ``nnlab export`` of a run logged as an
+  MLflow model of that run's MLflow run (imports MLflow when called).
 
 This module imports neither TensorFlow nor MLflow. The configuration checks the
 tracking URI's form itself (:func:`nnlab.config.check_tracking_uri`, re-exported
@@ -20,8 +22,13 @@ here).
 
 from __future__ import annotations
 
+from nnlab._lazy import lazy_attributes
 from nnlab.integrations._databases import DatabaseContents, database_contents, database_kind, describe_kind
 from nnlab.integrations._uri import MLFLOW_OPTION_HELP, check_tracking_uri, default_tracking_uri, mlflow_option
 
 __all__ = ["MLFLOW_OPTION_HELP", "DatabaseContents", "check_tracking_uri", "database_contents", "database_kind",
-           "default_tracking_uri", "describe_kind", "mlflow_option"]
+           "default_tracking_uri", "describe_kind", "log_exported_model", "mlflow_option"]
+
+# MLflow's helpers import Keras: loaded on first use, so that this package stays light.
+__getattr__, __dir__ = lazy_attributes(__name__, {"log_exported_model": "nnlab.integrations.mlflow"}, globals(),
+                                       __all__)

@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,13 @@ import keras
 
 from nnlab._files import atomic_write_json
 from nnlab._numbers import float_or_none
-from nnlab._redact import redact, redact_url_password, without_masked_password
+from nnlab._redact import redact, redact_text, redact_url_password, without_masked_password
+from nnlab.errors import NnlabError
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["MlflowSink", "RUN_RECORD", "MLFLOW_STATUS", "open_parent_run", "finish_parent_run", "log_files",
-           "client_for", "run_record"]
+           "client_for", "run_record", "EXPORT_FORMATS", "find_mlflow_run", "log_exported_model", "export_metrics"]
 
 # The run directory's record of its MLflow run: a resumed run reopens it.
 RUN_RECORD = "mlflow_run.json"
@@ -365,3 +368,240 @@ def finish_parent_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED
         client.set_terminated(run_id, status=status)
     except Exception as exc:  # an optional component must not cost the search
         (errors or ErrorRecorder()).record("mlflow (parent run)", exc)
+
+
+# --- an exported model, logged as an MLflow model of its run ------------------------------------------------------
+
+#: The formats of ``nnlab export`` and how each is logged: an MLflow flavor, or pyfunc around the format's runtime.
+EXPORT_FORMATS = {"keras": "keras", "savedmodel": "pyfunc (tf.saved_model.load)",
+                  "tflite": "pyfunc (ai_edge_litert interpreter)", "onnx": "onnx"}
+_EXPORT_PACKAGES = {"keras": ("keras", "tensorflow"), "savedmodel": ("tensorflow", "numpy"),
+                    "tflite": ("ai-edge-litert", "numpy"), "onnx": ("onnx", "onnxruntime")}
+_EXPORT_ARTIFACTS = "export"
+
+
+def find_mlflow_run(client: Any, run_id: str, tracking_uri: str, *, experiment: str | None = None) -> Any:
+    """The MLflow run of nnlab run ``run_id`` (tag ``nnlab.run_id``), in ``experiment`` or in every experiment;
+    the latest when there are several.
+
+    Raises:
+        NnlabError: no such experiment, or no MLflow run of that nnlab run (naming the run id and the URI,
+            its password masked).
+    """
+    where = f"at {redact_text(tracking_uri)}"
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise NnlabError(f"no MLflow experiment '{experiment}' {where}; leave the experiment out to search "
+                             "them all")
+        ids, where = [found.experiment_id], f"{where}, experiment '{experiment}'"
+    else:
+        ids, token = [], None
+        while True:
+            page = client.search_experiments(page_token=token)
+            ids += [e.experiment_id for e in page]
+            if not (token := page.token):
+                break
+    runs = []
+    if ids and "'" not in run_id:  # a quote cannot be in a run id, and would end MLflow's filter string
+        runs = client.search_runs(ids, f"tags.`nnlab.run_id` = '{run_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise NnlabError(f"no MLflow run of nnlab run '{run_id}' {where}: was the run trained with --mlflow "
+                         "and this tracking URI?")
+    return runs[0]
+
+
+def _numeric_leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _numeric_leaves(item, (*path, str(key)))
+    elif not isinstance(value, bool) and (number := float_or_none(value)) is not None:
+        yield path, number
+
+
+def export_metrics(fmt: str, meta: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of an export's meta logged as metrics: every R² and byte count, ``export_<fmt>_<key>``
+    (nested keys joined with ``/``).
+
+    Example:
+        >>> export_metrics("onnx", {"test_r2": 0.93, "size": {"float32_bytes": 4096}, "inputs": ["x"]})
+        {'export_onnx_test_r2': 0.93, 'export_onnx_size/float32_bytes': 4096.0}
+    """
+    return {f"export_{fmt}_" + "/".join(metric_part(p) for p in path): number
+            for path, number in _numeric_leaves(meta) if re.search(r"r2|bytes", "/".join(path), re.IGNORECASE)}
+
+
+def _requirements(fmt: str) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(name: str) -> str:
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            return name
+
+    return [pinned(name) for name in _EXPORT_PACKAGES[fmt]]
+
+
+def _signature(meta: Mapping[str, Any], fmt: str) -> dict[str, Any]:
+    """A float32 matrix in, one out, sized by the meta's ``inputs``/``outputs`` (none with text inputs, or
+    without the column lists), and for a pyfunc model an input example of zeros (MLflow 3.17's Keras flavor
+    fails to save one)."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    inputs, outputs = meta.get("inputs"), meta.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or meta.get("text_inputs"):
+        return {}
+    example = np.zeros((1, len(inputs)), np.float32)
+    signature = infer_signature(example, np.zeros((1, len(outputs)), np.float32))
+    return {"signature": signature} if fmt in ("keras", "onnx") else {"signature": signature, "input_example": example}
+
+
+# The pyfunc model of a SavedModel or LiteRT file, logged as MLflow "models from code": it loads without nnlab.
+_RUNTIME_MODEL_CODE = '''"""nnlab's exported model in its own runtime: a float32 matrix of the raw input columns in, targets out."""
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class ExportedModel(PythonModel):
+    def load_context(self, context):
+        self.runtime = "savedmodel" if "savedmodel" in context.artifacts else "tflite"
+        file = context.artifacts[self.runtime]
+        if self.runtime == "savedmodel":
+            import tensorflow as tf
+
+            self.model = tf.saved_model.load(file)
+        else:
+            from ai_edge_litert.interpreter import Interpreter
+
+            self.model = Interpreter(model_path=file)
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(model_input, dtype=np.float32))
+        if self.runtime == "savedmodel":
+            return np.asarray(self.model.serve(x))
+        entry, out = self.model.get_input_details()[0], self.model.get_output_details()[0]
+        self.model.resize_tensor_input(entry["index"], list(x.shape))
+        self.model.allocate_tensors()
+        self.model.set_tensor(entry["index"], x)
+        self.model.invoke()
+        return np.array(self.model.get_tensor(out["index"]))
+
+
+mlflow.models.set_model(ExportedModel())
+'''
+
+
+def _flavor_arguments(path: Path, fmt: str, code_dir: Path) -> dict[str, Any]:
+    """The flavor module and its ``save_model`` arguments for the exported file ``path`` (``code_dir``: a
+    temporary directory for a pyfunc model's code)."""
+    if fmt == "onnx":
+        import mlflow.onnx
+        import onnx
+
+        # A small network runs on the CPU; MLflow's default asks for CUDA first and warns on every load without it.
+        return {"flavor": mlflow.onnx, "onnx_model": onnx.load(str(path)),
+                "onnx_execution_providers": ["CPUExecutionProvider"]}
+    if fmt == "keras":
+        import mlflow.keras
+
+        return {"flavor": mlflow.keras, "model": keras.saving.load_model(path)}
+    import mlflow.pyfunc
+
+    code = code_dir / "nnlab_exported_model.py"
+    code.write_text(_RUNTIME_MODEL_CODE, encoding="utf-8")
+    return {"flavor": mlflow.pyfunc, "python_model": str(code), "artifacts": {fmt: str(path)}}
+
+
+@contextmanager
+def _global_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """MLflow's model logging reads the process's tracking URI: set it for the block, then put back the old one."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def _log_records(client: Any, mlflow_run_id: str, fmt: str, meta: Mapping[str, Any], path: Path,
+                 model_uri: str) -> None:
+    """The export's meta.json as an artifact, its R² and sizes as metrics, the model's URI as tags."""
+    from mlflow.entities import Metric, RunTag
+
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / f"{path.name}.meta.json"
+        file.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        client.log_artifact(mlflow_run_id, str(file), _EXPORT_ARTIFACTS)
+    stamp = int(datetime.now().timestamp() * 1000)
+    client.log_batch(mlflow_run_id,
+                     metrics=[Metric(k, v, stamp, 0) for k, v in export_metrics(fmt, meta).items()],
+                     tags=[RunTag(f"nnlab.export.{fmt}.model_uri", model_uri),
+                           RunTag(f"nnlab.export.{fmt}.file", path.name[:5000])])
+
+
+def _check_export(path: Path, fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise NnlabError(f"log_exported_model: unknown format '{fmt}'; allowed: {', '.join(EXPORT_FORMATS)}")
+    if not path.exists():
+        raise NnlabError(f"log_exported_model: the exported model '{path}' does not exist")
+
+
+def log_exported_model(tracking_uri: str, run_id: str, path: str | os.PathLike, fmt: str,
+                       meta: Mapping[str, Any], *, experiment: str | None = None) -> str:
+    """Log an ``nnlab export`` of run ``run_id`` as an MLflow model of that run's MLflow run.
+
+    The model is named ``exported_<fmt>``: ``keras`` with MLflow's Keras flavor, ``onnx`` with its ONNX
+    flavor, ``savedmodel`` and ``tflite`` (no MLflow flavor) as a pyfunc model that runs the file in its own
+    runtime (``tf.saved_model.load(...).serve``; ``ai_edge_litert``'s interpreter). Each loads with
+    ``mlflow.pyfunc.load_model(uri)`` and predicts on a float32 matrix of the raw input columns. The run also
+    gets ``export/<file>.meta.json`` (``meta``), metrics ``export_<fmt>_...`` (:func:`export_metrics`) and
+    tags ``nnlab.export.<fmt>.model_uri``/``.file``; its status is left as it is.
+
+    Args:
+        tracking_uri: the MLflow tracking URI the run was logged to.
+        run_id: the nnlab run id (the MLflow run's tag ``nnlab.run_id``).
+        path: the exported file (``.keras``, ``.tflite``, ``.onnx``) or SavedModel directory.
+        fmt: one of :data:`EXPORT_FORMATS`.
+        meta: the export's meta (``PATH.meta.json``): ``inputs``/``outputs`` size the model's signature.
+        experiment: look only in this experiment (default: every experiment).
+
+    Returns:
+        The model's URI (``models:/<model id>``), for ``mlflow.pyfunc.load_model``.
+
+    Raises:
+        NnlabError: MLflow (or the format's package) not installed, no MLflow run of ``run_id``, an
+            unknown format, a missing file, or an MLflow error (the URI's password masked).
+
+    Example:
+        >>> # uri = log_exported_model("sqlite:///o/mlflow.db", run.run_id, "m.onnx", "onnx", meta)
+        >>> # mlflow.pyfunc.load_model(uri).predict(x)
+    """
+    path = Path(path)
+    _check_export(path, fmt)
+    try:
+        client = client_for(tracking_uri)
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import Model
+    except ImportError as exc:
+        raise NnlabError(f"--mlflow: {exc}") from None
+    try:
+        mlflow_run_id = find_mlflow_run(client, run_id, tracking_uri, experiment=experiment).info.run_id
+        with tempfile.TemporaryDirectory() as code_dir, _global_tracking_uri(tracking_uri):
+            try:
+                arguments = _flavor_arguments(path, fmt, Path(code_dir))
+            except ImportError as exc:
+                raise NnlabError(f"logging a {fmt} export to MLflow needs {exc.name}: pip install "
+                                 "'nnlab[export]'") from None
+            info = Model.log(None, name=f"exported_{fmt}", run_id=mlflow_run_id, **_signature(meta, fmt),
+                             metadata={"nnlab_export": dict(meta)}, pip_requirements=_requirements(fmt),
+                             **arguments)
+        _log_records(client, mlflow_run_id, fmt, meta, path, info.model_uri)
+    except MlflowException as exc:
+        raise NnlabError(f"MLflow at {redact_text(tracking_uri)}: {redact_text(str(exc))}") from None
+    return info.model_uri
