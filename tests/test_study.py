@@ -191,7 +191,7 @@ def test_precision_study_runs_table(precision_study):
     assert header(path) == [*PRECISION_KEYS, *RUN_COLUMNS]
     assert list(RUN_COLUMNS) == ["seed", "run_id", "run_dir", "status", "test_r2", "best_val_mse", "epoch_time_mean",
                                  "format_r2_bfloat16", "format_r2_float16", "format_r2_float8_e4m3",
-                                 "format_r2_float8_e5m2"]
+                                 "format_r2_float8_e5m2", "format_r2_int8", "format_r2_int4"]
     table = rows(path)
     assert [(r["rounding"], r["bits"], r["seed"]) for r in table] == [
         ("none", "24", "0"), ("none", "24", "1"), ("truncate", "4", "0"), ("truncate", "4", "1"),

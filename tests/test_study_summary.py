@@ -208,7 +208,8 @@ def precision_runs() -> pd.DataFrame:
     for s in SEEDS:
         rows.append(run_row(s, ref + NOISE[s], time=1.0, **PRECISION_REF) | {
             "format_r2_bfloat16": ref + NOISE[s] - 0.001, "format_r2_float16": ref + NOISE[s],
-            "format_r2_float8_e4m3": 0.90 + NOISE[s], "format_r2_float8_e5m2": math.nan})
+            "format_r2_float8_e4m3": 0.90 + NOISE[s], "format_r2_float8_e5m2": math.nan,
+            "format_r2_int8": ref + NOISE[s] - 0.002, "format_r2_int4": 0.95 + NOISE[s]})
         for rounding, by_bits in drop.items():
             for bits, d in by_bits.items():
                 rows.append(run_row(s, ref + NOISE[s] - d + jitter.normal(0, 2e-4), time=1.3, schedule="epoch",
@@ -246,7 +247,11 @@ def test_precision_findings_rows_and_figure(tmp_path):
                             "of the reference from 8 bits up") for f in findings)
 
     formats = summary["formats"]
-    assert set(formats) == {"bfloat16", "float16", "float8_e4m3"}  # e5m2 all NaN: skipped
+    assert list(formats) == ["bfloat16", "float16", "float8_e4m3", "int8", "int4"]  # e5m2 all NaN: skipped
+    assert (formats["int8"]["bits"], formats["int4"]["bits"]) == (8, 4)
+    assert formats["int8"]["diff_vs_ref_mean"] == pytest.approx(-0.002)
+    assert formats["int4"]["test_r2_mean"] == pytest.approx(0.95 + NOISE.mean())
+    assert any(f.startswith("The float32-trained network deployed in int4 (4 bits)") for f in summary["findings"])
     assert formats["float8_e4m3"]["bits"] == 4
     assert formats["float8_e4m3"]["test_r2_mean"] == pytest.approx(0.90 + NOISE.mean())
     assert formats["bfloat16"]["diff_vs_ref_mean"] == pytest.approx(-0.001)

@@ -183,14 +183,23 @@ def _draw_curves(full, zoom, curves: Mapping[str, pd.DataFrame], styles: Mapping
 
 
 def _draw_formats(full, zoom, formats: Mapping[str, Mapping[str, Any]]) -> None:
-    """The float32 network deployed in each hardware format: a labelled diamond (on the zoom when in view)."""
+    """The float32 network deployed in each hardware format: a labelled diamond (on the zoom when in view);
+    quantized by an integer quantizer (Keras' int8/int4): a labelled square."""
+    from nnlab.formats import QUANTIZER_BITS  # imported here: it may load Keras
+
+    first = {}
+    for fmt in formats:
+        first.setdefault(fmt in QUANTIZER_BITS, fmt)
     for fmt, entry in formats.items():
+        quantizer = fmt in QUANTIZER_BITS
+        label = ("float32 network quantized (Keras int8/int4)" if quantizer else
+                 "float32 network deployed in a format") if first[quantizer] == fmt else None
         for ax, transform in ((full, _unexplained), (zoom, np.asarray)):
             y = float(transform(entry["test_r2_mean"]))
             if ax is zoom and not (zoom.get_ylim()[0] <= y <= zoom.get_ylim()[1]):
                 continue
-            ax.plot([entry["bits"]], [y], marker="D", ms=8, color="black", mfc="gold", linestyle="none",
-                    zorder=5, label="float32 network deployed in a format" if fmt == next(iter(formats)) else None)
+            ax.plot([entry["bits"]], [y], marker="s" if quantizer else "D", ms=8, color="black",
+                    mfc="lightskyblue" if quantizer else "gold", linestyle="none", zorder=5, label=label)
             ax.annotate(fmt, (entry["bits"], y), xytext=(6, -3), textcoords="offset points", fontsize=8.5,
                         fontweight="bold", va="top")
 

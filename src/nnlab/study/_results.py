@@ -23,7 +23,8 @@ __all__ = [
     "write_runs",
 ]
 
-FORMATS = ("bfloat16", "float16", "float8_e4m3", "float8_e5m2")
+# The casts of nnlab.formats.FORMATS, then Keras' integer quantizers (test_metrics.json "formats").
+FORMATS = ("bfloat16", "float16", "float8_e4m3", "float8_e5m2", "int8", "int4")
 METRIC_COLUMNS = ("test_r2", "best_val_mse", "epoch_time_mean", *(f"format_r2_{f}" for f in FORMATS))
 RUN_COLUMNS = ("seed", "run_id", "run_dir", "status", *METRIC_COLUMNS)
 """The columns of ``<kind>_runs.csv`` after the cell's key columns."""

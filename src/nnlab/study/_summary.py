@@ -117,9 +117,9 @@ def _validate(kind: str, runs: Any, keys: Sequence[str], reference: Mapping[str,
 
 
 def _format_columns(runs: pd.DataFrame) -> dict[str, str]:
-    from nnlab.formats import FORMAT_BITS  # imported here: it may load Keras
+    from nnlab.formats import REFERENCE_BITS  # imported here: it may load Keras
 
-    return {fmt: f"format_r2_{fmt}" for fmt in FORMAT_BITS if f"format_r2_{fmt}" in runs.columns}
+    return {fmt: f"format_r2_{fmt}" for fmt in REFERENCE_BITS if f"format_r2_{fmt}" in runs.columns}
 
 
 def _sort_key(keys: Sequence[str], first_seen: dict[str, dict[Any, int]]):
@@ -368,8 +368,8 @@ def _coverage_notes(df: pd.DataFrame, table: pd.DataFrame, cells: Sequence[tuple
 
 def _format_results(ref_runs: pd.DataFrame, formats: Mapping[str, str], ref_mean: float,
                     seed: int) -> dict[str, dict[str, Any]]:
-    """The float32-trained reference network deployed in each hardware format (means over seeds)."""
-    from nnlab.formats import FORMAT_BITS
+    """The float32-trained reference network deployed in each hardware format or quantized (means over seeds)."""
+    from nnlab.formats import REFERENCE_BITS
 
     out = {}
     for fmt, column in formats.items():
@@ -379,7 +379,7 @@ def _format_results(ref_runs: pd.DataFrame, formats: Mapping[str, str], ref_mean
             continue
         low, high = bootstrap_ci(values, seed=seed) if values.size >= 2 else (math.nan, math.nan)
         mean = float(values.mean())
-        out[fmt] = {"bits": FORMAT_BITS[fmt], "test_r2_mean": mean, "ci_low": low, "ci_high": high,
+        out[fmt] = {"bits": REFERENCE_BITS[fmt], "test_r2_mean": mean, "ci_low": low, "ci_high": high,
                     "n_seeds": int(values.size), "diff_vs_ref_mean": mean - ref_mean}
     return out
 
