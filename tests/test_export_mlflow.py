@@ -112,6 +112,12 @@ def test_the_run_gets_the_models_meta_metrics_and_tags_and_keeps_its_status(logg
     run = client.get_run(logged["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["nnlab.run_id"] == logged["run"].run_id
     assert {m.model_id for m in run.outputs.model_outputs} == {u.split("/")[-1] for u in logged["uris"].values()}
+    experiment = client.get_experiment(run.info.experiment_id)
+    for uri in logged["uris"].values():  # in the run's experiment, beside the store: not ./mlruns of the process
+        model = client.get_logged_model(uri.split("/")[-1])
+        assert model.experiment_id == run.info.experiment_id and str(model.status) == "READY"
+        assert model.artifact_location.startswith(experiment.artifact_location)
+        assert model.params["epochs"] == run.data.params["epochs"]
     for fmt, meta in logged["metas"].items():
         assert run.data.metrics[f"export_{fmt}_test_r2"] == pytest.approx(meta["test_r2"])
         assert run.data.metrics[f"export_{fmt}_size/float32_bytes"] == meta["size"]["float32_bytes"]

@@ -545,6 +545,30 @@ def _log_records(client: Any, mlflow_run_id: str, fmt: str, meta: Mapping[str, A
                            RunTag(f"nnlab.export.{fmt}.file", path.name[:5000])])
 
 
+def _log_model(mlflow_run: Any, path: Path, fmt: str, meta: Mapping[str, Any], tracking_uri: str) -> str:
+    """Log ``path`` as the MLflow model ``exported_<fmt>`` of ``mlflow_run``, in the run's experiment; its URI."""
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as code_dir, _global_tracking_uri(tracking_uri):
+        try:
+            arguments = _flavor_arguments(path, fmt, Path(code_dir))
+        except ImportError as exc:
+            raise NnlabError(f"logging a {fmt} export to MLflow needs {exc.name}: pip install 'nnlab[export]'"
+                             ) from None
+        # Made first: left to itself, MLflow puts the model in the process's active (default) experiment.
+        model = mlflow.initialize_logged_model(
+            f"exported_{fmt}", source_run_id=mlflow_run.info.run_id, experiment_id=mlflow_run.info.experiment_id,
+            params={k: v[:6000] for k, v in mlflow_run.data.params.items()}, tags={"nnlab.export.format": fmt})
+        info = Model.log(None, name=f"exported_{fmt}", run_id=mlflow_run.info.run_id, model_id=model.model_id,
+                         metadata={"nnlab_export": dict(meta)}, pip_requirements=_requirements(fmt),
+                         **_signature(meta, fmt), **arguments)
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_logged_model(model.model_id).status != "READY":
+        client.finalize_logged_model(model.model_id, "READY")
+    return info.model_uri
+
+
 def _check_export(path: Path, fmt: str) -> None:
     if fmt not in EXPORT_FORMATS:
         raise NnlabError(f"log_exported_model: unknown format '{fmt}'; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -587,21 +611,12 @@ def log_exported_model(tracking_uri: str, run_id: str, path: str | os.PathLike, 
     try:
         client = client_for(tracking_uri)
         from mlflow.exceptions import MlflowException
-        from mlflow.models import Model
     except ImportError as exc:
         raise NnlabError(f"--mlflow: {exc}") from None
     try:
-        mlflow_run_id = find_mlflow_run(client, run_id, tracking_uri, experiment=experiment).info.run_id
-        with tempfile.TemporaryDirectory() as code_dir, _global_tracking_uri(tracking_uri):
-            try:
-                arguments = _flavor_arguments(path, fmt, Path(code_dir))
-            except ImportError as exc:
-                raise NnlabError(f"logging a {fmt} export to MLflow needs {exc.name}: pip install "
-                                 "'nnlab[export]'") from None
-            info = Model.log(None, name=f"exported_{fmt}", run_id=mlflow_run_id, **_signature(meta, fmt),
-                             metadata={"nnlab_export": dict(meta)}, pip_requirements=_requirements(fmt),
-                             **arguments)
-        _log_records(client, mlflow_run_id, fmt, meta, path, info.model_uri)
+        mlflow_run = find_mlflow_run(client, run_id, tracking_uri, experiment=experiment)
+        model_uri = _log_model(mlflow_run, path, fmt, meta, tracking_uri)
+        _log_records(client, mlflow_run.info.run_id, fmt, meta, path, model_uri)
     except MlflowException as exc:
         raise NnlabError(f"MLflow at {redact_text(tracking_uri)}: {redact_text(str(exc))}") from None
-    return info.model_uri
+    return model_uri
