@@ -236,6 +236,16 @@ def quantized_copy(model: keras.Model, mode: str) -> keras.Model:
     return copy
 
 
+def _predict_eager(copy: keras.Model, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+    # Called directly, not by predict_on_batch: a compiled predict function per copy would retrace
+    # in every run of a process (TensorFlow's retracing warning) for a single use.
+    import keras
+
+    parts = [keras.ops.convert_to_numpy(copy(X[i:i + batch_size], training=False))
+             for i in range(0, len(X), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, copy.output_shape[-1]), np.float32)
+
+
 def _quantized_kernel_weights(copy: keras.Model) -> int:
     """Kernel weights the copy stores as integers (int4 packs two in a byte: counted from the layer's shape)."""
     return sum(int(layer.input.shape[-1]) * int(layer.units) for layer in copy.layers
@@ -286,7 +296,7 @@ def evaluate_quantizers(
     for mode in modes:
         try:
             copy = quantized_copy(model, mode)
-            r2 = regression_metrics(y, _predict(copy, X))["r2"]
+            r2 = regression_metrics(y, _predict_eager(copy, X))["r2"]
             n_quantized = _quantized_kernel_weights(copy)
         except Exception as exc:  # Keras refuses a model it cannot quantize: a reason, not a lost run
             if on_error is None:
