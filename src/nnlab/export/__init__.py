@@ -10,13 +10,30 @@
 * :func:`weights_size` -- the weights' bytes as float32 and bit-packed at the trained precision.
 """
 
-from nnlab.export._cli import add_export_arguments, add_predict_arguments, run_export, run_predict
-from nnlab.export._predict import PREDICTED_PREFIX, predict_csv
-from nnlab.export._export import FORMATS, export_run
-from nnlab.export._graph import deployable_model
-from nnlab.export._run import WEIGHTS, TrainedRun
-from nnlab.export._size import pack_weights, unpack_weights, weights_bits, weights_size
+from __future__ import annotations
 
-__all__ = ["FORMATS", "PREDICTED_PREFIX", "WEIGHTS", "TrainedRun", "add_export_arguments", "add_predict_arguments",
-           "deployable_model", "export_run", "predict_csv", "run_export", "run_predict",
-           "pack_weights", "unpack_weights", "weights_bits", "weights_size"]
+from nnlab._lazy import lazy_attributes
+
+# name -> module that defines it; resolved on first use, so `nnlab --help` and the command line's
+# refusals load neither pandas' heavy paths nor TensorFlow.
+_EXPORTS = {
+    "FORMATS": "nnlab.export._export",
+    "PREDICTED_PREFIX": "nnlab.export._predict",
+    "WEIGHTS": "nnlab.export._run",
+    "TrainedRun": "nnlab.export._run",
+    "add_export_arguments": "nnlab.export._cli",
+    "add_predict_arguments": "nnlab.export._cli",
+    "deployable_model": "nnlab.export._graph",
+    "export_run": "nnlab.export._export",
+    "pack_weights": "nnlab.export._size",
+    "predict_csv": "nnlab.export._predict",
+    "run_export": "nnlab.export._cli",
+    "run_predict": "nnlab.export._cli",
+    "unpack_weights": "nnlab.export._size",
+    "weights_bits": "nnlab.export._size",
+    "weights_size": "nnlab.export._size",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals(), __all__)

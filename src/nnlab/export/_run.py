@@ -6,12 +6,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from nnlab.errors import ConfigError, DataValidationError, NnlabError
+
+if TYPE_CHECKING:  # pandas loads when rows are used: `nnlab predict --help` and its refusals stay light
+    import pandas as pd
 
 __all__ = ["TrainedRun", "WEIGHTS"]
 
@@ -121,6 +123,8 @@ class TrainedRun:
 
             encoding = TableEncoding(tuple(self.inputs), {k: tuple(v) for k, v in self.text_inputs.items()})
             return encode_table(rows, encoding, self.scalers.x_scaler, source=source)
+        import pandas as pd
+
         from nnlab.data import add_derived_features
 
         values = _numeric_columns(rows, self.inputs, source)
@@ -141,6 +145,8 @@ class TrainedRun:
 
 
 def _numeric_columns(rows: pd.DataFrame, columns: list[str], source: str) -> np.ndarray:
+    import pandas as pd
+
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise DataValidationError(f"{source} lack the input column(s) {missing}; the network takes {columns}")
