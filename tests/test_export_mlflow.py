@@ -79,7 +79,8 @@ def logged(tmp_path_factory):
     paths = _export(run.network, folder)
     x = np.random.default_rng(0).normal(size=(25, run.network.input_shape[-1])).astype(np.float32)
     metas = {fmt: {"inputs": [f"x{i}" for i in range(x.shape[1])], "outputs": list(run.targets),
-                   "run_id": run.run_id, "test_r2": 0.5 + i / 10, "size": {"float32_bytes": 1000 + i}}
+                   "run_id": run.run_id, "runtime_check": {"test_r2": 0.5 + i / 10, "rows": 40},
+                   "size": {"float32_bytes": 1000 + i}}
              for i, fmt in enumerate(FILES)}
     uris = {fmt: log_exported_model(uri, run.run_id, paths[fmt], fmt, metas[fmt]) for fmt in FILES}
     return {"uri": uri, "run": run, "paths": paths, "x": x, "metas": metas, "uris": uris,
@@ -119,7 +120,8 @@ def test_the_run_gets_the_models_meta_metrics_and_tags_and_keeps_its_status(logg
         assert model.artifact_location.startswith(experiment.artifact_location)
         assert model.params["epochs"] == run.data.params["epochs"]
     for fmt, meta in logged["metas"].items():
-        assert run.data.metrics[f"export_{fmt}_test_r2"] == pytest.approx(meta["test_r2"])
+        assert run.data.metrics[f"export_{fmt}_test_r2"] == pytest.approx(meta["runtime_check"]["test_r2"])
+        assert f"export_{fmt}_rows" not in run.data.metrics
         assert run.data.metrics[f"export_{fmt}_size/float32_bytes"] == meta["size"]["float32_bytes"]
         assert run.data.tags[f"nnlab.export.{fmt}.model_uri"] == logged["uris"][fmt]
         assert run.data.tags[f"nnlab.export.{fmt}.file"] == FILES[fmt]
@@ -179,9 +181,10 @@ def test_missing_mlflow_names_the_extra(logged, monkeypatch):
         log_exported_model(logged["uri"], logged["run"].run_id, logged["paths"]["onnx"], "onnx", {})
 
 
-def test_export_metrics_are_the_r2_and_byte_counts():
-    meta = {"test_r2": 0.9, "per_target": {"px ($)": {"test_r2": 0.8}}, "size": {"packed_bytes": 12},
+def test_export_metrics_are_the_r2_differences_and_byte_counts():
+    meta = {"runtime_check": {"test_r2": 0.9, "max_rel_diff": 2e-7, "rows": 40, "tolerance": 1e-5},
+            "per_target": {"px ($)": {"test_r2": 0.8}}, "size": {"packed_bytes": 12, "bits": 10},
             "inputs": ["a"], "nnlab_version": "1.0", "exact": True}
-    assert export_metrics("tflite", meta) == {"export_tflite_test_r2": 0.9,
+    assert export_metrics("tflite", meta) == {"export_tflite_test_r2": 0.9, "export_tflite_max_rel_diff": 2e-7,
                                               "export_tflite_per_target/px ___/test_r2": 0.8,
                                               "export_tflite_size/packed_bytes": 12.0}

@@ -421,15 +421,18 @@ def _numeric_leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tu
 
 
 def export_metrics(fmt: str, meta: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of an export's meta logged as metrics: every R² and byte count, ``export_<fmt>_<key>``
-    (nested keys joined with ``/``).
+    """The numbers of an export's meta logged as metrics: every R², relative difference and byte count, as
+    ``export_<fmt>_<key>`` (nested keys joined with ``/``; the ``runtime_check`` level left out, so the test R²
+    measured in the export's runtime is ``export_<fmt>_test_r2``).
 
     Example:
-        >>> export_metrics("onnx", {"test_r2": 0.93, "size": {"float32_bytes": 4096}, "inputs": ["x"]})
+        >>> export_metrics("onnx", {"runtime_check": {"test_r2": 0.93, "rows": 60}, "size": {"float32_bytes": 4096}})
         {'export_onnx_test_r2': 0.93, 'export_onnx_size/float32_bytes': 4096.0}
     """
-    return {f"export_{fmt}_" + "/".join(metric_part(p) for p in path): number
-            for path, number in _numeric_leaves(meta) if re.search(r"r2|bytes", "/".join(path), re.IGNORECASE)}
+    named = {"/".join(metric_part(p) for p in path if p != "runtime_check"): number
+             for path, number in _numeric_leaves(meta)}
+    return {f"export_{fmt}_{key}": number for key, number in named.items()
+            if re.search(r"r2|rel_diff|bytes", key, re.IGNORECASE)}
 
 
 def _requirements(fmt: str) -> list[str]:
