@@ -67,13 +67,32 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=WEIGHTS, default="final",
                         help="the run's final weights (default) or its best (lowest validation loss)")
     parser.add_argument("--force", action="store_true", help="replace PATH and PATH.meta.json if they exist")
+    from nnlab.integrations import MLFLOW_OPTION_HELP
+
+    parser.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                        help="also log the export as an MLflow model of the run's MLflow run; " + MLFLOW_OPTION_HELP)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write the export and its meta file; print a short summary. Bad input raises NnlabError (exit 2)."""
+    """Write the export and its meta file; print a short summary. Bad input raises NnlabError (exit 2).
+
+    With ``--mlflow``, a run that was never logged there is refused before anything is written.
+    """
     from nnlab.export._export import export_run, export_summary
 
-    meta = export_run(fmt=args.format, out=args.out, weights=args.weights, force=args.force,
+    trained, uri = None, None
+    if args.mlflow is not None:
+        from nnlab.export._run import TrainedRun
+        from nnlab.integrations import mlflow_option, require_mlflow_run
+
+        uri = mlflow_option(args.mlflow, args.output_dir)
+        trained = TrainedRun.load(args.output_dir, args.run, weights=args.weights)
+        require_mlflow_run(uri, trained.run_id)
+    meta = export_run(trained, fmt=args.format, out=args.out, weights=args.weights, force=args.force,
                       output_dir=args.output_dir, run=args.run)
     print(export_summary(meta, args.out))
+    if uri is not None:
+        from nnlab.integrations import log_exported_model
+
+        print(f"  mlflow          {log_exported_model(uri, meta['run_id'], args.out, args.format, meta)}")
     return EXIT_OK

@@ -27,8 +27,9 @@ from nnlab.integrations._databases import DatabaseContents, database_contents, d
 from nnlab.integrations._uri import MLFLOW_OPTION_HELP, check_tracking_uri, default_tracking_uri, mlflow_option
 
 __all__ = ["MLFLOW_OPTION_HELP", "DatabaseContents", "check_tracking_uri", "database_contents", "database_kind",
-           "default_tracking_uri", "describe_kind", "log_exported_model", "mlflow_option"]
+           "default_tracking_uri", "describe_kind", "log_exported_model", "mlflow_option", "require_mlflow_run"]
 
 # MLflow's helpers import Keras: loaded on first use, so that this package stays light.
-__getattr__, __dir__ = lazy_attributes(__name__, {"log_exported_model": "nnlab.integrations.mlflow"}, globals(),
+__getattr__, __dir__ = lazy_attributes(__name__, {"log_exported_model": "nnlab.integrations.mlflow",
+                                                         "require_mlflow_run": "nnlab.integrations.mlflow"}, globals(),
                                        __all__)

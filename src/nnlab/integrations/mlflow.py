@@ -28,7 +28,7 @@ from nnlab.errors import NnlabError
 from nnlab.integrations._uri import local_store_dir
 from nnlab.tracking import ErrorRecorder
 
-__all__ = ["MlflowSink", "RUN_RECORD", "MLFLOW_STATUS", "open_parent_run", "finish_parent_run", "log_files",
+__all__ = ["require_mlflow_run", "MlflowSink", "RUN_RECORD", "MLFLOW_STATUS", "open_parent_run", "finish_parent_run", "log_files",
            "client_for", "run_record", "EXPORT_FORMATS", "find_mlflow_run", "log_exported_model", "export_metrics"]
 
 # The run directory's record of its MLflow run: a resumed run reopens it.
@@ -623,3 +623,20 @@ def log_exported_model(tracking_uri: str, run_id: str, path: str | os.PathLike, 
     except MlflowException as exc:
         raise NnlabError(f"MLflow at {redact_text(tracking_uri)}: {redact_text(str(exc))}") from None
     return model_uri
+
+
+def require_mlflow_run(tracking_uri: str, run_id: str) -> None:
+    """Refuse, before an export is written, a run that was never logged to ``tracking_uri``.
+
+    Raises:
+        NnlabError: MLflow not installed, or no MLflow run of ``run_id`` (see :func:`find_mlflow_run`).
+    """
+    try:
+        client = client_for(tracking_uri)
+        from mlflow.exceptions import MlflowException
+    except ImportError as exc:
+        raise NnlabError(f"--mlflow: {exc}") from None
+    try:
+        find_mlflow_run(client, run_id, tracking_uri)
+    except MlflowException as exc:
+        raise NnlabError(f"MLflow at {redact_text(tracking_uri)}: {redact_text(str(exc))}") from None
