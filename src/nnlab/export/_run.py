@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,9 @@ class TrainedRun:
         run_dir = find_run_dir(output_dir, run)
         record = _read_json(run_dir / "training_config.json")
         try:
-            config = Config.from_flat(record.get("config") or {}, source=str(run_dir / "training_config.json"))
+            with warnings.catch_warnings():  # advice about how the run trained (e.g. a schedule) was given then
+                warnings.simplefilter("ignore", UserWarning)
+                config = Config.from_flat(record.get("config") or {}, source=str(run_dir / "training_config.json"))
         except NnlabError as exc:
             raise NnlabError(f"run {run_dir.name}: its recorded configuration is not valid: {exc}") from None
         path = run_dir / "weights" / f"{weights}.weights.h5"
