@@ -28,7 +28,7 @@ def test_readme_is_a_landing_page():
     for heading in ("## Quick start", "## What it does", "## Command line"):
         assert heading in text
     for page in ("architecture", "configuration", "data", "training", "tracking", "constraints", "losses", "hpo", "scale-out", "analysis",
-                 "reliability", "bad_inputs", "performance", "physics", "own_data"):
+                 "reliability", "bad_inputs", "performance", "physics", "deploying", "own_data"):
         assert f"(docs/{page}.md" in text, page
 
 
