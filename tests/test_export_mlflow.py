@@ -15,6 +15,7 @@ import textwrap
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import onnxruntime
 import pytest
 import tensorflow as tf
@@ -188,3 +189,28 @@ def test_export_metrics_are_the_r2_differences_and_byte_counts():
     assert export_metrics("tflite", meta) == {"export_tflite_test_r2": 0.9, "export_tflite_max_rel_diff": 2e-7,
                                               "export_tflite_per_target/px ___/test_r2": 0.8,
                                               "export_tflite_size/packed_bytes": 12.0}
+
+
+def test_nnlab_export_mlflow_logs_the_export_of_the_run(logged, tmp_path, capsys):
+    out = logged["run"].run_dir.parent.parent
+    path = tmp_path / "cli.onnx"
+    assert main(["export", "--output-dir", str(out), "--format", "onnx", "--out", str(path),
+                 "--mlflow", logged["uri"]]) == 0
+    printed = capsys.readouterr().out
+    [model_uri] = [line.split()[1] for line in printed.splitlines() if line.startswith("  mlflow ")]
+    assert model_uri.startswith("models:/") and path.is_file()
+    import mlflow
+
+    mlflow.set_tracking_uri(logged["uri"])
+    x = logged["x"][:, :8] * 0 + 1.0  # raw rows: the 8 initial columns
+    np.testing.assert_allclose(_prediction(mlflow.pyfunc.load_model(model_uri).predict(x.astype(np.float32))),
+                               logged["run"].predict(pd.DataFrame(x, columns=logged["run"].inputs)), rtol=1e-4)
+
+
+def test_nnlab_export_mlflow_refuses_a_run_not_logged_there_before_writing(logged, tmp_path, capsys):
+    out = logged["run"].run_dir.parent.parent
+    path, store = tmp_path / "m.onnx", tmp_path / "other.db"
+    assert main(["export", "--output-dir", str(out), "--format", "onnx", "--out", str(path),
+                 "--mlflow", f"sqlite:///{store}"]) == 2
+    assert "holds no MLflow store, so run" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -631,6 +631,13 @@ def require_mlflow_run(tracking_uri: str, run_id: str) -> None:
     Raises:
         NnlabError: MLflow not installed, or no MLflow run of ``run_id`` (see :func:`find_mlflow_run`).
     """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme.split("+")[0] == "sqlite" and not Path(tracking_uri.split(":///", 1)[-1]).is_file():
+        # Opening it would create an empty store: say there is none, write nothing.
+        raise NnlabError(f"--mlflow: {redact_text(tracking_uri)} holds no MLflow store, so run {run_id} was not "
+                         "logged there; train with --mlflow URI first, or give the URI it was logged to")
     try:
         client = client_for(tracking_uri)
         from mlflow.exceptions import MlflowException
