@@ -184,4 +184,105 @@ def test_table_with_text_columns_refused(fmt, table_runs):
     proc = nnlab("export", "--format", fmt, "--out", f"t.{fmt}", "--output-dir", "o", cwd=table_runs)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "text column(s) ['district']" in proc.stderr and "nnlab predict" in proc.stderr
+    assert f"the {fmt} format cannot take text: export with --format keras or savedmodel" in proc.stderr
     assert not (table_runs / f"t.{fmt}").exists() and not (table_runs / f"t.{fmt}.meta.json").exists()
+
+
+# --- a table with a text column: keras and savedmodel take it as a string input ------------------------
+
+TEXT_LOADERS = {
+    "keras": ("import keras, tensorflow as tf\nm = keras.saving.load_model(path)\n"
+              "y = m.predict({'numeric': N, 'text': tf.constant(T)}, verbose=0)"),
+    "savedmodel": ("import tensorflow as tf\nm = tf.saved_model.load(path)\n"
+                   "y = m.serve({'numeric': tf.constant(N), 'text': tf.constant(T)}).numpy()"),
+}
+CATEGORIES = ["east", "north", "south"]
+
+
+def run_text_without_nnlab(fmt: str, model: Path, numeric: np.ndarray, text: np.ndarray, tmp: Path) -> np.ndarray:
+    np.save(tmp / "N.npy", numeric.astype(np.float32))
+    np.save(tmp / "T.npy", text.astype(str))
+    script = ("import os, sys\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\nimport numpy as np\n"
+              "path, N, T = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])\n" + TEXT_LOADERS[fmt] +
+              "\nnp.save(sys.argv[4], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(model), str(tmp / "N.npy"), str(tmp / "T.npy"),
+                           str(tmp / "y.npy")], cwd=tmp, capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(tmp / "y.npy")
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    """240 rows: area, district (text, 3 categories, between the numeric columns), rooms -> price, rent;
+    exported by the CLI to keras and savedmodel."""
+    out = tmp_path_factory.mktemp("export_text")
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"area": rng.uniform(30, 150, 240), "district": rng.choice(CATEGORIES, 240),
+                       "rooms": rng.integers(1, 6, 240).astype(float)})
+    bonus = df["district"].map({"north": 40.0, "south": 0.0, "east": 20.0})
+    df["price"], df["rent"] = 2.0 * df["area"] + 15 * df["rooms"] + bonus, 0.01 * df["area"] + bonus / 10
+    df.to_csv(out / "t.csv", index=False)
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price,rent",
+                           "--epochs", "2", "--set", "hidden_layers=[16]", "--output-dir", "o", "--quiet"],
+                          cwd=out, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for fmt in TEXT_LOADERS:
+        proc = nnlab("export", "--format", fmt, "--out", NAMES[fmt], "--output-dir", "o", cwd=out)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "('text', string): district" in proc.stdout and "Assets written" not in proc.stderr
+    return out
+
+
+def _relative(predicted: np.ndarray, reference: np.ndarray, run: TrainedRun) -> float:
+    scale = np.maximum(np.abs(reference), run.scalers.y_scaler.scale_)
+    return float(np.max(np.abs(np.asarray(predicted, dtype=np.float64) - reference) / scale))
+
+
+@pytest.mark.parametrize("fmt", list(TEXT_LOADERS))
+def test_text_column_export_agrees_with_nnlab_without_nnlab(fmt, text_run, tmp_path):
+    rows = pd.DataFrame({"area": [40.0, 99.5, 140.25, 75.0], "district": ["north", "east", "south", "north"],
+                         "rooms": [1.0, 3.0, 5.0, 2.0]})
+    predicted = run_text_without_nnlab(fmt, text_run / NAMES[fmt], rows[["area", "rooms"]].to_numpy(),
+                                       rows[["district"]].to_numpy(), tmp_path)
+    run = TrainedRun.load(text_run / "o")
+    reference = run.predict(rows)
+    assert predicted.shape == reference.shape == (4, 2)
+    assert _relative(predicted, reference, run) <= 1e-5
+    assert np.ptp(reference[[0, 1, 2], 0]) > 0  # the category changes the prediction
+
+
+@pytest.mark.parametrize("fmt", list(TEXT_LOADERS))
+def test_unseen_category_gives_the_all_zero_encoding(fmt, text_run, tmp_path):
+    predicted = run_text_without_nnlab(fmt, text_run / NAMES[fmt], np.array([[80.0, 3.0], [80.0, 3.0]]),
+                                       np.array([["west"], [""]]), tmp_path)
+    run = TrainedRun.load(text_run / "o")
+    assert run.scalers.feature_names == ["area", "district=east", "district=north", "district=south", "rooms"]
+    features = run.scalers.x_scaler.transform(np.array([[80.0, 0.0, 0.0, 0.0, 3.0]] * 2))
+    scaled = run.network.predict(features.astype(np.float32), verbose=0)
+    reference = run.scalers.inverse_transform_targets(np.asarray(scaled, dtype=np.float64))
+    assert _relative(predicted, reference, run) <= 1e-5
+
+
+@pytest.mark.parametrize("fmt", list(TEXT_LOADERS))
+def test_text_column_meta(fmt, text_run):
+    meta = json.loads((text_run / (NAMES[fmt] + ".meta.json")).read_text())
+    assert meta["inputs"] == ["area", "district", "rooms"] and meta["outputs"] == ["price", "rent"]
+    assert meta["text_inputs"] == {"district": CATEGORIES}
+    assert meta["model_inputs"] == {"numeric": ["area", "rooms"], "text": ["district"]}
+    assert meta["input_dtype"] == {"numeric": "float32", "text": "string"}
+    check = meta["runtime_check"]
+    assert check["rows"] == 48 and 0 <= check["max_rel_diff"] <= 1e-5 and isinstance(check["test_r2"], float)
+
+
+def test_text_test_rows_decode_the_one_hot_block(text_run):
+    from nnlab.export._export import input_frame, test_rows
+    from nnlab.runs import DataSource
+
+    run = TrainedRun.load(text_run / "o")
+    X, y_true = test_rows(run)
+    assert X["numeric"].dtype == np.float32 and X["numeric"].shape == (48, 2) and X["text"].shape == (48, 1)
+    assert set(X["text"][:, 0]) <= set(CATEGORIES)
+    data = DataSource.from_record(run.record.get("data"), run.config).prepare()
+    assert np.allclose(run.features(input_frame(run, X)), data.X_test, rtol=0, atol=1e-5)
+    assert y_true.shape == (48, 2)

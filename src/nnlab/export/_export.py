@@ -70,6 +70,7 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
         trained = TrainedRun.load(output_dir, run, weights=weights)
     from nnlab.export._graph import FLOAT32_ONLY_FORMATS, deployable_model
 
+    refuse_text_columns(trained, fmt)
     model = deployable_model(trained, dtype="float32" if fmt in FLOAT32_ONLY_FORMATS else "float64")
     X, y_true = test_rows(trained)
     with _temporary_beside(out, fmt) as tmp:
@@ -86,8 +87,11 @@ def export_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
     """A few lines for the console: what was written, and how it ran in its runtime."""
     check = meta["runtime_check"]
     r2 = "n/a" if check["test_r2"] is None else f"{check['test_r2']:.4f}"
+    feeds = meta.get("model_inputs") or {"": meta["inputs"]}
+    kinds = {"": "float32", "numeric": "'numeric', float32", "text": "'text', string"}
     lines = [f"exported run {meta['run_id']} ({meta['weights']}) as {meta['format']}: {out}",
-             f"  inputs  {len(meta['inputs'])} raw columns (float32): {', '.join(meta['inputs'])}",
+             *(f"  inputs  {len(columns)} raw columns ({kinds[key]}): {', '.join(columns)}"
+               for key, columns in feeds.items()),
              f"  outputs {', '.join(meta['outputs'])}",
              f"  check   {check['runtime']} on {check['rows']} test rows: max relative difference "
              f"{check['max_rel_diff']:.2g} (<= {check['tolerance']:g}), test R² {r2}"]
@@ -140,27 +144,95 @@ def require_runtime(fmt: str) -> None:
                              f"({exc}); install the export extra: {_INSTALL}") from None
 
 
-def test_rows(run: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The run's test rows as raw float32 inputs, and their true targets in physical units."""
+def refuse_text_columns(run: Any, fmt: str) -> None:
+    """Refuse a table run with text columns for a format whose graph cannot take strings."""
+    from nnlab.export._graph import TEXT_FORMATS
+
+    if run.text_inputs and fmt not in TEXT_FORMATS:
+        raise ConfigError(f"--format {fmt}: run {run.run_id} has the text column(s) {sorted(run.text_inputs)}, "
+                          f"one-hot encoded before the network; the {fmt} format cannot take text: export with "
+                          f"--format {' or '.join(TEXT_FORMATS)} (they take the text columns as a string input), "
+                          "use `nnlab predict`, or train on numeric columns only")
+
+
+def test_rows(run: Any) -> tuple[Any, np.ndarray]:
+    """The run's test rows as raw inputs of the export, and their true targets in physical units.
+
+    The inputs are one float32 matrix, or for a table with text columns a dict: ``numeric``
+    (float32) and ``text`` (str; each one-hot block decoded to its category, ``""`` where the
+    row's category was unseen in training, i.e. all zeros).
+    """
+    from nnlab.export._graph import split_inputs
     from nnlab.runs import DataSource
 
     data = DataSource.from_record(run.record.get("data"), run.config).prepare()
-    raw = data.x_scaler.inverse_transform(np.asarray(data.X_test, dtype=np.float64))[:, :len(run.inputs)]
-    return raw.astype(np.float32), data.inverse_transform_targets(np.asarray(data.y_test, dtype=np.float64))
+    raw = data.x_scaler.inverse_transform(np.asarray(data.X_test, dtype=np.float64))
+    y_true = data.inverse_transform_targets(np.asarray(data.y_test, dtype=np.float64))
+    numeric_names, text_names = split_inputs(run)
+    if not text_names:
+        return raw[:, :len(run.inputs)].astype(np.float32), y_true
+    position = {name: j for j, name in enumerate(run.scalers.feature_names)}
+    text = np.empty((len(raw), len(text_names)), dtype=object)
+    for j, name in enumerate(text_names):
+        categories = run.text_inputs[name]
+        start = position[f"{name}={categories[0]}"]
+        block = raw[:, start:start + len(categories)]
+        hot = block.max(axis=1) > 0.5
+        text[:, j] = np.where(hot, np.asarray(categories, dtype=object)[np.argmax(block, axis=1)], "")
+    numeric = raw[:, [position[name] for name in numeric_names]].astype(np.float32)
+    return {"numeric": numeric, "text": text.astype(str)}, y_true
 
 
-def agreement(run: Any, X: np.ndarray, predicted: np.ndarray, y_true: np.ndarray, fmt: str) -> dict[str, Any]:
-    """Compare an export's predictions with nnlab's on the same rows; refuse a disagreement."""
+def input_frame(run: Any, X: Any) -> Any:
+    """The raw rows ``X`` (as :func:`test_rows` gives them) as a DataFrame of ``run.inputs``."""
     import pandas as pd
 
-    reference = run.predict(pd.DataFrame(X.astype(np.float64), columns=run.inputs))
+    if not isinstance(X, dict):
+        return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=run.inputs)
+    from nnlab.export._graph import split_inputs
+
+    numeric_names, text_names = split_inputs(run)
+    frame = pd.DataFrame(np.asarray(X["numeric"], dtype=np.float64), columns=numeric_names)
+    for j, name in enumerate(text_names):
+        frame[name] = pd.Series(np.asarray(X["text"])[:, j], dtype=object)
+    return frame[run.inputs]
+
+
+def reference_predictions(run: Any, frame: Any) -> np.ndarray:
+    """nnlab's predictions of raw rows; a text value unseen in training one-hot encoded as all zeros.
+
+    :meth:`TrainedRun.predict` refuses such a value; the export (like training's validation and
+    test rows) encodes it as zeros: here the value is swapped for a known category, and that
+    category's 1 set back to 0 in the scaled features.
+    """
+    unseen = {name: ~frame[name].astype("string").isin(categories).fillna(False).to_numpy(dtype=bool)
+              for name, categories in run.text_inputs.items()}
+    if not any(mask.any() for mask in unseen.values()):
+        return run.predict(frame)
+    known = frame.copy()
+    position = {name: j for j, name in enumerate(run.scalers.feature_names)}
+    x_scaler = run.scalers.x_scaler
+    for name, mask in unseen.items():
+        known.loc[mask, name] = run.text_inputs[name][0]
+    X = run.features(known)
+    for name, mask in unseen.items():
+        j = position[f"{name}={run.text_inputs[name][0]}"]
+        X[mask, j] = np.float32((0.0 - x_scaler.mean_[j]) / x_scaler.scale_[j])
+    scaled = run.network.predict(X, verbose=0, batch_size=4096)
+    return run.scalers.inverse_transform_targets(np.asarray(scaled, dtype=np.float64).reshape(len(X), -1))
+
+
+def agreement(run: Any, X: Any, predicted: np.ndarray, y_true: np.ndarray, fmt: str) -> dict[str, Any]:
+    """Compare an export's predictions with nnlab's on the same rows; refuse a disagreement."""
+    frame = input_frame(run, X)
+    reference = reference_predictions(run, frame)
     predicted = np.asarray(predicted, dtype=np.float64).reshape(reference.shape)
     scale = np.maximum(np.abs(reference), np.asarray(run.scalers.y_scaler.scale_, dtype=np.float64))
-    diff = float(np.max(np.abs(predicted - reference) / scale)) if len(X) else 0.0
+    diff = float(np.max(np.abs(predicted - reference) / scale)) if len(frame) else 0.0
     if not diff <= TOLERANCE:
         raise NnlabError(f"the {fmt} export disagrees with nnlab's predictions on the run's test rows: max relative "
                          f"difference {diff:.3g} > {TOLERANCE:g}; nothing was written")
-    return {"runtime": _RUNTIMES[fmt], "rows": int(len(X)), "max_rel_diff": diff, "tolerance": TOLERANCE,
+    return {"runtime": _RUNTIMES[fmt], "rows": int(len(frame)), "max_rel_diff": diff, "tolerance": TOLERANCE,
             "test_r2": r2_score(y_true, predicted)}
 
 
@@ -183,7 +255,15 @@ def _write_keras(model: Any, path: Path) -> None:
 
 
 def _write_savedmodel(model: Any, path: Path) -> None:
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))  # "Assets written to ..." (a text column's lookup table)
+    try:
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    finally:
+        logger.setLevel(level)
 
 
 def _write_tflite(model: Any, path: Path) -> None:
@@ -214,12 +294,12 @@ def load_predictor(fmt: str, path: str | os.PathLike) -> Callable[[np.ndarray], 
         import keras
 
         model = keras.saving.load_model(path)
-        return lambda X: np.asarray(model.predict(X, verbose=0, batch_size=4096))
+        return lambda X: np.asarray(model.predict(_tensors(X), verbose=0, batch_size=4096))
     if fmt == "savedmodel":
         import tensorflow as tf
 
         loaded = tf.saved_model.load(path)  # held by the closure: serve's variables live in it
-        return lambda X: loaded.serve(tf.constant(X)).numpy()
+        return lambda X: loaded.serve(_tensors(X)).numpy()
     if fmt == "tflite":
         return _tflite_predictor(path)
     import onnxruntime
@@ -227,6 +307,13 @@ def load_predictor(fmt: str, path: str | os.PathLike) -> Callable[[np.ndarray], 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda X: session.run(None, {name: X})[0]
+
+
+def _tensors(X: Any) -> Any:
+    """TensorFlow tensors of the inputs (Keras' predict takes strings only as tensors)."""
+    import tensorflow as tf
+
+    return {k: tf.constant(v) for k, v in X.items()} if isinstance(X, dict) else tf.constant(X)
 
 
 def _tflite_predictor(path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -298,4 +385,12 @@ def _meta(run: Any, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any
         "runtime_check": check,
         "size": weights_size(run.network.get_weights(), bits),
     }
+    if run.text_inputs:
+        from nnlab.export._graph import split_inputs
+
+        numeric_names, text_names = split_inputs(run)
+        meta["input_dtype"] = {"numeric": "float32", "text": "string"}
+        meta["text_inputs"] = {name: list(run.text_inputs[name]) for name in text_names}
+        # The model takes a dict of two matrices: these names, these columns in this order.
+        meta["model_inputs"] = {"numeric": numeric_names, "text": text_names}
     return meta

@@ -11,28 +11,31 @@ from typing import Any
 
 import numpy as np
 
-from nnlab.errors import ConfigError
 
-__all__ = ["deployable_model", "FLOAT32_ONLY_FORMATS"]
+__all__ = ["deployable_model", "split_inputs", "FLOAT32_ONLY_FORMATS", "TEXT_FORMATS"]
 
 # LiteRT's built-in kernels have no float64 arithmetic: its graph computes the preprocessing in
 # float32 with a compensated cyclotron phase (see _phase_float32).
 FLOAT32_ONLY_FORMATS = ("tflite",)
+# The formats whose graph takes a table's text columns (a string input and a lookup table).
+TEXT_FORMATS = ("keras", "savedmodel")
 
 
 def deployable_model(run: Any, *, dtype: str = "float64") -> Any:
-    """A Keras model of ``run``: one float32 matrix of ``run.inputs`` in, ``run.targets`` out.
+    """A Keras model of ``run``: the raw input columns in, ``run.targets`` out.
 
-    Inside: the particle task's derived features (as :func:`nnlab.data.add_derived_features`),
-    the feature scaling, the run's network and the target de-scaling.
+    Its input is one float32 matrix of ``run.inputs``; a table run with text columns takes a dict
+    instead: ``numeric`` (float32, the numeric columns in the run's order) and ``text`` (string,
+    the text columns in the run's order). Inside: the particle task's derived features (as
+    :func:`nnlab.data.add_derived_features`), each text column one-hot encoded by a
+    ``keras.layers.StringLookup`` over the run's categories (an unseen one: all zeros, as training
+    encoded its validation/test rows), the feature scaling, the run's network and the target
+    de-scaling.
 
     Args:
         run: a :class:`~nnlab.export.TrainedRun`.
         dtype: ``"float64"`` (features and scaling in double precision, as nnlab's own path)
             or ``"float32"`` (for runtimes without float64 arithmetic).
-
-    Raises:
-        ConfigError: a table run with text columns (their one-hot encoding is not in the graph).
 
     Example:
         >>> model = deployable_model(TrainedRun.load("training_output"))  # doctest: +SKIP
@@ -41,15 +44,17 @@ def deployable_model(run: Any, *, dtype: str = "float64") -> Any:
     import keras
     from keras import ops
 
-    if run.text_inputs:
-        raise ConfigError(f"run {run.run_id}: the text column(s) {sorted(run.text_inputs)} are one-hot encoded "
-                          "by nnlab before the network; no export format takes them in its graph yet: use "
-                          "`nnlab predict`, or train on numeric columns only")
-    inputs = keras.Input((len(run.inputs),), dtype="float32", name="inputs")
-    x = ops.cast(inputs, dtype)
-    columns = {name: x[:, j:j + 1] for j, name in enumerate(run.inputs)}
+    numeric_names, text_names = split_inputs(run)
+    numeric = keras.Input((len(numeric_names),), dtype="float32", name="numeric" if text_names else "inputs")
+    x = ops.cast(numeric, dtype)
+    columns = {name: x[:, j:j + 1] for j, name in enumerate(numeric_names)}
+    inputs: Any = numeric
     if run.task != "table":
         columns.update(_particle_features(columns, dtype))
+    if text_names:
+        strings = keras.Input((len(text_names),), dtype="string", name="text")
+        columns.update(_one_hot_columns(strings, {n: run.text_inputs[n] for n in text_names}, dtype))
+        inputs = {"numeric": numeric, "text": strings}
     features = ops.concatenate([columns[name] for name in run.scalers.feature_names], axis=1)
     x_scaler, y_scaler = run.scalers.x_scaler, run.scalers.y_scaler
     scaled = (features - _const(x_scaler.mean_, dtype)) / _const(x_scaler.scale_, dtype)
@@ -57,6 +62,28 @@ def deployable_model(run: Any, *, dtype: str = "float64") -> Any:
     y = ops.cast(network(ops.cast(scaled, "float32")), dtype)
     outputs = ops.cast(y * _const(y_scaler.scale_, dtype) + _const(y_scaler.mean_, dtype), "float32")
     return keras.Model(inputs, outputs, name=f"nnlab_{run.task}")
+
+
+def split_inputs(run: Any) -> tuple[list[str], list[str]]:
+    """The run's raw input columns as (numeric, text), each in the run's column order."""
+    text = run.text_inputs
+    return [c for c in run.inputs if c not in text], [c for c in run.inputs if c in text]
+
+
+def _one_hot_columns(strings: Any, text: dict[str, list[str]], dtype: str) -> dict[str, Any]:
+    """``column=category`` -> its 0/1 column, from the string matrix ``strings`` (one column per text column)."""
+    import keras
+    from keras import ops
+
+    from nnlab.data import TableEncoding
+
+    columns = {}
+    for j, (name, categories) in enumerate(text.items()):
+        lookup = keras.layers.StringLookup(vocabulary=list(categories), output_mode="one_hot", name=f"text_{j}")
+        hot = ops.cast(lookup(strings[:, j:j + 1])[:, 1:], dtype)  # slot 0 (an unseen category) dropped
+        names = TableEncoding((name,), {name: tuple(categories)}).feature_names
+        columns.update({feature: hot[:, k:k + 1] for k, feature in enumerate(names)})
+    return columns
 
 
 def _const(values: Any, dtype: str) -> np.ndarray:
