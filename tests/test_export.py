@@ -98,6 +98,14 @@ def test_meta_file(fmt, trained, exports):
     assert isinstance(check["test_r2"], float) and check["test_r2"] <= 1
     n_weights = sum(w.size for w in run.network.get_weights())
     assert meta["size"]["n_weights"] == n_weights and meta["size"]["float32_bytes"] == 4 * n_weights
+    path = trained / NAMES[fmt]
+    written = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    assert meta["file_bytes"] == written
+    if fmt == "tflite":  # LiteRT's dynamic-range int8 of the same graph, measured beside it
+        int8 = meta["litert_dynamic_int8"]
+        assert 0 < int8["file_bytes"] <= written and isinstance(int8["test_r2"], float) and int8["max_rel_diff"] >= 0
+    else:
+        assert "litert_dynamic_int8" not in meta
 
 
 def test_test_r2_is_the_same_in_every_runtime(trained, exports):

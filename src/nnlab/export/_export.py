@@ -79,8 +79,18 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
         check = agreement(trained, X, predicted, y_true, fmt)
         _replace(tmp, out)
     meta = _meta(trained, fmt, out, check)
+    meta["file_bytes"] = _file_bytes(out)
+    if fmt == "tflite":
+        meta["litert_dynamic_int8"] = litert_int8_reference(trained, model, X, y_true, out)
     atomic_write_json(meta_path(out), meta)
     return meta
+
+
+def _file_bytes(path: Path) -> int:
+    """The bytes of the written model (a SavedModel directory: all its files)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def export_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
@@ -100,6 +110,12 @@ def export_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
         lines.append(f"  size    {size['n_weights']} weights: {size['float32_bytes']} B as float32, "
                      f"{size['packed_bytes']} B bit-packed at {size['bits']} significant bits, "
                      f"{size['compressed_bytes']} B compressed")
+    if "file_bytes" in meta:
+        lines.append(f"  file    {meta['file_bytes']} B")
+    int8 = meta.get("litert_dynamic_int8")
+    if isinstance(int8, dict):
+        r2_int8 = "n/a" if int8["test_r2"] is None else f"{int8['test_r2']:.4f}"
+        lines.append(f"  int8    LiteRT dynamic-range int8 (not written): {int8['file_bytes']} B, test R² {r2_int8}")
     lines.append(f"  meta    {meta_path(out)}")
     return "\n".join(lines)
 
@@ -266,13 +282,31 @@ def _write_savedmodel(model: Any, path: Path) -> None:
         logger.setLevel(level)
 
 
-def _write_tflite(model: Any, path: Path) -> None:
+def _write_tflite(model: Any, path: Path, *, dynamic_int8: bool = False) -> None:
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.savedmodel.") as saved:
         model.export(saved, format="tf_saved_model", verbose=False)
-        flat = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if dynamic_int8:  # LiteRT's dynamic-range quantization: int8 weights, float activations
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flat = converter.convert()
     path.write_bytes(flat)
+
+
+def litert_int8_reference(run: Any, model: Any, X: Any, y_true: np.ndarray, out: Path) -> dict[str, Any]:
+    """The same graph converted with LiteRT's dynamic-range int8 quantization: its file size and test R²
+    in the LiteRT interpreter, beside the float32 export (a reference point, not written)."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.int8.") as folder:
+        path = Path(folder) / "int8.tflite"
+        _write_tflite(model, path, dynamic_int8=True)
+        predicted = _tflite_predictor(str(path))(X)
+        size = path.stat().st_size
+    reference = reference_predictions(run, input_frame(run, X))
+    scale = np.maximum(np.abs(reference), np.asarray(run.scalers.y_scaler.scale_, dtype=np.float64))
+    diff = float(np.max(np.abs(np.asarray(predicted, np.float64).reshape(reference.shape) - reference) / scale))
+    return {"converter": "tf.lite.Optimize.DEFAULT (dynamic range)", "file_bytes": size,
+            "max_rel_diff": diff, "test_r2": r2_score(y_true, np.asarray(predicted, np.float64))}
 
 
 def _write_onnx(model: Any, path: Path) -> None:
