@@ -294,3 +294,30 @@ def test_text_test_rows_decode_the_one_hot_block(text_run):
     data = DataSource.from_record(run.record.get("data"), run.config).prepare()
     assert np.allclose(run.features(input_frame(run, X)), data.X_test, rtol=0, atol=1e-5)
     assert y_true.shape == (48, 2)
+
+
+def test_a_mixed_precision_run_is_deployed_at_float32_compute(tmp_path):
+    """LiteRT and ONNX have no bfloat16 kernels for its layers: the float32 weights run at float32 compute."""
+    out = tmp_path / "o"
+    proc = nnlab("train", "--num-particles", "200", "--epochs", "2", "--seed", "5", "--quiet", "--output-dir", str(out),
+                 "--set", "hidden_layers=[8]", "--set", "precision_policy=mixed_bfloat16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = TrainedRun.load(out)
+    assert all(layer.dtype_policy.compute_dtype == "float32" for layer in run.network.layers)
+    for fmt in ("tflite", "onnx"):
+        meta = export_run(run, fmt=fmt, out=tmp_path / NAMES[fmt])
+        assert meta["runtime_check"]["max_rel_diff"] <= 1e-5
+
+
+def test_a_failing_converter_is_one_error_and_nothing_is_written(trained, tmp_path, monkeypatch):
+    from nnlab.export import _export
+
+    def broken(model, path):
+        path.write_bytes(b"half")
+        raise RuntimeError("converter exploded\nwith a long story")
+
+    monkeypatch.setitem(_export._WRITERS, "onnx", broken)
+    with pytest.raises(NnlabError, match=r"the onnx converter failed on this run's network: RuntimeError: converter "
+                                         r"exploded; nothing was written"):
+        export_run(fmt="onnx", out=tmp_path / "m.onnx", output_dir=trained / "o")
+    assert list(tmp_path.iterdir()) == []

@@ -74,7 +74,7 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
     model = deployable_model(trained, dtype="float32" if fmt in FLOAT32_ONLY_FORMATS else "float64")
     X, y_true = test_rows(trained)
     with _temporary_beside(out, fmt) as tmp:
-        _WRITERS[fmt](model, tmp)
+        _convert(fmt, model, tmp)
         predicted = load_predictor(fmt, tmp)(X)
         check = agreement(trained, X, predicted, y_true, fmt)
         _replace(tmp, out)
@@ -84,6 +84,18 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
         meta["litert_dynamic_int8"] = litert_int8_reference(trained, model, X, y_true, out)
     atomic_write_json(meta_path(out), meta)
     return meta
+
+
+def _convert(fmt: str, model: Any, tmp: Path) -> None:
+    """Write the model with its format's converter; a converter that fails is one clear error (nothing kept)."""
+    try:
+        _WRITERS[fmt](model, tmp)
+    except (OSError, NnlabError):
+        raise
+    except Exception as exc:  # the converters' own errors (TensorFlow, tf2onnx): reported, not a traceback
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise NnlabError(f"the {fmt} converter failed on this run's network: {type(exc).__name__}: "
+                         f"{first[:300]}; nothing was written") from exc
 
 
 def _file_bytes(path: Path) -> int:

@@ -103,13 +103,17 @@ class TrainedRun:
 
     @property
     def network(self) -> Any:
-        """The run's Keras model (built from its configuration, its weights loaded)."""
+        """The run's Keras model (built from its configuration at float32 compute, its weights loaded)."""
         if self._network is None:
             from nnlab.runs import load_network
 
             n_features, n_targets = len(self.scalers.feature_names), len(self.targets)
+            # Deployed at float32 compute: a mixed-precision run's weights are float32 variables, and
+            # LiteRT and ONNX have no bfloat16/float16 kernels for its layers.
+            config = self.config.model_copy(update={"model": self.config.model.model_copy(
+                update={"precision_policy": "float32"})})
             try:
-                self._network = load_network(self.config, n_features, n_targets, self.weights_path).model
+                self._network = load_network(config, n_features, n_targets, self.weights_path).model
             except (ValueError, OSError) as exc:
                 raise NnlabError(f"run {self.run_id}: {self.weights_path.name} cannot be loaded into the recorded "
                                  f"architecture: {str(exc).splitlines()[0][:300]}") from None
