@@ -265,3 +265,18 @@ def test_hpo_on_a_terminal_shows_a_trial_bar_above_which_trials_are_listed(tmp_p
     assert "trials 0/1" in screen and "trial   0" in screen
     for noise in ("cuInit", "oneDNN", "absl"):
         assert noise not in screen
+
+
+def test_quiet_c_logs_drops_the_int8_notice_and_replays_the_rest(capfd, monkeypatch):
+    import os as _os
+
+    from nnlab._tflog import quiet_c_logs
+
+    monkeypatch.delenv("NNLAB_TF_LOG", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_c_logs():
+        _os.write(2, b"E0000 00:00:1796478862.329463   23844 util.cc:131] oneDNN supports DT_INT8 only on "
+                     b"platforms with AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+        _os.write(2, b"a real error the user must see\n")
+    err = capfd.readouterr().err
+    assert "DT_INT8" not in err and "a real error the user must see" in err

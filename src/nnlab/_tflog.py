@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["import_tensorflow_quietly", "quiet_tensorflow_import", "tensorflow_log_wanted"]
+__all__ = ["import_tensorflow_quietly", "quiet_c_logs", "quiet_tensorflow_import", "tensorflow_log_wanted"]
 
 # nnlab's default: TensorFlow's C++ INFO and WARNING lines are off, errors stay.
 DEFAULT_TF_LOG_LEVEL = "2"
@@ -38,7 +38,8 @@ DEFAULT_TF_LOG_LEVEL = "2"
 _START_UP_LINES = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl INFO/WARNING lines
-    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|Unable to register|already been registered)"
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|Unable to register|already been registered"
+    r"|oneDNN supports DT_INT8 only on platforms with AVX-512)"
     r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.)"
 )
 
@@ -82,6 +83,21 @@ def _replay(text: str) -> None:
     if kept:
         sys.stderr.write("".join(kept))
         sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def quiet_c_logs() -> Iterator[None]:
+    """Run a block that makes TensorFlow print a known C++ notice (oneDNN's int8 fallback, printed as an
+    error at the first int8 matmul) with fd 2 captured; everything else it wrote is replayed to stderr."""
+    if tensorflow_log_wanted():
+        yield
+        return
+    captured: list[str] = []
+    try:
+        with _descriptor_2_captured() as captured:
+            yield
+    finally:  # fd 2 is restored by now, also when the block raised
+        _replay("".join(captured))
 
 
 def _run_silenced(load: Any) -> Any:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
+from nnlab._tflog import quiet_c_logs
 from nnlab.errors import DataValidationError
 
 if TYPE_CHECKING:  # TensorFlow loads only when a model is evaluated
@@ -296,7 +297,8 @@ def evaluate_quantizers(
     for mode in modes:
         try:
             copy = quantized_copy(model, mode)
-            r2 = regression_metrics(y, _predict_eager(copy, X))["r2"]
+            with quiet_c_logs():  # oneDNN's "DT_INT8 only with AVX-512" notice at the first int8 matmul
+                r2 = regression_metrics(y, _predict_eager(copy, X))["r2"]
             n_quantized = _quantized_kernel_weights(copy)
         except Exception as exc:  # Keras refuses a model it cannot quantize: a reason, not a lost run
             if on_error is None:
