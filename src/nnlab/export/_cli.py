@@ -18,21 +18,26 @@ __all__ = ["add_export_arguments", "add_predict_arguments", "run_export", "run_p
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nnlab predict``."""
-    from nnlab.export._run import WEIGHTS
-
     parser.description = ("Predict the targets of a trained run for the raw rows of a CSV: the particle task's 8 "
                           "initial columns, or a table run's feature columns. The output holds the input columns "
                           "as read plus one predicted_<target> column per target, in physical units.")
     parser.add_argument("input", metavar="INPUT", help="CSV of raw rows (never modified)")
     parser.add_argument("--out", required=True, metavar="OUT",
                         help="CSV to write; missing parent directories are created")
+    _add_run_arguments(parser, force="replace OUT if it exists")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, force: str) -> None:
+    """The options both commands share: which run, which of its weights, and --force."""
+    from nnlab.export._run import WEIGHTS
+
     parser.add_argument("--run", default="latest", metavar="RUN_ID",
                         help="run id under <output-dir>/runs, or 'latest' (default)")
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root, as for python main.py (default: training_output)")
     parser.add_argument("--weights", choices=WEIGHTS, default="final",
                         help="the run's final weights (default) or its best (lowest validation loss)")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--force", action="store_true", help=force)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -51,7 +56,6 @@ def run_predict(args: argparse.Namespace) -> int:
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nnlab export``."""
     from nnlab.export._export import FORMATS
-    from nnlab.export._run import WEIGHTS
 
     parser.description = ("Export a trained run as one self-contained model: input one float32 matrix of the raw "
                           "input columns, output the targets in physical units (derived features, scaling, network "
@@ -60,13 +64,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, dest="format",
                         help="keras (.keras file), savedmodel (a directory), tflite (LiteRT) or onnx")
     parser.add_argument("--out", required=True, metavar="PATH", help="the model file (savedmodel: directory) to write")
-    parser.add_argument("--run", default="latest", metavar="RUN_ID",
-                        help="run id under <output-dir>/runs, or 'latest' (default)")
-    parser.add_argument("--output-dir", default="training_output", metavar="DIR",
-                        help="training output root, as for python main.py (default: training_output)")
-    parser.add_argument("--weights", choices=WEIGHTS, default="final",
-                        help="the run's final weights (default) or its best (lowest validation loss)")
-    parser.add_argument("--force", action="store_true", help="replace PATH and PATH.meta.json if they exist")
+    _add_run_arguments(parser, force="replace PATH and PATH.meta.json if they exist")
     from nnlab.integrations import MLFLOW_OPTION_HELP
 
     parser.add_argument("--mlflow", nargs="?", const="", metavar="URI",
