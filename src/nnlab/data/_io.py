@@ -60,7 +60,8 @@ def check_data_file(path: str | os.PathLike, *, option: str | None = None, hint:
     return p
 
 
-def check_output_file(path: str | os.PathLike, *, force: bool = False, option: str | None = None) -> None:
+def check_output_file(path: str | os.PathLike, *, force: bool = False, option: str | None = None,
+                      sidecar: bool = True, example: str = "particles.csv", advice: str | None = None) -> Path:
     """Refuse, before any work is done, a particle CSV destination that cannot be written.
 
     The CSV and its ``.meta.json`` sidecar are both checked: an existing one is only
@@ -74,6 +75,12 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
         force: allow replacing an existing CSV and sidecar.
         option: the command-line option that named it (``"--out"``), put in front of
             the message and of the ``--force`` advice.
+        sidecar: also check the ``.meta.json`` sidecar (a particle CSV's); False for other CSVs.
+        example: the file name suggested when ``path`` names a directory.
+        advice: how to replace an existing file (default: ``pass --force`` / ``use force=True``).
+
+    Returns:
+        ``path`` as a ``Path``.
 
     Raises:
         ConfigError: naming the path and why it cannot be written.
@@ -87,9 +94,9 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
     prefix = f"{option}: " if option else ""
     if not text or text.endswith(("/", os.sep)):
         raise ConfigError(f"{prefix}'{text}' names a directory; give a file name (e.g. {text or './'}"
-                          "particles.csv)")
-    sidecar = sidecar_path(p)
-    for target, role in ((p, ""), (sidecar, f" (the metadata sidecar of '{p}')")):
+                          f"{example})")
+    targets = [(p, "")] + ([(sidecar_path(p), f" (the metadata sidecar of '{p}')")] if sidecar else [])
+    for target, role in targets:
         try:
             mode = os.stat(target).st_mode
         except (FileNotFoundError, NotADirectoryError):
@@ -101,7 +108,7 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
             raise ConfigError(f"{prefix}'{target}'{role} is {kind}, not a regular file; "
                               "give the name of a file to write")
         if not force:
-            advice = "pass --force to replace it" if option else "use force=True to replace it"
+            advice = advice or ("pass --force to replace it" if option else "use force=True to replace it")
             raise ConfigError(f"{prefix}'{target}'{role} already exists; choose another file or {advice}")
     try:
         probe_writable(p.parent)
@@ -110,6 +117,7 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
     except OSError as exc:
         raise ConfigError(f"{prefix}cannot write '{p}': cannot create files in '{exc.filename}' "
                           f"({exc.strerror})") from None
+    return p
 
 
 def read_header(path: Path) -> list[str] | None:

@@ -73,15 +73,16 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
     refuse_text_columns(trained, fmt)
     model = deployable_model(trained, dtype="float32" if fmt in FLOAT32_ONLY_FORMATS else "float64")
     X, y_true = test_rows(trained)
+    reference = reference_predictions(trained, input_frame(trained, X))  # nnlab's own path, once
     with _temporary_beside(out, fmt) as tmp:
         _convert(fmt, model, tmp)
         predicted = load_predictor(fmt, tmp)(X)
-        check = agreement(trained, X, predicted, y_true, fmt)
+        check = agreement(trained, reference, predicted, y_true, fmt)
         _replace(tmp, out)
     meta = _meta(trained, fmt, out, check)
     meta["file_bytes"] = _file_bytes(out)
     if fmt == "tflite":
-        meta["litert_dynamic_int8"] = litert_int8_reference(trained, model, X, y_true, out)
+        meta["litert_dynamic_int8"] = litert_int8_reference(trained, model, X, reference, y_true, out)
     atomic_write_json(meta_path(out), meta)
     return meta
 
@@ -250,17 +251,24 @@ def reference_predictions(run: Any, frame: Any) -> np.ndarray:
     return run.scalers.inverse_transform_targets(np.asarray(scaled, dtype=np.float64).reshape(len(X), -1))
 
 
-def agreement(run: Any, X: Any, predicted: np.ndarray, y_true: np.ndarray, fmt: str) -> dict[str, Any]:
-    """Compare an export's predictions with nnlab's on the same rows; refuse a disagreement."""
-    frame = input_frame(run, X)
-    reference = reference_predictions(run, frame)
+def relative_difference(run: Any, reference: np.ndarray, predicted: np.ndarray) -> float:
+    """max |predicted - reference| / max(|reference|, the target's training standard deviation)."""
+    if not len(reference):
+        return 0.0
     predicted = np.asarray(predicted, dtype=np.float64).reshape(reference.shape)
     scale = np.maximum(np.abs(reference), np.asarray(run.scalers.y_scaler.scale_, dtype=np.float64))
-    diff = float(np.max(np.abs(predicted - reference) / scale)) if len(frame) else 0.0
+    return float(np.max(np.abs(predicted - reference) / scale))
+
+
+def agreement(run: Any, reference: np.ndarray, predicted: np.ndarray, y_true: np.ndarray, fmt: str
+              ) -> dict[str, Any]:
+    """Compare an export's predictions with nnlab's (``reference``) on the same rows; refuse a disagreement."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(reference.shape)
+    diff = relative_difference(run, reference, predicted)
     if not diff <= TOLERANCE:
         raise NnlabError(f"the {fmt} export disagrees with nnlab's predictions on the run's test rows: max relative "
                          f"difference {diff:.3g} > {TOLERANCE:g}; nothing was written")
-    return {"runtime": _RUNTIMES[fmt], "rows": int(len(frame)), "max_rel_diff": diff, "tolerance": TOLERANCE,
+    return {"runtime": _RUNTIMES[fmt], "rows": int(len(reference)), "max_rel_diff": diff, "tolerance": TOLERANCE,
             "test_r2": r2_score(y_true, predicted)}
 
 
@@ -306,7 +314,8 @@ def _write_tflite(model: Any, path: Path, *, dynamic_int8: bool = False) -> None
     path.write_bytes(flat)
 
 
-def litert_int8_reference(run: Any, model: Any, X: Any, y_true: np.ndarray, out: Path) -> dict[str, Any]:
+def litert_int8_reference(run: Any, model: Any, X: Any, reference: np.ndarray, y_true: np.ndarray, out: Path
+                          ) -> dict[str, Any]:
     """The same graph converted with LiteRT's dynamic-range int8 quantization: its file size and test R²
     in the LiteRT interpreter, beside the float32 export (a reference point, not written)."""
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.int8.") as folder:
@@ -314,9 +323,7 @@ def litert_int8_reference(run: Any, model: Any, X: Any, y_true: np.ndarray, out:
         _write_tflite(model, path, dynamic_int8=True)
         predicted = _tflite_predictor(str(path))(X)
         size = path.stat().st_size
-    reference = reference_predictions(run, input_frame(run, X))
-    scale = np.maximum(np.abs(reference), np.asarray(run.scalers.y_scaler.scale_, dtype=np.float64))
-    diff = float(np.max(np.abs(np.asarray(predicted, np.float64).reshape(reference.shape) - reference) / scale))
+    diff = relative_difference(run, reference, predicted)
     return {"converter": "tf.lite.Optimize.DEFAULT (dynamic range)", "file_bytes": size,
             "max_rel_diff": diff, "test_r2": r2_score(y_true, np.asarray(predicted, np.float64))}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnlab._files import atomic_write, probe_writable, special_file_kind
+from nnlab._files import atomic_write
 from nnlab.errors import ConfigError, DataValidationError
 
 __all__ = ["PREDICTED_PREFIX", "Prediction", "predict_csv"]
@@ -133,32 +133,10 @@ def check_destination(path: str | os.PathLike, *, force: bool, names: _Names = _
     Raises:
         ConfigError: naming the path and why.
     """
-    text = os.fspath(path)
-    if not text or text.endswith(("/", os.sep)):
-        raise ConfigError(f"{names.out}: '{text}' names a directory; give a file name (e.g. "
-                          f"{text or './'}predicted.csv)")
-    p = Path(path)
-    try:
-        mode = os.stat(p).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        mode = None
-    except OSError as exc:
-        raise ConfigError(f"{names.out}: cannot write '{p}': {exc.strerror}") from None
-    if mode is not None:
-        kind = special_file_kind(mode)
-        if kind is not None:
-            raise ConfigError(f"{names.out}: '{p}' is {kind}, not a regular file; give the name of a file to write")
-        if not force:
-            raise ConfigError(f"{names.out}: '{p}' already exists; choose another file or {names.force} to "
-                              "replace it")
-    try:
-        probe_writable(p.parent)
-    except NotADirectoryError as exc:
-        raise ConfigError(f"{names.out}: cannot write '{p}': '{exc.filename}' is not a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"{names.out}: cannot write '{p}': cannot create files in '{exc.filename}' "
-                          f"({exc.strerror})") from None
-    return p
+    from nnlab.data import check_output_file
+
+    return check_output_file(path, force=force, option=names.out, sidecar=False, example="predicted.csv",
+                             advice=f"{names.force} to replace it")
 
 
 # --- reading the input ------------------------------------------------------------------------------
