@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from catalogue_predict import PARTICLE_RUN, RUN_ID
+
 # A run directory as far as `nnlab export` reads it before the network: its record (default config).
 RUN = {"o/runs/20260101-000000-000000-p1/training_config.json": '{"config": {}}'}
 EXPORT = "nnlab export --output-dir o"
@@ -35,4 +37,8 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("export", f"{EXPORT} --format savedmodel --out sm", RUN,
      ["error: run 20260101-000000-000000-p1 has no final weights (o/runs/20260101-000000-000000-p1/weights/"
       "final.weights.h5) (the run did not finish: resume it first)"]),
+    # --mlflow: a store that does not exist is refused before anything is written (and is not created).
+    ("export", f"{EXPORT} --format onnx --out m.onnx --mlflow sqlite:///none.db", PARTICLE_RUN,
+     [f"error: --mlflow: sqlite:///none.db holds no MLflow store, so run {RUN_ID} was not logged there; train "
+      "with --mlflow URI first, or give the URI it was logged to"]),
 ]
