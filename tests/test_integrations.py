@@ -18,12 +18,14 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 
 from nnlab.cli import main
 from nnlab.config import Config
 from nnlab.data import complete_data_pipeline
 from nnlab.integrations.mlflow import RUN_RECORD, run_record
-from nnlab.integrations.tensorboard import TENSORBOARD_DIR, cut_event_files, read_events
+from nnlab.integrations.tensorboard import TENSORBOARD_DIR, TRAIN_DIR, VALIDATION_DIR, cut_event_files, read_events
 from nnlab.model import AdvancedNeuralNetwork
 from nnlab.runs import train_with_tracking
 
@@ -50,27 +52,72 @@ def mlflow_run(out: Path, run_dir: Path):
 
 # --- TensorBoard -------------------------------------------------------------------------------
 
-def test_tensorboard_has_every_column_of_the_csv_each_epoch(tracked):
+def tensorboard_scalars(run_dir: Path, writer: str) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of one writer of a run, read with TensorBoard's EventAccumulator."""
+    accumulator = EventAccumulator(str(run_dir / TENSORBOARD_DIR / writer), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
+            for tag in accumulator.Tags()["tensors"]
+            if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def test_tensorboard_train_and_validation_writers_as_keras_lays_them_out(tracked):
     _, run_dir = tracked
     rows = pd.read_csv(run_dir / "training_results.csv")
-    scalars = read_events(run_dir / TENSORBOARD_DIR)["scalars"]
-    columns = [c for c in rows.columns if c not in ("epoch", "timestamp") and rows[c].notna().all()]
-    assert {"train_loss", "val_loss", "val_mse", "val_mae", "r2_score", "learning_rate", "mse_weight",
-            "mae_weight", "epoch_time", "memory_mb", "constraint/applied",
-            "constraint/binary_precision_max/fraction_changed"} <= set(columns)
-    for column in columns:
-        steps = [step for step, _ in scalars[column]]
-        assert steps == list(range(1, EPOCHS + 1)), column
-        np.testing.assert_allclose([float(v) for _, v in scalars[column]], rows[column], rtol=1e-6, err_msg=column)
+    assert sorted(p.name for p in (run_dir / TENSORBOARD_DIR).iterdir()) == ["train", "validation"]
+    train, validation = tensorboard_scalars(run_dir, "train"), tensorboard_scalars(run_dir, "validation")
+    # The same epoch_* tags in both writers: TensorBoard overlays training and validation on one chart.
+    expected = {("train", "epoch_loss"): "train_loss", ("validation", "epoch_loss"): "val_loss",
+                ("train", "epoch_mse"): "train_mse", ("validation", "epoch_mse"): "val_mse",
+                ("train", "epoch_mae"): "train_mae", ("validation", "epoch_mae"): "val_mae",
+                ("validation", "epoch_rmse"): "val_rmse", ("validation", "epoch_r2"): "r2_score",
+                ("train", "epoch_learning_rate"): "learning_rate",
+                ("train", "loss_weights/mse_weight"): "mse_weight", ("train", "loss_weights/mae_weight"): "mae_weight",
+                ("train", "system/epoch_time_s"): "epoch_time", ("train", "system/memory_mb"): "memory_mb",
+                ("train", "constraints/applied"): "constraint/applied"}
+    written = {"train": train, "validation": validation}
+    for (writer, tag), column in expected.items():
+        assert [step for step, _ in written[writer][tag]] == list(range(1, EPOCHS + 1)), (writer, tag)
+        np.testing.assert_allclose([v for _, v in written[writer][tag]], rows[column], rtol=1e-6, err_msg=tag)
+    assert "r2_score" not in validation and "epoch_r2" not in train and "val_loss" not in validation
+    # Every other per-epoch cell is in train under a section prefix; no tag left at the CSV's name.
+    sections = {tag.split("/")[0] for tag in train if "/" in tag}
+    assert sections == {"constraints", "loss_weights", "system"}
+    assert {tag for tag in train if "/" not in tag} == {"epoch_loss", "epoch_mse", "epoch_mae", "epoch_learning_rate"}
     metrics = json.loads((run_dir / "test_metrics.json").read_text())["scaled"]
     for key in ("mse", "mae", "rmse", "r2"):
-        [(step, value)] = scalars[f"test/{key}"]
-        assert step == EPOCHS and float(value) == pytest.approx(metrics[key], rel=1e-6)
+        [(step, value)] = validation[f"test/{key}"]
+        assert step == EPOCHS and value == pytest.approx(metrics[key], rel=1e-6)
+
+
+def test_constraint_statistics_only_on_the_epochs_the_constraints_ran(tracked):
+    _, run_dir = tracked
+    rows = pd.read_csv(run_dir / "training_results.csv", keep_default_na=False)
+    column = "constraint/binary_precision_max/fraction_changed"
+    # constraint_interval 2: the CSV's cell is empty on the other epochs (not 0, "ran and changed nothing").
+    assert rows["constraint/applied"].tolist() == [0.0, 1.0] * (EPOCHS // 2)
+    assert rows[column].tolist()[0::2] == [""] * (EPOCHS // 2)
+    assert all(float(v) > 0 for v in rows[column].tolist()[1::2])
+    train = tensorboard_scalars(run_dir, "train")
+    for tag in [t for t in train if t.startswith("constraints/") and t != "constraints/applied"]:
+        assert [step for step, _ in train[tag]] == [2, 4, 6], tag
+    assert [v for _, v in train["constraints/binary_precision_max/fraction_changed"]] == pytest.approx(
+        [float(v) for v in rows[column].tolist()[1::2]], rel=1e-6)
+    assert [step for step, _ in train["constraints/applied"]] == list(range(1, EPOCHS + 1))
+
+
+def test_tensorboard_lists_each_run_by_its_id(tracked):
+    out, run_dir = tracked
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(out / "runs"))  # tensorboard --logdir <output>/runs
+    assert sorted(multiplexer.Runs()) == [f"{run_dir.name}/tensorboard/train",
+                                          f"{run_dir.name}/tensorboard/validation"]
 
 
 def test_tensorboard_histograms_at_constraint_epochs(tracked):
     _, run_dir = tracked
-    histograms = read_events(run_dir / TENSORBOARD_DIR)["histograms"]
+    histograms = read_events(run_dir / TENSORBOARD_DIR / TRAIN_DIR)["histograms"]
+    assert "histograms" not in read_events(run_dir / TENSORBOARD_DIR / VALIDATION_DIR)
     # hidden_layers [8] with PReLU: dense kernel/bias, the PReLU slope, the output kernel/bias.
     weights = sorted(tag.removeprefix("weights/") for tag in histograms if tag.startswith("weights/"))
     assert weights == ["dense_1/bias", "dense_1/kernel", "prelu_1/alpha", "targets/bias", "targets/kernel"]
@@ -164,7 +211,8 @@ def test_missing_mlflow_package_costs_one_warning(small_data, tmp_path, monkeypa
                                             r"pip install 'nnlab\[mlflow\]'"):
         results = _train(small_data, tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     assert results["status"] == "completed" and results["error_summary"]["by_component"] == {"mlflow": 1}
-    assert read_events(Path(results["run_dir"]) / TENSORBOARD_DIR)["scalars"]["val_loss"]  # TensorBoard unaffected
+    # TensorBoard unaffected
+    assert read_events(Path(results["run_dir"]) / TENSORBOARD_DIR / VALIDATION_DIR)["scalars"]["epoch_loss"]
 
 
 def test_unwritable_tensorboard_costs_one_warning(small_data, tmp_path, monkeypatch):

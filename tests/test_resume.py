@@ -85,7 +85,7 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     status = json.loads((run_dir / "run_status.json").read_text())
     assert status["status"] == "running" and status["pid"] == proc.pid
     assert json.loads((run_dir / ".lock").read_text())["pid"] == proc.pid  # a stale lock: taken over
-    written = [step for step, _ in read_events(run_dir / "tensorboard")["scalars"]["val_loss"]]
+    written = [step for step, _ in read_events(run_dir / "tensorboard" / "validation")["scalars"]["epoch_loss"]]
     assert written[-1] > load_latest_checkpoint(run_dir).epoch  # epochs the resume redoes
 
     resume = main_py("--resume", "latest", "--quiet", "--output-dir", str(out), cwd=tmp_path)
@@ -112,9 +112,10 @@ def test_sigkill_then_resume(tmp_path, uninterrupted):
     assert len(log) == 1 and log["status"].iloc[0] == "completed" and log["epochs_run"].iloc[0] == 24
     assert abs(final_test_r2(run_dir) - final_test_r2(uninterrupted)) < 0.01
     # TensorBoard: the epochs redone after the checkpoint replace the killed attempt's, none twice.
-    scalars = read_events(run_dir / "tensorboard")["scalars"]
-    assert [step for step, _ in scalars["val_loss"]] == list(range(1, 25))
-    np.testing.assert_allclose([float(v) for _, v in scalars["val_loss"]], rows["val_loss"], rtol=1e-6)
+    for writer, column in (("train", "train_loss"), ("validation", "val_loss")):  # both writers cut back
+        scalars = read_events(run_dir / "tensorboard" / writer)["scalars"]
+        assert [step for step, _ in scalars["epoch_loss"]] == list(range(1, 25)), writer
+        np.testing.assert_allclose([float(v) for _, v in scalars["epoch_loss"]], rows[column], rtol=1e-6)
     # MLflow: the same run, reopened; each epoch logged once (in batches at the checkpoints).
     record = run_record(run_dir)
     client = MlflowClient(record["tracking_uri"])

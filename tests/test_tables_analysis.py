@@ -230,12 +230,14 @@ def test_tensorboard_events_of_a_table_run(run):
 
     run_dir = run[1]
     assert list((run_dir / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
-    scalars = read_events(run_dir / TENSORBOARD_DIR)["scalars"]
+    train = read_events(run_dir / TENSORBOARD_DIR / "train")["scalars"]
+    validation = read_events(run_dir / TENSORBOARD_DIR / "validation")["scalars"]
     rows = pd.read_csv(run_dir / "training_results.csv")
-    for column in ("train_loss", "val_loss", "r2_score"):
-        assert [step for step, _ in scalars[column]] == list(range(1, EPOCHS + 1))
-        np.testing.assert_allclose([float(v) for _, v in scalars[column]], rows[column], rtol=1e-6)
-    [(step, r2)] = scalars["test/r2"]
+    for scalars, tag, column in ((train, "epoch_loss", "train_loss"), (validation, "epoch_loss", "val_loss"),
+                                 (validation, "epoch_r2", "r2_score")):
+        assert [step for step, _ in scalars[tag]] == list(range(1, EPOCHS + 1))
+        np.testing.assert_allclose([float(v) for _, v in scalars[tag]], rows[column], rtol=1e-6)
+    [(step, r2)] = validation["test/r2"]
     assert step == EPOCHS
     assert float(r2) == pytest.approx(json.loads((run_dir / "test_metrics.json").read_text())["scaled"]["r2"])
 

@@ -35,6 +35,7 @@ import numpy as np
 import psutil
 
 from nnlab._files import neutralise_csv_value, with_filename
+from nnlab.constraints.step import STEP_LOG_KEY
 from nnlab.errors import ErrorRecorder
 
 __all__ = [
@@ -64,6 +65,9 @@ TRACKER_COLUMNS = (
     "mae_weight",
 )
 CONSTRAINT_LOG_PREFIX = "constraint/"
+_APPLIED = CONSTRAINT_LOG_PREFIX + "applied"
+# Constraint keys with a value every epoch: whether the per-epoch constraints ran, the per-step schedule's bits.
+_EVERY_EPOCH = (_APPLIED, STEP_LOG_KEY)
 
 
 def process_memory_mb() -> float:
@@ -167,7 +171,9 @@ class PerformanceTracker(keras.callbacks.Callback):
 
     One row per epoch (columns :data:`TRACKER_COLUMNS`, then ``physics_loss``,
     ``val_physics_loss`` and ``physics_loss_weight`` when the physics term is on, then every
-    ``constraint/...`` statistic found in the logs) is kept in :attr:`rows` and,
+    ``constraint/...`` statistic found in the logs; on an epoch without a constraint
+    application, ``constraint/applied`` is 0 and the statistics are empty cells)
+    is kept in :attr:`rows` and,
     when ``csv_path`` is given, written and flushed immediately. Place it after
     the callbacks that add to the logs (constraints, adaptive loss) so their
     values are seen. A failure inside the tracker is recorded in ``errors``
@@ -268,8 +274,11 @@ class PerformanceTracker(keras.callbacks.Callback):
             row["physics_loss"] = _float(logs, "physics_loss")
             row["val_physics_loss"] = _float(logs, "val_physics_loss")
             row["physics_loss_weight"] = _float(logs, "physics_loss_weight")
+        # A statistic of the per-epoch constraints on an epoch they did not run is an empty cell, not 0
+        # ("ran and changed nothing"); the applied flag and the per-step schedule's value are kept.
+        ran = float(logs.get(_APPLIED, 1.0)) > 0
         for key in sorted(k for k in logs if k.startswith(CONSTRAINT_LOG_PREFIX)):
-            row[key] = float(logs[key])
+            row[key] = float(logs[key]) if ran or key in _EVERY_EPOCH else None
         return row
 
     def summary(self) -> dict[str, Any]:

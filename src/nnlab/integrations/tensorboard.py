@@ -1,8 +1,14 @@
-"""TensorBoard: a run's per-epoch scalars and weight histograms, written with ``tf.summary``.
+"""TensorBoard: a run's per-epoch scalars and weight histograms, laid out as ``keras.callbacks.TensorBoard`` does.
 
-The event files go to ``runs/<run_id>/tensorboard/``, so
-``tensorboard --logdir training_output/runs`` shows every run side by side.
-The step of every event is the epoch number of ``training_results.csv``.
+Two event streams, ``runs/<run_id>/tensorboard/train`` and
+``runs/<run_id>/tensorboard/validation``, with the same ``epoch_*`` tags
+(``epoch_loss``, ``epoch_mse``, ``epoch_mae``, ``epoch_r2``, ...), so the
+training and validation curves of a metric overlay on one chart;
+``tensorboard --logdir training_output/runs`` lists every run by its id
+(``<run_id>/tensorboard/train``, ``<run_id>/tensorboard/validation``). The other
+scalars are grouped into sections by a prefix: ``loss_weights/``,
+``constraints/``, ``system/``. The step of every event is the epoch number of
+``training_results.csv`` (1, 2, ...).
 """
 
 from __future__ import annotations
@@ -18,11 +24,49 @@ import numpy as np
 from nnlab._numbers import float_or_none
 from nnlab.tracking import ErrorRecorder
 
-__all__ = ["NOT_SCALARS", "TENSORBOARD_DIR", "TensorBoardSink", "cut_event_files", "read_events"]
+__all__ = ["NOT_SCALARS", "TENSORBOARD_DIR", "TRAIN_DIR", "VALIDATION_DIR", "TensorBoardSink", "cut_event_files",
+           "read_events", "tensorboard_tag"]
 
 TENSORBOARD_DIR = "tensorboard"
+# The two writers' subdirectories, as keras.callbacks.TensorBoard names them.
+TRAIN_DIR, VALIDATION_DIR = "train", "validation"
 # Columns of training_results.csv that are not per-epoch metrics.
 NOT_SCALARS = ("epoch", "timestamp")
+# Columns whose TensorBoard name is not derived from a train_/val_ prefix: (writer, tag).
+_TAGS = {
+    "r2_score": (VALIDATION_DIR, "epoch_r2"),  # the CSV's R² column is the validation set's
+    "learning_rate": (TRAIN_DIR, "epoch_learning_rate"),  # where Keras' TensorBoard writes it
+    "physics_loss": (TRAIN_DIR, "epoch_physics_loss"),  # the training half of the val_physics_loss pair
+    "mse_weight": (TRAIN_DIR, "loss_weights/mse_weight"),
+    "mae_weight": (TRAIN_DIR, "loss_weights/mae_weight"),
+    "physics_loss_weight": (TRAIN_DIR, "loss_weights/physics_loss_weight"),
+    "epoch_time": (TRAIN_DIR, "system/epoch_time_s"),
+    "memory_mb": (TRAIN_DIR, "system/memory_mb"),
+}
+_CONSTRAINT_COLUMN = "constraint/"
+
+
+def tensorboard_tag(column: str) -> tuple[str, str]:
+    """Where a column of ``training_results.csv`` goes: ``(writer, tag)``, writer ``"train"`` or ``"validation"``.
+
+    ``train_X`` and ``val_X`` become ``epoch_X`` in the train and validation
+    writers (the curves overlay), ``r2_score`` validation ``epoch_r2``, the loss
+    weights ``loss_weights/...``, ``constraint/...`` statistics ``constraints/...``,
+    epoch time and memory ``system/...``; any other column keeps its name (train).
+
+    Example:
+        >>> tensorboard_tag("val_loss"), tensorboard_tag("r2_score")
+        (('validation', 'epoch_loss'), ('validation', 'epoch_r2'))
+    """
+    if column in _TAGS:
+        return _TAGS[column]
+    if column.startswith("train_"):
+        return TRAIN_DIR, "epoch_" + column.removeprefix("train_")
+    if column.startswith("val_"):
+        return VALIDATION_DIR, "epoch_" + column.removeprefix("val_")
+    if column.startswith(_CONSTRAINT_COLUMN):
+        return TRAIN_DIR, "constraints/" + column.removeprefix(_CONSTRAINT_COLUMN)
+    return TRAIN_DIR, column
 
 
 
@@ -42,12 +86,14 @@ def _records(path: Path) -> tuple[list[bytes], bool]:
 def read_events(log_dir: str | os.PathLike) -> dict[str, dict[str, list[tuple[int, np.ndarray]]]]:
     """Every summary in ``log_dir``'s event files, raw: ``{plugin: {tag: [(step, value), ...]}}``.
 
+    ``log_dir`` is one writer's directory (a run's ``tensorboard/train`` or
+    ``tensorboard/validation``); subdirectories are not read.
     ``plugin`` is TensorBoard's (``"scalars"``, ``"histograms"``); a histogram's
     value is its ``(k, 3)`` array of bucket left edge, right edge and count.
     Nothing is merged or purged: a step written twice appears twice.
 
     Example:
-        >>> # read_events("training_output/runs/<run_id>/tensorboard")["scalars"]["val_loss"]
+        >>> # read_events("training_output/runs/<run_id>/tensorboard/validation")["scalars"]["epoch_loss"]
         >>> # [(1, array(0.53, dtype=float32)), (2, ...), ...]
     """
     from tensorboard.compat.proto import event_pb2
@@ -69,7 +115,8 @@ def read_events(log_dir: str | os.PathLike) -> dict[str, dict[str, list[tuple[in
 
 
 def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
-    """Drop the events after ``last_step`` from every event file in ``log_dir``; returns how many were dropped.
+    """Drop the events after ``last_step`` from every event file in ``log_dir`` and its subdirectories
+    (a run's ``train`` and ``validation`` writers); returns how many were dropped.
 
     A resumed run redoes the epochs after its checkpoint: their old events go, so
     the stream has each step once (like the run's CSVs, cut back the same way).
@@ -81,7 +128,7 @@ def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
     from tensorboard.compat.proto import event_pb2
 
     dropped = 0
-    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
         if not path.is_file() or path.name.endswith(".tmp"):
             continue
         records, truncated = _records(path)
@@ -99,23 +146,30 @@ def cut_event_files(log_dir: str | os.PathLike, last_step: int) -> int:
 
 
 class TensorBoardSink(keras.callbacks.Callback):
-    """Write a run's per-epoch rows and weight histograms as TensorBoard events.
+    """Write a run's per-epoch rows and weight histograms as TensorBoard events, in Keras' layout.
 
-    Every epoch, each numeric column of the tracker's row (the columns of
-    ``training_results.csv``: losses, MSE, MAE, R², learning rate, loss weights,
-    ``constraint/...`` statistics, epoch time, memory) becomes a scalar with
-    ``step`` = the epoch number. Every ``histogram_every`` epochs (config
+    Every epoch, each numeric cell of the tracker's row (the columns of
+    ``training_results.csv``) becomes a scalar with ``step`` = the epoch number,
+    in the ``train`` or ``validation`` writer under the tag
+    :func:`tensorboard_tag` gives it: ``epoch_loss``, ``epoch_mse``,
+    ``epoch_mae`` in both (the curves overlay), ``epoch_rmse`` and ``epoch_r2``
+    (the CSV's ``r2_score``) in validation, ``epoch_learning_rate``,
+    ``loss_weights/...``, ``constraints/...`` and ``system/...`` in train. An
+    empty cell writes nothing: a constraint statistic of an epoch on which no
+    constraint ran has no point. Every ``histogram_every`` epochs (config
     ``constraint_interval``: the epochs the constraints are applied) each
     trainable weight gets a histogram of its values (``weights/<path>``) and of
-    their significant binary digits (``significant_bits/<path>``). At the end,
-    :meth:`finish` adds the test metrics (``test/r2``, ...) at the last epoch.
+    their significant binary digits (``significant_bits/<path>``), in train. At
+    the end, :meth:`finish` adds the test metrics (``test/r2``, ...) at the last
+    epoch, in validation.
 
     Place it after the :class:`~nnlab.tracking.PerformanceTracker` whose rows it
     reads. A failure (the directory cannot be written, TensorBoard missing) is
     recorded in ``errors`` once and the sink stops; training goes on.
 
     Args:
-        log_dir: the event file directory (``runs/<run_id>/tensorboard``).
+        log_dir: the run's TensorBoard directory (``runs/<run_id>/tensorboard``);
+            the events go to its ``train`` and ``validation`` subdirectories.
         rows: a function returning the tracker's rows so far.
         errors: the run's :class:`~nnlab.tracking.ErrorRecorder`.
         histogram_every: histogram interval in epochs (0: no histograms).
@@ -139,7 +193,8 @@ class TensorBoardSink(keras.callbacks.Callback):
         self.errors = errors if errors is not None else ErrorRecorder()
         self.histogram_every = int(histogram_every)
         self.resume_from = resume_from
-        self._writer: Any = None
+        self._writer: Any = None  # the train writer (histograms too)
+        self._val_writer: Any = None
         self._failed = False
         self._last_step = resume_from or 0
 
@@ -149,8 +204,10 @@ class TensorBoardSink(keras.callbacks.Callback):
         self._close()
 
     def _close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
+        writers, self._writer, self._val_writer = (self._writer, self._val_writer), None, None
+        for writer in writers:
+            if writer is None:
+                continue
             try:
                 writer.close()
             except Exception as exc:  # an optional sink must not cost the run
@@ -165,7 +222,8 @@ class TensorBoardSink(keras.callbacks.Callback):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.resume_from is not None:
                 cut_event_files(self.log_dir, self.resume_from)
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+            self._writer = tf.summary.create_file_writer(str(self.log_dir / TRAIN_DIR))
+            self._val_writer = tf.summary.create_file_writer(str(self.log_dir / VALIDATION_DIR))
         except Exception as exc:  # ImportError (no tensorboard), OSError, a TF error
             self._fail(exc)
 
@@ -176,29 +234,32 @@ class TensorBoardSink(keras.callbacks.Callback):
         if not rows or int(rows[-1].get("epoch", -1)) != epoch + 1:
             return  # the tracker could not make this epoch's row (it recorded why)
         try:
-
             step = epoch + 1
+            by_writer = _by_writer(rows[-1].items())
             with self._writer.as_default(step=step):
-                self._scalars(rows[-1].items())
+                self._scalars(by_writer[TRAIN_DIR])
                 if self.histogram_every and step % self.histogram_every == 0 and self.model is not None:
                     self._histograms()
+            with self._val_writer.as_default(step=step):
+                self._scalars(by_writer[VALIDATION_DIR])
             self._writer.flush()
+            self._val_writer.flush()
             self._last_step = step
         except Exception as exc:  # an optional sink must not cost the run
             self._fail(exc)
 
     @staticmethod
-    def _scalars(items: Iterable[tuple[str, Any]], prefix: str = "") -> None:
+    def _scalars(items: Iterable[tuple[str, Any]]) -> None:
         """One event with every finite value as a scalar (one write, not one TF op per scalar: ~7x cheaper)."""
         import tensorflow as tf
         from tensorboard.compat.proto import summary_pb2
         from tensorboard.plugins.scalar.summary import scalar_pb
 
         summary = summary_pb2.Summary()
-        for key, value in items:
-            number = None if key in NOT_SCALARS else float_or_none(value)
+        for tag, value in items:
+            number = float_or_none(value)
             if number is not None:
-                summary.value.extend(scalar_pb(prefix + key, number).value)
+                summary.value.extend(scalar_pb(tag, number).value)
         if summary.value:
             tf.summary.experimental.write_raw_pb(summary.SerializeToString())
 
@@ -217,16 +278,29 @@ class TensorBoardSink(keras.callbacks.Callback):
                                  buckets=int(bits.max() - bits.min()) + 1 if bits.size else 1)
 
     def describe(self) -> str | None:
-        """Where the events go, for the run's summary (None when the sink failed)."""
-        return None if self._failed else f"{self.log_dir} (tensorboard --logdir {self.log_dir.parent.parent})"
+        """The command that shows the run, for the run's summary (None when the sink failed).
+
+        The run directory is printed beside it; TensorBoard lists this run as
+        ``<run_id>/tensorboard/train`` and ``.../validation``.
+        """
+        return None if self._failed else f"tensorboard --logdir {self.log_dir.parent.parent}"
 
     def finish(self, status: str, test: Mapping[str, Any] | None) -> None:
-        """Add the test metrics (scaled) at the last epoch and close the event file."""
-        if self._writer is not None and test:
+        """Add the test metrics (scaled) at the last epoch, in the validation writer, and close both writers."""
+        if self._val_writer is not None and test:
             try:
-
-                with self._writer.as_default(step=self._last_step):
-                    self._scalars((test.get("scaled") or {}).items(), prefix="test/")
+                with self._val_writer.as_default(step=self._last_step):
+                    self._scalars((f"test/{k}", v) for k, v in (test.get("scaled") or {}).items())
             except Exception as exc:  # an optional sink must not cost the run
                 self._fail(exc)
         self._close()
+
+
+def _by_writer(items: Iterable[tuple[str, Any]]) -> dict[str, list[tuple[str, Any]]]:
+    """A row's cells as ``(tag, value)`` pairs per writer (:func:`tensorboard_tag`)."""
+    out: dict[str, list[tuple[str, Any]]] = {TRAIN_DIR: [], VALIDATION_DIR: []}
+    for column, value in items:
+        if column not in NOT_SCALARS:
+            writer, tag = tensorboard_tag(column)
+            out[writer].append((tag, value))
+    return out
