@@ -42,12 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--analysis-dir", metavar="DIR", help="where outputs go (default: <output-dir>/analysis)")
     parser.add_argument("--sample-size", type=int_at_least(1), default=DEFAULT_SAMPLE_SIZE, metavar="N",
                         help=f"test points in the residual and scatter plots (default: {DEFAULT_SAMPLE_SIZE})")
-    parser.add_argument("--skip", type=_sections, action="append", default=[], metavar="SECTION,...",
+    parser.add_argument("--skip", type=_sections, action="append", default=[], metavar="NAME[,NAME...]",
                         help="sections not to run (comma-separated, repeatable): " + ", ".join(SECTIONS))
-    parser.add_argument("--js-seeds", type=int_at_least(1), default=DEFAULT_JS_SEEDS, metavar="K",
+    parser.add_argument("--js-seeds", type=int_at_least(1), default=DEFAULT_JS_SEEDS, metavar="N",
                         help=f"seeds per variant in the James-Stein comparison (default: {DEFAULT_JS_SEEDS}, the "
                              "fewest with which its paired Wilcoxon test can reach p < 0.05)")
-    parser.add_argument("--js-epochs", type=int_at_least(2), default=DEFAULT_JS_EPOCHS, metavar="E",
+    parser.add_argument("--js-epochs", type=int_at_least(2), default=DEFAULT_JS_EPOCHS, metavar="N",
                         help=f"epochs per James-Stein training (default: {DEFAULT_JS_EPOCHS})")
     parser.add_argument("--js-workers", type=int_at_least(1), default=None, metavar="N",
                         help="worker processes training the James-Stein study in parallel (default: the CPUs "
@@ -71,6 +71,23 @@ def _section_bar(total: int):
     return bar
 
 
+CONSOLE_WIDTH = 120  # every line nnlab analyze prints fits this many columns
+
+
+def _fit(line: str, width: int = CONSOLE_WIDTH) -> str:
+    """``line`` wrapped at ``width`` columns, continuation lines indented like the first plus two."""
+    import textwrap
+
+    if len(line) <= width:
+        return line
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    return "\n".join(textwrap.wrap(line, width=width, subsequent_indent=indent, break_on_hyphens=False))
+
+
+def _say(line: str) -> None:
+    print(_fit(line))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the analysis. Exit status 0, or 1 when a section failed unexpectedly (outputs are still written).
 
@@ -82,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
     from nnlab.analysis.framework import ExperimentAnalysis
 
     skip = [name for group in args.skip for name in group]
-    say = (lambda _line: None) if args.quiet else print
+    say = (lambda _line: None) if args.quiet else _say
     analysis = ExperimentAnalysis(args.output_dir, run=args.run, analysis_dir=args.analysis_dir,
                                   sample_size=args.sample_size, js_seeds=args.js_seeds, js_epochs=args.js_epochs,
                                   js_workers=args.js_workers,
                                   progress=None if args.quiet else lambda line: say(f"    {line}"))
-    say(f"analysing run {analysis.run_id} -> {analysis.analysis_dir}")
+    say(f"analysing run {analysis.run_id} (the analysis goes to a new folder in {analysis.analysis_root})")
 
     bar = _section_bar(len([name for name in SECTIONS if name not in skip])) if not args.quiet else None
 
@@ -95,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         line = f"  {result.title}: {result.status} ({result.elapsed_s:.1f} s)"
         if result.reason:
             line += f" - {result.reason}"
+        line = _fit(line)
         if result.status == "failed":
             print(line, file=sys.stderr)
         else:
@@ -102,15 +120,20 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.advance(bar.task_ids[0])
 
-    if bar is None:
-        analysis.run(skip, on_section=report)
-    else:
-        with bar:  # the section lines print above it
+    try:
+        if bar is None:
             analysis.run(skip, on_section=report)
-    paths = analysis.write_outputs()
-    print(f"summary: {paths['summary']}")
-    print(f"report:  {paths['report']}")
-    _log_to_mlflow(analysis.run_artifacts.run_dir, [paths["report"], paths["summary"]], say)
+        else:
+            with bar:  # the section lines print above it
+                analysis.run(skip, on_section=report)
+        paths = analysis.write_outputs()
+    except BaseException:
+        analysis.discard()  # nothing half-written: the unpublished folder goes
+        raise
+    print(f"analysis: {paths['folder']}")
+    print(f"summary:  {paths['summary']}")
+    print(f"report:   {paths['report']}")
+    _log_to_mlflow(analysis.run_artifacts.run_dir, [paths["report"], paths["summary"]], say, folder=paths["folder"])
     failed = [name for name, r in analysis.results.items() if r.status == "failed"]
     if failed:
         print(f"error: {len(failed)} section(s) failed: {', '.join(failed)} (the other outputs were written)",
@@ -122,27 +145,35 @@ def run(args: argparse.Namespace) -> int:
 ANALYSIS_ARTIFACTS = "analysis"  # the folder of the run's MLflow artifacts the analysis goes to
 
 
-def _log_to_mlflow(run_dir, files, say) -> None:
-    """A run logged to MLflow (its ``mlflow_run.json``) gets the analysis outputs as artifacts under "analysis".
+def _log_to_mlflow(run_dir, files, say, *, folder=None) -> None:
+    """A run logged to MLflow (its ``mlflow_run.json``) gets the analysis as artifacts of that same MLflow run
+    (never a new run): with ``folder``, every file in it under ``analysis/<folder name>/``, else ``files``
+    under ``analysis/``.
 
     Optional: MLflow missing or unreachable is one warning; the analysis itself succeeded.
     """
+    from pathlib import Path
+
     from nnlab.integrations.mlflow import run_record
 
     record = run_record(run_dir)
     if record is None or not record.get("tracking_uri") or not record.get("run_id"):
         return
+    destination = ANALYSIS_ARTIFACTS
+    if folder is not None and Path(folder).is_dir():
+        destination = f"{ANALYSIS_ARTIFACTS}/{Path(folder).name}"
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
     try:
         from nnlab.integrations.mlflow import client_for, log_files
 
         logged = log_files(client_for(str(record["tracking_uri"])), str(record["run_id"]),
-                           [(path, ANALYSIS_ARTIFACTS) for path in files])
+                           [(path, destination) for path in files])
     except Exception as exc:  # an optional destination must not fail the analysis
         text = " ".join(str(exc).split())[:300]
         print(f"warning: MLflow: the analysis was not logged to run {record['run_id']}: "
               f"{type(exc).__name__}: {text}", file=sys.stderr)
         return
-    say(f"mlflow:  {logged} file(s) logged to run {record['run_id']} under '{ANALYSIS_ARTIFACTS}/'")
+    say(f"mlflow:  {logged} file(s) logged to run {record['run_id']} under '{destination}/'")
 
 
 # -- nnlab analyze --study DIR ---------------------------------------------------------------
@@ -207,7 +238,7 @@ def _run_study(args: argparse.Namespace) -> int:
 
     if args.run != "latest" or args.skip:
         raise ConfigError("--study analyses a whole study directory; --run and --skip apply to one run: drop them")
-    say = (lambda _line: None) if args.quiet else print
+    say = (lambda _line: None) if args.quiet else _say
     studies = read_study_dir(args.study)
     root = Path(args.analysis_dir) if args.analysis_dir is not None else Path(args.output_dir) / "analysis"
     out = _new_study_dir(root, args.study)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
+from nnlab.analysis.significance import MIN_CORRELATION_N, PERMUTATION_MAX_N, spearman
 
 __all__ = ["training_dynamics", "learning_rate_analysis", "loss_and_constraint_evolution", "run_curve_summary"]
 
@@ -128,12 +129,9 @@ def training_dynamics(results: pd.DataFrame, out_dir: Path) -> SectionResult:
     return SectionResult("dynamics", "", tables={"run summary": table}, figures=[path], summary=summary, notes=notes)
 
 
-def _spearman(x: pd.Series, y: pd.Series) -> dict[str, float | int] | None:
-    keep = x.notna() & y.notna() & np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3 or x[keep].nunique() < 2 or y[keep].nunique() < 2:
-        return None
-    rho, p = stats.spearmanr(x[keep], y[keep])
-    return {"rho": float(rho), "p_value": float(p), "n": int(keep.sum())}
+def _spearman(x: pd.Series, y: pd.Series) -> dict[str, Any] | None:
+    """Spearman ρ with its p-value and method, "n too small" below the minimum (nnlab.analysis.significance)."""
+    return spearman(pd.to_numeric(x, errors="coerce"), pd.to_numeric(y, errors="coerce"))
 
 
 def learning_rate_analysis(history: pd.DataFrame, results: pd.DataFrame, run_id: str, out_dir: Path) -> SectionResult:
@@ -178,9 +176,14 @@ def learning_rate_analysis(history: pd.DataFrame, results: pd.DataFrame, run_id:
     cols = [c for c in ("run_id", "status", "learning_rate", "batch_size", "final_val_r2", "best_val_r2",
                         "best_val_loss", "test_r2") if c in h]
     table = h[cols].sort_values("learning_rate").reset_index(drop=True)
-    corr_rows = [{"metric": m, **(c or {"rho": None, "p_value": None, "n": None})} for m, c in correlations.items()]
+    corr_rows = [{"metric": m, "n": c["n"] if c else None,
+                  "rho": (c["rho"] if c["rho"] is not None else c["reason"]) if c else "no variation",
+                  "p_value": c["p_value"] if c else None, "p-value method": c["method"] if c else None}
+                 for m, c in correlations.items()]
     notes = ["Spearman correlation between log10(learning rate) and each metric over the run history; "
-             "it needs at least 3 runs with at least 2 different learning rates (None otherwise). "
+             f"ρ and p are reported from {MIN_CORRELATION_N} runs with at least 2 different learning rates "
+             "(fewer: \"n too small\"); p from an exact or random-permutation test up to "
+             f"{PERMUTATION_MAX_N} runs, the t-approximation above. "
              "Runs differ in more than the learning rate, so read it as a hint, not a controlled experiment."]
     return SectionResult("learning_rate", "", tables={"runs by learning rate": table,
                                                       "correlations with log10(learning rate)": pd.DataFrame(corr_rows)},

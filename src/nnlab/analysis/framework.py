@@ -9,6 +9,8 @@ network's predictions, the run history) are loaded once, on first use.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import traceback
 import warnings
@@ -35,7 +37,10 @@ class ExperimentAnalysis:
     Args:
         output_dir: the training output root (``training_output``).
         run: a run id, or ``"latest"``.
-        analysis_dir: where outputs go (default ``<output_dir>/analysis``).
+        analysis_dir: the root of the analyses (default ``<output_dir>/analysis``). This analysis is
+            built in a hidden temporary folder there (:attr:`analysis_dir` while it runs) and
+            :meth:`write_outputs` renames it to ``<root>/<run_id>`` (``<run_id>_2``, ``_3``, ... when
+            an earlier analysis has that name): nothing of another analysis is ever replaced.
         sample_size: test points for the residual and scatter plots.
         js_seeds: seeds per variant in the James-Stein comparison (6: the fewest with
             which its paired Wilcoxon test can reach p < 0.05).
@@ -68,12 +73,14 @@ class ExperimentAnalysis:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         self.output_dir = Path(output_dir)
         self.run_artifacts: RunArtifacts = load_run(self.output_dir, run)
-        self.analysis_dir = Path(analysis_dir) if analysis_dir is not None else self.output_dir / "analysis"
+        self.analysis_root = Path(analysis_dir) if analysis_dir is not None else self.output_dir / "analysis"
         try:
-            self.analysis_dir.mkdir(parents=True, exist_ok=True)
+            self.analysis_root.mkdir(parents=True, exist_ok=True)
+            self.analysis_dir = Path(tempfile.mkdtemp(dir=self.analysis_root, prefix=f".{self.run_id}.partial-"))
         except OSError as exc:
-            raise ArtifactError(f"analysis directory '{self.analysis_dir}' cannot be created: "
+            raise ArtifactError(f"analysis directory '{self.analysis_root}' cannot be created: "
                                 f"{exc.strerror or exc}") from None
+        self.published = False
         self.hpo_path = Path(hpo_results) if hpo_results is not None else self.output_dir / "analysis" / "hpo_results.csv"
         self.sample_size, self.js_seeds, self.js_epochs = int(sample_size), int(js_seeds), int(js_epochs)
         self.js_workers = int(js_workers) if js_workers is not None else None
@@ -202,7 +209,7 @@ class ExperimentAnalysis:
         from nnlab.analysis.residuals import residual_analysis
 
         actual, predicted, names, _ = self._sampled()
-        result = residual_analysis(actual, predicted, names, self.analysis_dir)
+        result = residual_analysis(actual, predicted, names, self.analysis_dir, units=self._units(names))
         result.notes.append(f"Weights: {self.network_predictions()['weights']}.")
         return result
 
@@ -210,7 +217,15 @@ class ExperimentAnalysis:
         from nnlab.analysis.residuals import prediction_scatter
 
         actual, predicted, names, full_r2 = self._sampled()
-        return prediction_scatter(actual, predicted, names, self.analysis_dir, full_r2=full_r2)
+        return prediction_scatter(actual, predicted, names, self.analysis_dir, full_r2=full_r2,
+                                  units=self._units(names))
+
+    def _units(self, names: list[str]) -> list[str | None]:
+        """Each target's unit: the particle task's SI units, none for a table's columns."""
+        from nnlab.analysis.labels import target_unit
+
+        table = self.table_targets() is not None
+        return [target_unit(n, table=table) for n in names]
 
     def _section_baselines(self) -> SectionResult:
         from nnlab.analysis.baselines import baseline_comparison
@@ -262,7 +277,7 @@ class ExperimentAnalysis:
         else:
             particles, metadata = self._run_particles()
         return james_stein_comparison(particles, run_config(self.run_artifacts), self.analysis_dir,
-                                      seeds=self.js_seeds, epochs=self.js_epochs, workers=self.js_workers,
+                                      study_root=self.analysis_root, seeds=self.js_seeds, epochs=self.js_epochs, workers=self.js_workers,
                                       data_metadata=metadata, progress=self.progress)
 
     def _section_recommendations(self) -> SectionResult:
@@ -413,6 +428,8 @@ class ExperimentAnalysis:
             "prediction_mae": mae,
             "prediction_mae_source": mae_source,
             "prediction_mae_per_target": mae_per_target,
+            "target_units": ({n: u for n, u in zip(mae_per_target, self._units(list(mae_per_target)))}
+                             if mae_per_target else None),
             "data_source": data.source if data is not None and not isinstance(data, Exception) else None,
             "james_stein_comparison": js_summary,
             "baselines": self.results["baselines"].summary if self._done("baselines") else None,
@@ -441,13 +458,53 @@ class ExperimentAnalysis:
         return name in self.results and self.results[name].status == "done"
 
     def write_outputs(self) -> dict[str, Path]:
-        """Write the summary JSON (a new file every time) and report.html; returns their paths."""
+        """Write the summary JSON and report.html, then publish the folder; returns their paths and ``folder``.
+
+        The analysis is built in a hidden temporary folder and renamed as a whole to
+        ``<analysis root>/<run_id>`` (or ``<run_id>_2``, ``_3``, ...: the first name no earlier
+        analysis holds), so a reader never sees half an analysis and no other analysis's report or
+        figure is replaced. Called again on the same object, it writes into that same folder.
+        """
         from nnlab.analysis.report import write_report, write_summary
 
+        final = self.analysis_dir if self.published else self._free_folder()
         summary = self.summary()
+        summary["analysis_dir"] = str(final)
         summary_path = write_summary(summary, self.analysis_dir)
         summary["summary_file"] = summary_path.name
         ordered = [self.results[n] for n in SECTIONS if n in self.results]
         report_path = write_report(ordered, summary, self.analysis_dir)
-        return {"summary": summary_path, "report": report_path}
+        if not self.published:
+            self._publish(final)
+        return {"folder": self.analysis_dir, "summary": self.analysis_dir / summary_path.name,
+                "report": self.analysis_dir / report_path.name}
 
+    def _free_folder(self, start: int = 1) -> Path:
+        for attempt in range(start, 10_000):
+            path = self.analysis_root / (self.run_id if attempt == 1 else f"{self.run_id}_{attempt}")
+            if not path.exists():
+                return path
+        raise ArtifactError(f"too many analyses of run {self.run_id} in '{self.analysis_root}'")  # pragma: no cover
+
+    def _publish(self, final: Path) -> None:
+        """Rename the temporary folder to ``final`` (the next free name if another analysis just took it)."""
+        temp = self.analysis_dir
+        for _ in range(100):
+            try:
+                if final.exists():
+                    raise FileExistsError(final)
+                os.rename(temp, final)
+                break
+            except OSError:  # taken meanwhile (a non-empty folder cannot be renamed over)
+                final = self._free_folder(int(final.name.rsplit("_", 1)[-1]) + 1 if final.name != self.run_id else 2)
+        else:  # pragma: no cover
+            raise ArtifactError(f"could not publish the analysis folder {temp} in '{self.analysis_root}'")
+        os.chmod(final, 0o755)
+        for result in self.results.values():
+            result.figures = [final / p.relative_to(temp) if p.is_relative_to(temp) else p for p in result.figures]
+        self.analysis_dir, self.published = final, True
+
+    def discard(self) -> None:
+        """Remove the unpublished temporary folder (an analysis abandoned before :meth:`write_outputs`)."""
+        if not self.published:
+            shutil.rmtree(self.analysis_dir, ignore_errors=True)

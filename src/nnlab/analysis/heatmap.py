@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from nnlab.analysis.artifacts import hidden_layers_of
 from nnlab.analysis.base import SectionResult, SectionSkipped, new_figure, save_figure
+from nnlab.analysis.significance import MIN_CORRELATION_N, PERMUTATION_MAX_N, spearman, too_small_text
 from nnlab.runs import RunStatus
 
 __all__ = ["hyperparameter_table", "impact_correlations", "hyperparameter_heatmap", "METRICS", "MIN_ROWS"]
@@ -80,11 +80,13 @@ def hyperparameter_table(history: pd.DataFrame | None, hpo: pd.DataFrame | None 
 
 
 def impact_correlations(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """Spearman correlations hyperparameter × metric (pairwise complete, at least MIN_ROWS pairs).
+    """Spearman correlations hyperparameter × metric (pairwise complete; see :func:`~nnlab.analysis.significance.spearman`).
 
     Returns:
-        ``(matrix, pairs)``: the matrix of varied hyperparameters by metrics, and
-        every finite pair as ``{parameter, metric, rho, p_value, n}``, strongest first.
+        ``(matrix, pairs)``: the matrix of varied hyperparameters by metrics (NaN where nothing
+        could be computed or n < :data:`~nnlab.analysis.significance.MIN_CORRELATION_N`), and every
+        pair that varies as ``{parameter, metric, rho, p_value, n, method, reason}``: the ones with
+        a ρ first, strongest first, then the "n too small" ones (``rho`` and ``p_value`` None).
     """
     metrics = [m for m in METRICS if m in table and table[m].nunique() >= 2]
     params = [c for c in table.columns if c not in (*METRICS, "source") and table[c].nunique() >= 2]
@@ -94,14 +96,56 @@ def impact_correlations(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     pairs = []
     for p in params:
         for m in metrics:
-            both = table[[p, m]].dropna()
-            if len(both) < MIN_ROWS or both[p].nunique() < 2 or both[m].nunique() < 2:
+            found = spearman(pd.to_numeric(table[p], errors="coerce"), pd.to_numeric(table[m], errors="coerce"))
+            if found is None:
                 continue
-            rho, pval = stats.spearmanr(both[p], both[m])
-            matrix.loc[p, m] = rho
-            pairs.append({"parameter": p, "metric": m, "rho": float(rho), "p_value": float(pval), "n": len(both)})
-    pairs.sort(key=lambda d: -abs(d["rho"]))
+            if found["rho"] is not None:
+                matrix.loc[p, m] = found["rho"]
+            pairs.append({"parameter": p, "metric": m, **found})
+    pairs.sort(key=lambda d: (d["rho"] is None, -abs(d["rho"] or 0.0)))
     return matrix, pairs
+
+
+def _draw(matrix: pd.DataFrame, counts: pd.DataFrame, title: str, out_dir: Path) -> Path:
+    """The heatmap: ρ in each cell, or "n < 8" (grey) where too few pairs."""
+    fig, axes = new_figure(1, 1, size=(2.2 + 1.6 * matrix.shape[1], 1.6 + 0.6 * matrix.shape[0]))
+    ax = axes[0, 0]
+    ax.set_facecolor("#dddddd")
+    image = ax.imshow(matrix.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns)
+    ax.set_yticks(range(matrix.shape[0]), matrix.index)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            value, n = matrix.iat[i, j], counts.iat[i, j]
+            if np.isfinite(value):
+                text = f"{value:.2f}"
+            elif np.isfinite(n):
+                text = f"n={int(n)}\ntoo small"
+            else:
+                continue
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if np.isfinite(value) and abs(value) > 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="Spearman ρ")
+    ax.set_title(title)
+    return save_figure(fig, out_dir / "hyperparameter_impact_heatmap.png")
+
+
+def _matrix_table(matrix: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
+    """ρ per cell, or "n too small (n = k < 8)"; "—" where nothing could be computed."""
+    shown = matrix.astype(object).copy()
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            n = counts.iat[i, j]
+            if not np.isfinite(matrix.iat[i, j]) and np.isfinite(n):
+                shown.iat[i, j] = too_small_text(int(n))
+    return shown.reset_index(names="parameter")
+
+
+def _pair_table(pairs: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"parameter": p["parameter"], "metric": p["metric"], "n": p["n"],
+                          "rho": p["rho"] if p["rho"] is not None else p["reason"],
+                          "p_value": p["p_value"] if p["p_value"] is not None else "—",
+                          "p-value method": p["method"] or "—"} for p in pairs])
 
 
 def hyperparameter_heatmap(history: pd.DataFrame | None, hpo: pd.DataFrame | None, out_dir: Path, *,
@@ -117,35 +161,32 @@ def hyperparameter_heatmap(history: pd.DataFrame | None, hpo: pd.DataFrame | Non
     if matrix.empty or not pairs:
         raise SectionSkipped(f"no hyperparameter varies together with a metric across the {len(table)} "
                              "runs/trials (need at least 3 rows with two different values)")
-    matrix = matrix.dropna(how="all").dropna(axis=1, how="all")
-    fig, axes = new_figure(1, 1, size=(2.2 + 1.6 * matrix.shape[1], 1.6 + 0.6 * matrix.shape[0]))
-    ax = axes[0, 0]
-    image = ax.imshow(matrix.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-    ax.set_xticks(range(matrix.shape[1]), matrix.columns)
-    ax.set_yticks(range(matrix.shape[0]), matrix.index)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            value = matrix.iat[i, j]
-            if np.isfinite(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
-                        color="white" if abs(value) > 0.6 else "black")
-    fig.colorbar(image, ax=ax, label="Spearman ρ")
-    ax.set_title(f"Hyperparameter impact ({n_runs} runs, {n_trials} HPO trials)")
-    path = save_figure(fig, out_dir / "hyperparameter_impact_heatmap.png")
-    positive = [p for p in pairs if p["rho"] > 0][:top]
-    negative = [p for p in pairs if p["rho"] < 0][:top]
+    counts = pd.DataFrame(index=matrix.index, columns=matrix.columns, dtype=float)
+    for pair in pairs:
+        counts.loc[pair["parameter"], pair["metric"]] = pair["n"]
+    shown = counts.notna().any(axis=1)
+    matrix, counts = matrix[shown], counts[shown]
+    path = _draw(matrix, counts, f"Hyperparameter impact ({n_runs} runs, {n_trials} HPO trials)", out_dir)
+    reported = [p for p in pairs if p["rho"] is not None]
+    positive = [p for p in reported if p["rho"] > 0][:top]
+    negative = [p for p in reported if p["rho"] < 0][:top]
     notes = [
         f"Spearman rank correlation over {n_runs} runs of the history and {n_trials} HPO trials "
         f"({'run history only: no hpo_results.csv' if hpo is None else 'HPO results included'}). "
-        "Only hyperparameters that vary appear; blank cells had fewer than 3 complete pairs.",
+        f"Only hyperparameters that vary appear. A correlation needs at least {MIN_CORRELATION_N} complete "
+        f"pairs: below that a cell says \"n too small\" and no ρ or p is reported (with 4 runs ρ = ±1 "
+        f"happens by chance). p-values: exact or random-permutation test up to {PERMUTATION_MAX_N} pairs, "
+        "the t-approximation above (column p-value method).",
         "R² metrics: higher is better; test_mae and training time: lower is better. Correlation is not "
         "causation: settings that were changed together share their correlations.",
     ]
     return SectionResult(
         "heatmap", "",
-        tables={"correlations (parameters × metrics)": matrix.reset_index(names="parameter"),
-                "strongest positive": pd.DataFrame(positive), "strongest negative": pd.DataFrame(negative)},
+        tables={"correlations (parameters × metrics)": _matrix_table(matrix, counts),
+                "strongest positive": _pair_table(positive), "strongest negative": _pair_table(negative),
+                "every pair": _pair_table(pairs)},
         figures=[path],
         summary={"n_runs": n_runs, "n_hpo_trials": n_trials, "uses_hpo_results": hpo is not None and n_trials > 0,
-                 "strongest_positive": positive, "strongest_negative": negative},
+                 "strongest_positive": positive, "strongest_negative": negative,
+                 "min_correlation_n": MIN_CORRELATION_N, "pairs_too_small": len(pairs) - len(reported)},
         notes=notes)

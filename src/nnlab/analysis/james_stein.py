@@ -106,8 +106,9 @@ def _new_study_dir(out_dir: Path) -> Path:
 
 
 def _study_base(config: Any, epochs: int) -> Any:
-    """The run's whole configuration, checkpointed once at the end: these short runs are never resumed."""
-    return config.updated({"checkpoint_every": int(epochs)}, source="james_stein")
+    """The run's whole configuration, checkpointed once at the end: these short runs are never resumed, and kept
+    out of MLflow (the analysis is logged to the analysed run's own MLflow run, not as new runs)."""
+    return config.updated({"checkpoint_every": int(epochs), "mlflow_tracking_uri": None}, source="james_stein")
 
 
 def run_variant_study(particles: str | os.PathLike, config: Any, study_dir: str | os.PathLike, *,
@@ -216,6 +217,40 @@ def _pair(a: str, b: str) -> str:
     return f"{a}_vs_{b}"
 
 
+SIGN_FLIPS = 10_000  # the paired permutation test is exact when 2**n is at most this
+
+
+def wilcoxon_method(a: Any, b: Any) -> str:
+    """How scipy computes the two-sided Wilcoxon p of the pairs (method="auto"): exact below 51 pairs
+    without zero or tied differences, else the normal approximation."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    nonzero = d[d != 0]
+    if d.size == 0 or nonzero.size == 0:
+        return "none (no non-zero difference)"
+    exact = d.size <= 50 and nonzero.size == d.size and np.unique(np.abs(nonzero)).size == nonzero.size
+    return "exact Wilcoxon" if exact else "Wilcoxon, normal approximation"
+
+
+def paired_permutation_p(a: Any, b: Any, *, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation test of the mean paired difference (exact for 2**n ≤ SIGN_FLIPS)."""
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    if d.size == 0 or not np.any(d):
+        return 1.0 if d.size else math.nan
+    result = stats.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True,
+                                    n_resamples=SIGN_FLIPS, alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(min(1.0, result.pvalue))
+
+
+def _with_methods(comparison: dict[str, Any], a: Any, b: Any, *, permutation: bool = True) -> dict[str, Any]:
+    comparison["p_method"] = wilcoxon_method(a, b)
+    comparison["permutation_p"] = paired_permutation_p(a, b) if permutation else None
+    return comparison
+
+
 def compare_variants(runs: dict[str, list[dict[str, Any]]], *, alpha: float = 0.05,
                      seed: int = 0) -> dict[str, Any]:
     """Paired statistics between the variants and the winner decision.
@@ -234,8 +269,9 @@ def compare_variants(runs: dict[str, list[dict[str, Any]]], *, alpha: float = 0.
     comparisons: dict[str, dict[str, Any]] = {}
     for a, b in itertools.combinations(VARIANTS, 2):
         comparisons[_pair(a, b)] = {
-            "across_seeds": compare_paired(best[a], best[b], alpha=alpha, seed=seed),
-            "across_epochs": compare_paired(curves[a], curves[b], alpha=alpha, seed=seed),
+            "across_seeds": _with_methods(compare_paired(best[a], best[b], alpha=alpha, seed=seed), best[a], best[b]),
+            "across_epochs": _with_methods(compare_paired(curves[a], curves[b], alpha=alpha, seed=seed),
+                                           curves[a], curves[b], permutation=False),
         }
     means = {v: float(np.nanmean(best[v])) for v in VARIANTS}
     leader = min(VARIANTS, key=lambda v: means[v] if np.isfinite(means[v]) else math.inf)
@@ -365,7 +401,7 @@ def _study_data(particles: Any, study_dir: Path, metadata: dict[str, Any] | None
 
 
 def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: Any, out_dir: Path, *,
-                           seeds: int = DEFAULT_JS_SEEDS, epochs: int = DEFAULT_JS_EPOCHS,
+                           study_root: Path | None = None, seeds: int = DEFAULT_JS_SEEDS, epochs: int = DEFAULT_JS_EPOCHS,
                            workers: int | None = None, alpha: float = 0.05,
                            data_metadata: dict[str, Any] | None = None,
                            progress: Callable[[str], None] | None = None) -> SectionResult:
@@ -375,8 +411,10 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
         particles: the run's particle data: a CSV file (trained on as found) or a
             DataFrame (written to ``<study dir>/particles.csv`` first).
         config: the run's :class:`~nnlab.config.Config` (every variant's base).
-        out_dir: where james_stein_comparison.png and the study directory
-            (``james_stein_study``, or ``james_stein_study_<k>`` when taken) go.
+        out_dir: where james_stein_comparison.png goes.
+        study_root: where the study directory (``james_stein_study``, or ``james_stein_study_<k>``
+            when taken) goes (default: ``out_dir``); ``nnlab analyze`` puts it beside its analysis
+            folders, so the runs' recorded paths stay valid when that folder is published.
         seeds: number of seeds K (seed s, s+1, ... from the run's ``seed``, 0 if none).
         epochs: epochs E per training.
         workers: worker processes (default: the CPUs available).
@@ -395,7 +433,7 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
     base = config.model.seed if config.model.seed is not None else 0
     seed_list = [base + k for k in range(int(seeds))]
     n_workers = available_cpus() if workers is None else int(workers)
-    study_dir = _new_study_dir(Path(out_dir))
+    study_dir = _new_study_dir(Path(study_root if study_root is not None else out_dir))
     data_path = _study_data(particles, study_dir, data_metadata)
     if progress is not None:
         progress(f"james_stein: {len(VARIANTS)} variants × {len(seed_list)} seeds × {epochs} epochs as a study in "
@@ -414,6 +452,8 @@ def james_stein_comparison(particles: str | os.PathLike | pd.DataFrame, config: 
         **{f"{v}_best_loss": result["best_loss"][v] for v in VARIANTS},
         "p_values": _json_pairs(result["comparisons"], "p_value"),
         "effect_sizes": _json_pairs(result["comparisons"], "cohens_d"),
+        "p_value_methods": _json_pairs(result["comparisons"], "p_method"),
+        "permutation_p_values": _json_pairs(result["comparisons"], "permutation_p"),
         "winner": result["winner"],
         "winner_rule": f"lowest mean best {LOSS_METRIC}, significant (paired Wilcoxon across seeds, "
                        f"p < {alpha}) against both other variants",
@@ -456,7 +496,9 @@ def _paired_tests_table(result: dict[str, Any]) -> pd.DataFrame:
     """One row per pair of variants and basis (across seeds, across epochs)."""
     return pd.DataFrame([{"comparison": pair.replace("_vs_", " vs "), "basis": basis, "n": c["n"],
                           "mean_diff": c["mean_diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                          "wilcoxon_W": c["wilcoxon_statistic"], "p_value": c["p_value"], "cohens_d": c["cohens_d"],
+                          "wilcoxon_W": c["wilcoxon_statistic"], "p_value": c["p_value"],
+                          "p-value method": c.get("p_method"), "permutation_p (sign flips)": c.get("permutation_p"),
+                          "cohens_d": c["cohens_d"],
                           "significant": c["significant"]}
                          for pair, comp in result["comparisons"].items() for basis, c in comp.items()])
 
@@ -470,6 +512,10 @@ def _notes(result: dict[str, Any], study: Any, used_seeds: Sequence[int], droppe
         "in all variants; no XLA, no early stopping; compared on validation MSE.",
         f"Winner: {result['winner']}. A winner is named only when the paired Wilcoxon test across seeds gives "
         f"p < {alpha} against both other variants.",
+        "p_value: two-sided Wilcoxon signed-rank, exact (scipy's exact null distribution) across seeds when the "
+        "differences have no zeros or ties, else the normal approximation (column p-value method); "
+        f"permutation_p: a sign-flip permutation test of the mean difference across seeds (exact: all 2^n sign "
+        f"patterns up to 2^n = {SIGN_FLIPS}).",
         "Across-epochs tests pair the seed-averaged curves epoch by epoch; successive epochs are correlated, so "
         "those p-values overstate the evidence and are descriptive only.",
         f"The runs are a compare study in {study.study_dir} (runs table {study.paths['runs'].name}, one run "

@@ -18,18 +18,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from nnlab.analysis.artifacts import hidden_layers_of
 from nnlab.analysis.base import SectionResult, SectionSkipped
 from nnlab.analysis.heatmap import UNFINISHED
+from nnlab.analysis.labels import (CONFIDENCE_HIGH_P, CONFIDENCE_MEDIUM_P, CONFIDENCE_MIN_N, CONFIDENCE_RULE,
+                                   confidence_from_p)
+from nnlab.analysis.significance import spearman
 from nnlab.runs import RunStatus
 from nnlab.stats import fit_exponential_decay, one_sample_ttest
 
 __all__ = ["COLUMNS", "recommend", "learning_rate_rule", "overfitting_rule", "batch_size_rule",
            "convergence_rule", "historical_best_rules", "recommendations_section", "memory_status"]
 
-COLUMNS = ("rule", "parameter", "current_value", "suggestion", "confidence", "evidence", "test", "statistic",
+COLUMNS = ("rule", "parameter", "current_value", "suggestion", "confidence", "confidence_basis", "evidence", "test", "statistic",
            "p_value", "correlation", "expected_impact", "priority", "status")
 OK, WARN, BAD = "✓", "⚠", "✗"
 ALPHA = 0.05
@@ -50,8 +52,19 @@ def _series(results: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(results[name], errors="coerce").to_numpy(float) if name in results else np.zeros(0)
 
 
-def _confidence(p: float, n: int) -> str:
-    return "High" if p < 0.01 and n >= 5 else "Medium" if p < ALPHA else "Low"
+def _confidence(p: float | None, n: int | None = None) -> dict[str, str]:
+    """``confidence`` and ``confidence_basis`` from a p-value by :data:`~nnlab.analysis.labels.CONFIDENCE_RULE`."""
+    label = confidence_from_p(p, n)
+    if p is None or not np.isfinite(p):
+        return {"confidence": label, "confidence_basis": "no p-value: Low"}
+    if label == "High":
+        why = f"p = {p:.3g} < {CONFIDENCE_HIGH_P} with n = {n} ≥ {CONFIDENCE_MIN_N}"
+    elif label == "Medium":
+        why = f"p = {p:.3g} < {CONFIDENCE_MEDIUM_P}" + (
+            f" (not High: {'p ≥ ' + str(CONFIDENCE_HIGH_P) if p >= CONFIDENCE_HIGH_P else f'n = {n} < {CONFIDENCE_MIN_N}'})")
+    else:
+        why = f"p = {p:.3g} ≥ {CONFIDENCE_MEDIUM_P}"
+    return {"confidence": label, "confidence_basis": f"{why} → {label}"}
 
 
 def learning_rate_rule(results: pd.DataFrame, config: Mapping[str, Any],
@@ -67,17 +80,20 @@ def learning_rate_rule(results: pd.DataFrame, config: Mapping[str, Any],
         before, recent = np.nanmin(val[:-w]), np.nanmin(val[-w:])
         improvement = (before - recent) / abs(before) if before else math.nan
         plateau = bool(np.isfinite(improvement) and improvement < PLATEAU_MIN_IMPROVEMENT)
-    corr = None
+    corr, too_small = None, None
     if history is not None and not history.empty and "learning_rate" in history:
         metric = "best_val_r2" if "best_val_r2" in history and history["best_val_r2"].notna().sum() >= 3 \
             else "final_val_r2"
         if metric in history:
             h = history[["learning_rate", metric]].apply(pd.to_numeric, errors="coerce").dropna()
             h = h[h["learning_rate"] > 0]
-            if len(h) >= 3 and h["learning_rate"].nunique() >= 2 and h[metric].nunique() >= 2:
-                rho, p = stats.spearmanr(np.log10(h["learning_rate"]), h[metric])
+            found = spearman(np.log10(h["learning_rate"]), h[metric]) if len(h) >= 3 else None
+            if found is not None and found["rho"] is not None:
                 best_lr = float(h.loc[h[metric].idxmax(), "learning_rate"])
-                corr = {"rho": float(rho), "p": float(p), "n": len(h), "metric": metric, "best_lr": best_lr}
+                corr = {"rho": found["rho"], "p": found["p_value"], "n": found["n"], "metric": metric,
+                        "best_lr": best_lr, "method": found["method"]}
+            elif found is not None:
+                too_small = found["reason"]
     if not np.isfinite(improvement):
         plateau_text = "too few epochs for plateau detection"
     elif improvement > 0:
@@ -86,8 +102,10 @@ def learning_rate_rule(results: pd.DataFrame, config: Mapping[str, Any],
         plateau_text = f"the last {w} epochs did not improve on the earlier best validation loss ({improvement:.2%})"
     evidence = f"{plateau_text}; learning rate reduced {reductions}x during the run"
     if corr is not None:
-        evidence = (f"Spearman ρ(log10 LR, {corr['metric']}) = {corr['rho']:.2f}, p = {corr['p']:.3g}, "
-                    f"n = {corr['n']} runs; " + evidence)
+        evidence = (f"Spearman ρ(log10 LR, {corr['metric']}) = {corr['rho']:.2f}, p = {corr['p']:.3g} "
+                    f"({corr['method']}), n = {corr['n']} runs; " + evidence)
+    elif too_small is not None:
+        evidence = f"learning rate vs R² over the history: {too_small}; " + evidence
     common = {"test": "Spearman correlation" if corr else "plateau detection",
               "statistic": corr["rho"] if corr else improvement, "p_value": corr["p"] if corr else None,
               "correlation": corr["rho"] if corr else None, "evidence": evidence}
@@ -95,14 +113,16 @@ def learning_rate_rule(results: pd.DataFrame, config: Mapping[str, Any],
         lower = corr["rho"] < 0  # negative ρ: runs with smaller learning rates scored higher
         towards_best = corr["best_lr"] != lr_now and (corr["best_lr"] < lr_now) == lower
         wanted = corr["best_lr"] if towards_best else lr_now * (0.5 if lower else 2.0)
-        return _row("learning_rate", "learning_rate", lr_now, float(wanted), confidence=_confidence(corr["p"], corr["n"]),
+        return _row("learning_rate", "learning_rate", lr_now, float(wanted), **_confidence(corr["p"], corr["n"]),
                     expected_impact=f"higher {corr['metric']} (runs with {'lower' if lower else 'higher'} "
                                     "learning rates scored better)", priority="High", status=WARN, **common)
     if plateau and reductions == 0:
         return _row("learning_rate", "learning_rate", lr_now, float(lr_now) * 0.5 if lr_now else None,
-                    confidence="Medium", expected_impact="lower validation loss after the plateau "
+                    confidence="Low", confidence_basis="plateau heuristic (< 1% improvement), no test: Low",
+                    expected_impact="lower validation loss after the plateau "
                     "(or set reduce_lr_on_plateau=true)", priority="Medium", status=WARN, **common)
-    return _row("learning_rate", "learning_rate", lr_now, lr_now, confidence="Low" if corr is None else "Medium",
+    return _row("learning_rate", "learning_rate", lr_now, lr_now, **_confidence(corr["p"] if corr else None,
+                                                                               corr["n"] if corr else None),
                 expected_impact="none expected", priority="Low", status=OK, **common)
 
 
@@ -116,21 +136,39 @@ def overfitting_rule(results: pd.DataFrame, config: Mapping[str, Any], *, last: 
     recent_val = float(np.nanmean(val[-k:])) if n else math.nan
     relative = test["mean"] / recent_val if recent_val and np.isfinite(recent_val) else math.nan
     dropout = float(config.get("dropout_rate", 0.0) or 0.0)
+    p = test["p_value"]
+    significant = bool(np.isfinite(p) and p < ALPHA)
+    material = bool(np.isfinite(relative) and relative >= OVERFIT_MIN_RELATIVE_GAP)
     evidence = (f"one-sided one-sample t-test of validation − train loss over the last {test['n']} epochs: "
                 f"mean gap {test['mean']:.4g} ({relative:.1%} of the validation loss), "
-                f"t = {test['statistic']:.3g}, p = {test['p_value']:.3g}")
-    common = {"test": "one-sample t-test (greater)", "statistic": test["statistic"], "p_value": test["p_value"],
-              "evidence": evidence}
-    if np.isfinite(test["p_value"]) and test["p_value"] < ALPHA and relative >= OVERFIT_MIN_RELATIVE_GAP:
+                f"t = {test['statistic']:.3g}, p = {p:.3g}; overfitting = p < {ALPHA} AND gap ≥ "
+                f"{OVERFIT_MIN_RELATIVE_GAP:.0%} of the validation loss")
+    common = {"test": "one-sample t-test (greater)", "statistic": test["statistic"], "p_value": p,
+              "evidence": evidence, **_confidence(p, test["n"])}
+    verdict = _overfitting_verdict(p, relative, significant, material)
+    if significant and material:
         suggestion = round(min(0.5, dropout + 0.1), 3)
         l2 = float(config.get("l2_regularization", 0.0) or 0.0)
         extra = "" if l2 > 0 else ", l2_regularization=1e-4"
         return _row("overfitting", "dropout_rate", dropout, f"{suggestion}{extra} (or early_stopping_patience)",
-                    confidence="High" if test["p_value"] < 0.01 else "Medium",
-                    expected_impact=f"smaller generalisation gap (now {relative:.0%} of the validation loss)",
-                    priority="High", status=BAD, **common)
-    return _row("overfitting", "dropout_rate", dropout, dropout, confidence="Medium",
-                expected_impact="none: no significant overfitting", priority="Low", status=OK, **common)
+                    expected_impact=f"smaller generalisation gap; {verdict}", priority="High", status=BAD, **common)
+    return _row("overfitting", "dropout_rate", dropout, dropout, expected_impact=f"none: {verdict}",
+                priority="Low", status=OK, **common)
+
+
+def _overfitting_verdict(p: float, relative: float, significant: bool, material: bool) -> str:
+    """The overfitting verdict with both thresholds that decide it, never contradicting the p-value."""
+    gap = f"gap {relative:.1%} of the validation loss"
+    threshold = f"{OVERFIT_MIN_RELATIVE_GAP:.0%} threshold"
+    if not np.isfinite(p):
+        return f"no test possible (too few epochs or a constant gap); {gap}"
+    if significant and material:
+        return f"overfitting: {gap} ≥ {threshold} and significant (p = {p:.3g} < {ALPHA})"
+    if significant:
+        return f"{gap} < {threshold}: not material, though significant (p = {p:.3g} < {ALPHA})"
+    if material:
+        return f"{gap} ≥ {threshold} but not significant (p = {p:.3g} ≥ {ALPHA}): no evidence of overfitting"
+    return f"no significant overfitting (p = {p:.3g} ≥ {ALPHA}); {gap} < {threshold}"
 
 
 def memory_status() -> dict[str, float]:
@@ -156,16 +194,21 @@ def batch_size_rule(results: pd.DataFrame, config: Mapping[str, Any], *, n_train
     common = {"test": "memory headroom (psutil) and epoch time", "statistic": headroom, "evidence": evidence}
     if np.isfinite(peak) and peak > 0.8 * memory["total_mb"]:
         return _row("batch_size", "batch_size", bs, max(1, bs // 2), confidence="High",
+                    confidence_basis="measured: peak memory > 80% of the total memory → High",
                     expected_impact="avoids running out of memory", priority="High", status=BAD, **common)
     if steps is not None and steps < 10 and bs > 16:
         return _row("batch_size", "batch_size", bs, max(16, bs // 2), confidence="Low",
+                    confidence_basis="heuristic (< 10 steps per epoch), no test: Low",
                     expected_impact="more optimizer steps per epoch (often faster convergence per epoch)",
                     priority="Low", status=WARN, **common)
     if np.isfinite(headroom) and headroom > 4 and epoch_time > 1.0:
         return _row("batch_size", "batch_size", bs, bs * 2, confidence="Low",
+                    confidence_basis="heuristic (memory headroom > 4x, epoch > 1 s), no test: Low",
                     expected_impact="shorter epochs (scale learning_rate by about √2 with it)",
                     priority="Low", status=WARN, **common)
-    return _row("batch_size", "batch_size", bs, bs, confidence="Medium", expected_impact="none expected",
+    return _row("batch_size", "batch_size", bs, bs, confidence="Medium",
+                confidence_basis="measured memory and epoch time within the limits above → Medium",
+                expected_impact="none expected",
                 priority="Low", status=OK, **common)
 
 
@@ -177,7 +220,7 @@ def convergence_rule(results: pd.DataFrame, config: Mapping[str, Any]) -> dict[s
     fit = fit_exponential_decay(epoch[start:], val[start:], floor=0.0) if len(val) >= 8 else None
     common = {"test": "exponential decay fit a·exp(−b·t) + c", "p_value": None}
     if fit is None:
-        return _row("convergence", "epochs", epochs_now, epochs_now, confidence="Low",
+        return _row("convergence", "epochs", epochs_now, epochs_now, confidence="Low", confidence_basis="no fit: Low",
                     evidence="no decaying trend in the second half of the validation loss (flat, too short, "
                              "or the fit did not converge)", statistic=None, expected_impact="none expected",
                     priority="Low", status=OK, **common)
@@ -187,6 +230,8 @@ def convergence_rule(results: pd.DataFrame, config: Mapping[str, Any]) -> dict[s
     confidence = "High" if fit["r2"] >= 0.9 else "Medium" if fit["r2"] >= 0.7 else "Low"
     if fit["e_foldings"] < 1.0 and confidence != "Low":
         confidence = "Medium" if confidence == "High" else "Low"  # little curvature: asymptote poorly pinned
+    common["confidence_basis"] = (f"fit R² {fit['r2']:.2f} (High ≥ 0.9, Medium ≥ 0.7, else Low; one step lower "
+                                  f"under 1 e-folding: {fit['e_foldings']:.2f}) → {confidence}")
     if fit["remaining_fraction"] > CONVERGED_REMAINING and fit["b"] > 0:
         extra = math.ceil(math.log(fit["remaining"] / (0.01 * abs(fit["last_fit"]))) / fit["b"])
         suggestion = epochs_now + min(max(extra, 1), 3 * max(epochs_now, 1))
@@ -242,6 +287,7 @@ def historical_best_rules(config: Mapping[str, Any], run_id: str, current_r2: fl
     found = _candidates(history, hpo)
     if not found:
         return [_row("historical_best", "(all)", None, None, confidence="Low", test="historical comparison",
+                     confidence_basis="nothing to compare: Low",
                      evidence="no run or HPO trial with a test R² to compare with", expected_impact="none",
                      priority="Low", status=OK)]
     best = max(found, key=lambda c: c["test_r2"])
@@ -251,18 +297,20 @@ def historical_best_rules(config: Mapping[str, Any], run_id: str, current_r2: fl
                 f"{own:.4f}")
     if best["run_id"] == run_id or (np.isfinite(delta) and delta <= 1e-3):
         return [_row("historical_best", "(all)", "current settings", "keep", confidence="Medium",
-                     test="historical comparison", statistic=delta, evidence=evidence,
+                     confidence_basis="this run is the best (within 0.001) → Medium", test="historical comparison", statistic=delta, evidence=evidence,
                      expected_impact="none: this run is (within 0.001 R² of) the best", priority="Low", status=OK)]
     confidence = "High" if len(found) >= 10 and delta >= 0.01 else "Medium" if len(found) >= 3 else "Low"
     rows = [
         _row("historical_best", key, config.get(key), value, confidence=confidence, test="historical comparison",
+             confidence_basis=f"{len(found)} runs/trials, Δ {delta:+.4f} (High: ≥ 10 and Δ ≥ 0.01; Medium: ≥ 3; "
+                              f"else Low) → {confidence}",
              statistic=delta, evidence=evidence + f" (Δ {delta:+.4f})",
              expected_impact=f"up to {delta:+.4f} test R² (the best run's whole setting)",
              priority="High" if delta >= 0.05 else "Medium", status=WARN)
         for key, value in best["params"].items() if key in config and not _same(config.get(key), value)
     ]
     return rows or [_row("historical_best", "(all)", "current settings", "keep", confidence="Low",
-                         test="historical comparison", statistic=delta,
+                         confidence_basis="the better run has the same settings: Low", test="historical comparison", statistic=delta,
                          evidence=evidence + "; the better run has the same settings (seed or data differ)",
                          expected_impact="none from settings", priority="Low", status=OK)]
 
@@ -287,8 +335,11 @@ def recommendations_section(results: pd.DataFrame, config: Mapping[str, Any], ou
     """Section 8: the recommendations table (see :func:`recommend` for the arguments)."""
     rows = recommend(results, config, **kwargs)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    notes = ["Status ✓ keep, ⚠ worth changing, ✗ a problem to fix. Confidence follows the evidence "
-             "(p < 0.01 with enough data: High; p < 0.05: Medium; otherwise Low).",
+    notes = ["Status ✓ keep, ⚠ worth changing, ✗ a problem to fix.",
+             f"Confidence: a row with a test takes its {CONFIDENCE_RULE}; a row without one states its own "
+             "rule. Column confidence_basis gives the value and the threshold that set each label.",
+             f"Overfitting is declared only when the one-sided t-test gives p < {ALPHA} AND the mean gap is at "
+             f"least {OVERFIT_MIN_RELATIVE_GAP:.0%} of the validation loss; the verdict names both.",
              "Historical suggestions copy the best run's setting; runs differ in several settings at once, "
              "so change one at a time and compare."]
     return SectionResult("recommendations", "", tables={"recommendations": table}, summary={"rows": rows},

@@ -19,6 +19,7 @@ import pandas as pd
 from nnlab._files import atomic_write_text
 from nnlab._numbers import to_jsonable
 from nnlab.analysis.base import SectionResult
+from nnlab.analysis.labels import headline_rows
 
 __all__ = ["to_jsonable", "write_summary", "render_report", "write_report", "write_study_report"]
 
@@ -71,15 +72,19 @@ def _table_html(table: pd.DataFrame) -> str:
     shown = table.copy()
     for col in shown.columns:
         shown[col] = shown[col].astype(object).map(_cell)
-    return shown.to_html(index=False, escape=True, border=0, classes="table")
+    return f"<div class='table-wrap'>{shown.to_html(index=False, escape=True, border=0, classes='table')}</div>"
 
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table.table{border-collapse:collapse;font-size:.85em;margin:.6em 0 1.2em}
-table.table th,table.table td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
+.table-wrap{max-width:100%;overflow-x:auto;margin:.6em 0 1.2em}
+table.table{border-collapse:collapse;font-size:.8em;max-width:100%}
+table.table th,table.table td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere;word-break:break-word;min-width:3.5em}
+table.table td{max-width:28em}
+code{overflow-wrap:anywhere}
 table.table th{background:#f3f3f3}
 .status{display:inline-block;padding:.05em .5em;border-radius:.3em;font-size:.8em;color:#fff}
 .done{background:#2e7d32}.skipped{background:#9e9e9e}.failed{background:#c62828}
@@ -114,9 +119,8 @@ def render_report(sections: Sequence[SectionResult], summary: Mapping[str, Any])
         f"<p>Analysed {esc(str(summary.get('analysis_timestamp')))} · run directory "
         f"<code>{esc(str(summary.get('run_dir')))}</code></p>",
     ]
-    key_rows = [(k, summary.get(k)) for k in ("best_validation_loss", "best_r2_score", "total_training_epochs",
-                                              "prediction_mae", "test_r2")]
-    parts.append(_table_html(pd.DataFrame(key_rows, columns=["figure", "value"])))
+    parts.append("<h2 id='headline'>Headline</h2>")
+    parts.append(_table_html(pd.DataFrame(headline_rows(summary), columns=["quantity", "value"])))
     parts.append("<ul>" + "".join(
         f"<li><a href='#{esc(s.name)}'>{esc(s.title)}</a> <span class='status {esc(s.status)}'>{esc(s.status)}"
         f"</span></li>" for s in sections) + "</ul>")

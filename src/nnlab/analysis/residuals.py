@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from nnlab.analysis.base import SectionResult, new_figure, save_figure
+from nnlab.analysis.labels import with_unit
 
 __all__ = ["sample_indices", "residual_analysis", "prediction_scatter", "r2_per_target"]
 
@@ -50,79 +51,72 @@ def _residual_stats(name: str, r: np.ndarray, mu: float, sigma: float) -> dict:
     }
 
 
-def _histogram_panel(ax, residuals: np.ndarray, names: list[str], colors: list[str]) -> list[dict]:
-    """Histograms with fitted normals; returns the per-target statistics rows."""
-    rows = []
-    for j, name in enumerate(names):
-        r = residuals[:, j]
-        mu, sigma = stats.norm.fit(r)
-        ax.hist(r, bins=30, density=True, histtype="step", lw=1.5, color=colors[j],
-                label=f"{name}: μ={mu:.3g}, σ={sigma:.3g}")
-        if sigma > 0:
-            grid = np.linspace(mu - 4 * sigma, mu + 4 * sigma, 200)
-            ax.plot(grid, stats.norm.pdf(grid, mu, sigma), ls="--", lw=1, color=colors[j])
-        rows.append(_residual_stats(name, r, mu, sigma))
-    ax.set(title="Residual histograms with fitted normals (dashed)", xlabel="residual (predicted − actual, physical units)",
-           ylabel="density")
+def _histogram_panel(ax, r: np.ndarray, name: str, unit: str | None, color: str) -> dict:
+    """One target's residual histogram with its fitted normal; returns its statistics row."""
+    mu, sigma = stats.norm.fit(r)
+    ax.hist(r, bins=30, density=True, histtype="step", lw=1.5, color=color, label=f"μ={mu:.3g}, σ={sigma:.3g}")
+    if sigma > 0:
+        grid = np.linspace(mu - 4 * sigma, mu + 4 * sigma, 200)
+        ax.plot(grid, stats.norm.pdf(grid, mu, sigma), ls="--", lw=1, color=color)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set(title=f"{name}: residuals, fitted normal dashed", xlabel=with_unit("residual", unit),
+           ylabel="density" + (f" (1/{unit})" if unit else ""))
     ax.legend(fontsize=7)
-    return rows
+    return {**_residual_stats(name, r, mu, sigma), "unit": unit or ""}
 
 
-def _qq_panel(ax, residuals: np.ndarray, names: list[str], colors: list[str]) -> None:
-    for j, name in enumerate(names):
-        r = residuals[:, j]
-        sd = r.std(ddof=1) if r.size > 1 else 0.0
-        z = (r - r.mean()) / sd if sd > 0 else r - r.mean()
-        (theoretical, ordered), _ = stats.probplot(z, dist="norm")
-        ax.plot(theoretical, ordered, ".", ms=3, color=colors[j], label=name)
+def _qq_panel(ax, r: np.ndarray, name: str, color: str) -> None:
+    sd = r.std(ddof=1) if r.size > 1 else 0.0
+    z = (r - r.mean()) / sd if sd > 0 else r - r.mean()
+    (theoretical, ordered), _ = stats.probplot(z, dist="norm")
+    ax.plot(theoretical, ordered, ".", ms=3, color=color)
     lim = ax.get_xlim()
     ax.plot(lim, lim, color="black", lw=1)
-    ax.set(title="Normal Q-Q plot (each target's residuals standardised)", xlabel="theoretical quantile",
-           ylabel="sample quantile")
-    ax.legend(fontsize=7)
+    ax.set(title=f"{name}: normal Q-Q", xlabel="theoretical quantile (standard normal, unitless)",
+           ylabel="standardised residual (unitless)")
 
 
-def _versus_predicted_panel(ax, y_pred: np.ndarray, residuals: np.ndarray, names: list[str],
-                            colors: list[str]) -> None:
-    for j, name in enumerate(names):
-        ax.scatter(y_pred[:, j], residuals[:, j], s=6, alpha=0.5, color=colors[j], label=name)
+def _versus_predicted_panel(ax, predicted: np.ndarray, r: np.ndarray, name: str, unit: str | None,
+                            color: str) -> None:
+    ax.scatter(predicted, r, s=6, alpha=0.5, color=color)
     ax.axhline(0.0, color="black", lw=1)
-    ax.set(title="Residuals vs predicted", xlabel="predicted (physical units)", ylabel="residual")
-    ax.legend(fontsize=7, markerscale=2)
-
-
-def _box_panel(ax, residuals: np.ndarray, names: list[str]) -> None:
-    ax.boxplot([residuals[:, j] for j in range(len(names))])
-    ax.set_xticks(range(1, len(names) + 1), names)  # tick_labels= needs matplotlib 3.9
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.tick_params(axis="x", rotation=30)
-    ax.set(title="Residuals per target", ylabel="residual (physical units)")
+    ax.set(title=f"{name}: residual vs predicted", xlabel=with_unit("predicted", unit),
+           ylabel=with_unit("residual", unit))
 
 
 def residual_analysis(y_true: np.ndarray, y_pred: np.ndarray, target_names: Sequence[str],
-                      out_dir: Path) -> SectionResult:
-    """Section 4: histogram with fitted normals, Q-Q plot, residuals vs predicted, per-target boxplots.
+                      out_dir: Path, *, units: Sequence[str | None] | None = None) -> SectionResult:
+    """Section 4: one row of panels per target, each axis in that target's own unit.
+
+    Per target: the residual histogram with a fitted normal, a normal Q-Q plot of the
+    standardised residuals, and the residuals against the predicted values. No axis mixes
+    two targets (their units differ).
 
     Args:
         y_true, y_pred: (n, n_targets) arrays in physical units (the sampled test points).
         target_names: one name per column.
         out_dir: where residual_analysis_suite.png goes.
+        units: one unit per target (None: no unit, a table's column).
     """
     residuals = np.asarray(y_pred, float) - np.asarray(y_true, float)
     names = list(target_names)
-    colors = [f"C{i}" for i in range(len(names))]
-    fig, axes = new_figure(2, 2, size=(14, 10.5))
-    rows = _histogram_panel(axes[0, 0], residuals, names, colors)
-    _qq_panel(axes[0, 1], residuals, names, colors)
-    _versus_predicted_panel(axes[1, 0], y_pred, residuals, names, colors)
-    _box_panel(axes[1, 1], residuals, names)
+    units = list(units) if units is not None else [None] * len(names)
+    fig, axes = new_figure(len(names), 3, size=(15, 3.4 * len(names)))
+    rows = []
+    for j, name in enumerate(names):
+        r, color = residuals[:, j], f"C{j}"
+        rows.append(_histogram_panel(axes[j, 0], r, name, units[j], color))
+        _qq_panel(axes[j, 1], r, name, color)
+        _versus_predicted_panel(axes[j, 2], np.asarray(y_pred, float)[:, j], r, name, units[j], color)
     path = save_figure(fig, out_dir / "residual_analysis_suite.png")
     table = pd.DataFrame(rows)
     notes = [
-        f"{len(residuals)} sampled test points; residual = predicted − actual, in each target's physical unit.",
+        f"{len(residuals)} sampled test points; residual = predicted − actual, in each target's own unit "
+        "(column `unit`; mean, std, mae and rmse are in it). One row of panels per target: targets with "
+        "different units never share an axis.",
         "normality_p: D'Agostino-Pearson test (Shapiro-Wilk below 20 points); p < 0.05 means the residuals are "
         "not normal (heavy tails or skew), so symmetric error bars understate the risk.",
-        "A trend or funnel in the residuals-vs-predicted panel means the error depends on the value (bias or "
+        "A trend or funnel in the residual-vs-predicted panel means the error depends on the value (bias or "
         "heteroscedasticity).",
     ]
     return SectionResult("residuals", "", tables={"residuals per target": table}, figures=[path],
@@ -130,7 +124,8 @@ def residual_analysis(y_true: np.ndarray, y_pred: np.ndarray, target_names: Sequ
 
 
 def prediction_scatter(y_true: np.ndarray, y_pred: np.ndarray, target_names: Sequence[str], out_dir: Path,
-                       *, full_r2: Sequence[float] | None = None) -> SectionResult:
+                       *, full_r2: Sequence[float] | None = None,
+                       units: Sequence[str | None] | None = None) -> SectionResult:
     """Section 5: actual vs predicted per target with the identity line and R².
 
     Args:
@@ -138,8 +133,10 @@ def prediction_scatter(y_true: np.ndarray, y_pred: np.ndarray, target_names: Seq
         target_names: one name per column.
         out_dir: where prediction_scatter_plots.png goes.
         full_r2: per-target R² on the whole test set, shown next to the sample's.
+        units: one unit per target for the axis labels (None: no unit).
     """
     names = list(target_names)
+    units = list(units) if units is not None else [None] * len(names)
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig, axes = new_figure(nrows, ncols, size=(5.2 * ncols, 4.8 * nrows))
@@ -156,7 +153,7 @@ def prediction_scatter(y_true: np.ndarray, y_pred: np.ndarray, target_names: Seq
             label += f"\nR² = {full_r2[j]:.4f} (whole test set)"
         ax.text(0.04, 0.96, label, transform=ax.transAxes, va="top", fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-        ax.set(title=name, xlabel="actual", ylabel="predicted")
+        ax.set(title=name, xlabel=with_unit("actual", units[j]), ylabel=with_unit("predicted", units[j]))
         rows.append({"target": name, "r2_sample": float(sample_r2[j]),
                      "r2_test": float(full_r2[j]) if full_r2 is not None else math.nan})
     for k in range(len(names), nrows * ncols):
