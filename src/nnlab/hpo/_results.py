@@ -43,6 +43,7 @@ __all__ = [
     "check_results_owner",
     "format_progress",
     "format_best",
+    "retrain_command",
 ]
 
 RESULT_COLUMNS = (
@@ -312,21 +313,70 @@ def format_progress(trial: Any, best: Any | None, *, worker: int | None = None) 
     return line if worker is None else f"[worker {worker}] {line}"
 
 
+LINE_WIDTH = 120
+"""The widest line of the end-of-search summary (a path longer than that stays whole)."""
+
+
+def _fill(text: str, indent: str = "    ") -> list[str]:
+    """``text`` wrapped at :data:`LINE_WIDTH` columns on spaces; words (paths) are never split."""
+    import textwrap
+
+    return textwrap.wrap(text, LINE_WIDTH, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [text]
+
+
+def _short(value: Any) -> Any:
+    """Floats at 4 significant digits, for display (best_config.json keeps them exact)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [_short(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _short(item) for key, item in value.items()}
+    return value
+
+
+def retrain_command(best_config: str | os.PathLike, data: str | os.PathLike | None = None, *,
+                    width: int = LINE_WIDTH) -> list[str]:
+    """``nnlab train --config FILE [--data FILE]`` with absolute paths, so it runs from any directory.
+
+    The table's keys (data_targets, ...) are in the configuration file itself.
+    Returns the command as lines (`` \\`` continues a line) of at most ``width`` columns.
+
+    Example:
+        >>> retrain_command("/r/best_config.json")
+        ['nnlab train --config /r/best_config.json']
+    """
+    import shlex
+
+    words = [f"nnlab train --config {shlex.quote(os.path.abspath(best_config))}"]
+    if data:
+        words.append(f"--data {shlex.quote(os.path.abspath(data))}")
+    lines = [words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) + 2 > width:
+            lines[-1] += " \\"
+            lines.append("  " + word)
+        else:
+            lines[-1] += " " + word
+    return lines
+
+
 def format_best(best: Any | None, paths: ResultPaths, counts: Mapping[str, int]) -> str:
-    """The end-of-search summary."""
+    """The end-of-search summary, every line within :data:`LINE_WIDTH` columns (but for a longer path)."""
     total = sum(counts.values())
-    lines = [f"{total} trials finished: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-             f"{counts.get('failed', 0)} failed; results in {paths.results}"]
+    lines = _fill(f"{total} trials finished: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+                  f"{counts.get('failed', 0)} failed; results in {paths.results}")
     if best is None:
         lines.append("no trial completed, so there is no best configuration")
         return "\n".join(lines) + "\n"
     attrs = best.user_attrs
     metrics = attrs.get("metrics", {})
-    lines += [
-        f"best trial {best.number} ({attrs.get('preset')}): val R² {_r2(best.value)}, "
-        f"test R² {_r2(metrics.get('test_r2'))}, run {attrs.get('run_dir', attrs.get('run_id', ''))}",
-        f"  overrides {json.dumps(attrs.get('overrides', {}))}",
-        f"  configuration saved to {paths.best_config}; retrain it with: "
-        f"python main.py --config {paths.best_config}" + (f" --data {attrs['data']}" if attrs.get("data") else ""),
-    ]
+    lines += _fill(f"best trial {best.number} ({attrs.get('preset')}): val R² {_r2(best.value)}, "
+                   f"test R² {_r2(metrics.get('test_r2'))}, run {attrs.get('run_dir', attrs.get('run_id', ''))}")
+    overrides = ", ".join(f"{key}={json.dumps(_short(value), separators=(',', ':'))}"
+                          for key, value in attrs.get("overrides", {}).items())
+    lines += _fill(f"  overrides {overrides or 'none'}", indent="            ")
+    lines += _fill(f"  configuration saved to {os.path.abspath(paths.best_config)}; retrain it with:")
+    lines += ["    " + line for line in retrain_command(paths.best_config, attrs.get("data"), width=LINE_WIDTH - 4)]
     return "\n".join(lines) + "\n"
