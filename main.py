@@ -5,4 +5,5 @@ import sys
 from nnlab.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    # `--version` alone is nnlab's own option, not the train command's.
+    sys.exit(main(sys.argv[1:] if sys.argv[1:] == ["--version"] else ["train", *sys.argv[1:]]))

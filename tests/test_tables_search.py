@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,10 @@ def test_search_best_config_keeps_the_table_and_names_the_file(search):
     root, proc = search
     best = json.loads((root / "out" / "analysis" / "best_config.json").read_text())
     assert best["data_targets"] == ["y1", "y2"] and best["physics_loss_weight"] == 0
-    assert "python main.py --config out/analysis/best_config.json --data t.csv" in proc.stdout
+    # Absolute paths, so the command runs from any directory; " \\" continues a line that would pass 120 columns.
+    command = re.sub(r" \\\n\s+", " ", proc.stdout)
+    assert (f"nnlab train --config {(root / 'out' / 'analysis' / 'best_config.json').resolve()} "
+            f"--data {(root / 't.csv').resolve()}") in command
     study = json.loads((root / "out" / "analysis" / "hpo_study.json").read_text())
     assert study["settings"]["data"]["targets"] == ["y1", "y2"]
 

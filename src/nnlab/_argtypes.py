@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HelpFormatter",
+    "MAX_COLUMNS",
     "SEED_MAX",
     "Parser",
     "non_negative_int",
@@ -40,16 +43,30 @@ EXIT_INTERRUPTED = 130
 SEED_MAX = 2**32 - 1
 
 
+# The widest line nnlab prints (help included), whatever the terminal's width.
+MAX_COLUMNS = 120
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped to the terminal but never wider than :data:`MAX_COLUMNS` columns."""
+
+    def __init__(self, prog: str, **kwargs) -> None:
+        kwargs.setdefault("width", min(shutil.get_terminal_size().columns, MAX_COLUMNS) - 2)
+        super().__init__(prog, **kwargs)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse already exits 2 on bad arguments; keep its message short.
 
     Abbreviations are off for every parser (subparsers are built through this
-    class too): ``--conf x.json`` must be an error, not silently ``--config``,
-    and adding an option must never change what an existing prefix meant.
+    class too): ``--conf x.json`` must be an error, not silently ``--config``
+    (nor ``--vers`` silently ``--verbose``), and adding an option must never
+    change what an existing prefix meant. Help fits :data:`MAX_COLUMNS` columns.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess

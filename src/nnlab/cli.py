@@ -3,15 +3,17 @@
 Subcommands::
 
     nnlab train [options]                              the training pipeline (= python main.py)
-    nnlab predict INPUT.csv --out OUT.csv [--run ID]   a trained run's predictions for raw rows
+    nnlab predict INPUT --out FILE [--run RUN_ID]      a trained run's predictions for raw rows
     nnlab export --format FMT --out PATH [--run ID]    a run as one keras/savedmodel/tflite/onnx model
     nnlab data generate --num-particles N --out FILE   simulate particles to a CSV
     nnlab data validate FILE                           check a particle CSV
     nnlab data resimulate OLD.csv NEW.csv              convert a CSV of the original lab
-    nnlab config show [--preset NAME] [--set K=V ...]  print the resolved configuration
+    nnlab config show [--config FILE] [--format toml]  print the resolved configuration
     nnlab hpo [options]                                hyperparameter search (= python hpo_agent.py)
     nnlab study precision|compare [options]            controlled multi-seed comparisons
     nnlab analyze [options]                            analyse a run
+    nnlab completion bash|zsh|tcsh                     print a shell completion script
+    nnlab --version                                    print ``nnlab <version>``
 
 ``python -m nnlab`` is the same command line.
 
@@ -76,9 +78,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nnlab train`` and ``python main.py``."""
     _add_config_arguments(parser)
     parser.add_argument("--config", dest="config_file", metavar="FILE",
-                        help="JSON file of configuration keys, applied after the preset (e.g. best_config.json)")
-    parser.add_argument("--epochs", type=positive_int, help="number of epochs (config key epochs)")
-    parser.add_argument("--batch-size", type=positive_int, help="batch size (config key batch_size)")
+                        help="JSON or TOML (.toml) file of configuration keys, applied after the preset "
+                             "(e.g. best_config.json)")
+    parser.add_argument("--epochs", type=positive_int, metavar="N", help="number of epochs (config key epochs)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (config key batch_size)")
     parser.add_argument("--num-particles", type=positive_int, metavar="N",
                         help="particles to simulate (default: num_particles_default)")
     parser.add_argument("--data", metavar="FILE",
@@ -87,7 +90,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_table_arguments(parser)
     parser.add_argument("--output-dir", default="training_output", metavar="DIR",
                         help="training output root (default: training_output)")
-    parser.add_argument("--seed", type=seed_int, help="seed for data generation, weights and shuffling (repeatable runs)")
+    parser.add_argument("--seed", type=seed_int, metavar="N",
+                        help="seed for data generation, weights and shuffling (repeatable runs)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
     from nnlab.integrations import MLFLOW_OPTION_HELP
 
@@ -98,12 +102,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_cmd_train)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nnlab", description="nnlab: regression networks on simulated particle physics")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+_TRAIN_DESCRIPTION = (
+    "Train one network: the configuration (ml_config/, a preset, --config FILE, --set KEY=VALUE), the data "
+    "(simulated particles, a particle CSV, or with --targets a table of your own), then one run directory "
+    "<output-dir>/runs/<run_id>/ with the model, metrics, checkpoints and summary; --resume continues an "
+    "interrupted run.")
 
-    train = commands.add_parser("train", help="run the training pipeline (same as python main.py)")
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnlab import __version__
+
+    parser = _Parser(prog="nnlab", description="nnlab: regression networks on simulated particle physics")
+    parser.add_argument("--version", action="version", version=f"nnlab {__version__}",
+                        help="print the version (nnlab X.Y.Z) and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="run the training pipeline (same as python main.py)",
+                                description=_TRAIN_DESCRIPTION)
     add_train_arguments(train)
     # Also after the subcommand (`python main.py --verbose`); SUPPRESS keeps a `nnlab -v train` intact.
     train.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -112,27 +128,47 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands owned by other modules: each module defines add_arguments(parser)
     # and run(args) -> exit status ("module:name": add_<name>_arguments and run_<name>,
     # for a package with several subcommands), and imports TensorFlow/Optuna only inside run().
+    # Each sets parser.description; the help text here is its line in `nnlab --help`.
     for name, module, help_text in _PLUGGED_COMMANDS:
-        plugged = commands.add_parser(name, help=help_text)
+        plugged = commands.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
         _plug(plugged, module)
+    _add_data_commands(commands)
+    _add_config_commands(commands)
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script (bash, zsh, tcsh)",
+        description="Print the tab-completion script of nnlab for a shell; see docs/shell.md. For bash: "
+                    "nnlab completion bash > ~/.local/share/bash-completion/completions/nnlab")
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
+    completion.set_defaults(handler=_cmd_completion)
+    return parser
 
-    data = commands.add_parser("data", help="generate or validate particle data")
-    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
 
-    generate = data_commands.add_parser("generate", help="simulate particles and write a CSV")
+def _add_data_commands(commands) -> None:
+    """``nnlab data generate|validate|resimulate``."""
+    data = commands.add_parser("data", help="generate or validate particle data",
+                               description="Particle CSVs: simulate new ones, check one, or convert one of the "
+                                           "original lab. Every CSV written gets a provenance sidecar FILE.meta.json.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    generate = data_commands.add_parser(
+        "generate", help="simulate particles and write a CSV",
+        description="Simulate particles with the generation configuration and write them to a CSV.")
     generate.add_argument("--num-particles", type=positive_int, metavar="N",
                           help="number of particles (default: num_particles_default of the config)")
     generate.add_argument("--out", required=True, metavar="FILE",
                           help="CSV file to write, with its provenance sidecar FILE.meta.json; "
                                "missing parent directories are created")
-    generate.add_argument("--seed", type=seed_int, help="random seed (default: random_seed of the config)")
+    generate.add_argument("--seed", type=seed_int, metavar="N", help="random seed (default: random_seed of the config)")
     generate.add_argument("--force", action="store_true",
                           help="replace FILE and FILE.meta.json if they exist")
     _add_config_arguments(generate)
     generate.set_defaults(handler=_cmd_data_generate)
 
-    validate = data_commands.add_parser("validate", help="check a particle CSV (exit 0 valid, 2 invalid)")
-    validate.add_argument("file", metavar="FILE")
+    validate = data_commands.add_parser(
+        "validate", help="check a particle CSV (exit 0 valid, 2 invalid)",
+        description="Check a particle CSV: columns, types, ranges and the physics of every row; every problem "
+                    "is reported at once. Exit status 0 when valid, 2 when not.")
+    validate.add_argument("file", metavar="FILE", help="the particle CSV to check (never modified)")
     validate.add_argument("--drop-invalid", metavar="CLEAN_FILE",
                           help="write the valid rows to CLEAN_FILE (and CLEAN_FILE.meta.json) instead of "
                                "failing on bad rows; missing parent directories are created")
@@ -140,24 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --drop-invalid: replace CLEAN_FILE and its sidecar if they exist")
     validate.set_defaults(handler=_cmd_data_validate)
 
-    resimulate = data_commands.add_parser(
-        "resimulate", help="convert a particle CSV (e.g. of the original lab): recompute every final column "
-                           "from the initial ones into a new CSV")
+    resimulate_help = ("convert a particle CSV (e.g. of the original lab): recompute every final column "
+                       "from the initial ones into a new CSV")
+    resimulate = data_commands.add_parser("resimulate", help=resimulate_help,
+                                          description=resimulate_help[:1].upper() + resimulate_help[1:] + ".")
     resimulate.add_argument("old", metavar="OLD", help="the particle CSV to convert (never modified)")
     resimulate.add_argument("new", metavar="NEW", help="the CSV to write, with its provenance sidecar "
                                                        "NEW.meta.json; missing parent directories are created")
     resimulate.add_argument("--force", action="store_true", help="replace NEW and NEW.meta.json if they exist")
     resimulate.set_defaults(handler=_cmd_data_resimulate)
 
-    config = commands.add_parser("config", help="show the resolved configuration")
-    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
-    show = config_commands.add_parser("show", help="print the validated configuration as JSON")
+
+def _add_config_commands(commands) -> None:
+    """``nnlab config show|presets``."""
+    config = commands.add_parser("config", help="show the resolved configuration",
+                                 description="The configuration a run would use, and the presets available.")
+    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser,
+                                            metavar="COMMAND")
+    show = config_commands.add_parser(
+        "show", help="print the validated configuration (JSON, or TOML with --format toml)",
+        description="Print the validated configuration: ml_config/, then the preset, then --config FILE, then "
+                    "--set, as one flat table of keys. Its output is a valid --config FILE.")
     _add_config_arguments(show)
+    show.add_argument("--config", dest="config_file", metavar="FILE",
+                      help="JSON or TOML (.toml) file of configuration keys, applied after the preset")
+    show.add_argument("--format", choices=("json", "toml"), default="json", help="output format (default: json)")
     show.set_defaults(handler=_cmd_config_show)
-    presets = config_commands.add_parser("presets", help="list the available presets")
-    presets.add_argument("--config-dir", metavar="DIR")
+    presets = config_commands.add_parser("presets", help="list the available presets",
+                                         description="List the presets of ml_config/model_presets/, one a line.")
+    presets.add_argument("--config-dir", metavar="DIR",
+                         help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
     presets.set_defaults(handler=_cmd_config_presets)
-    return parser
 
 
 _PLUGGED_COMMANDS = (
@@ -341,8 +390,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from nnlab._redact import redact
 
-    print(json.dumps(redact(_load_config(args).to_flat()), indent=2))  # a tracking URI's password masked
+    flat = redact(_load_config(args).to_flat())  # a tracking URI's password masked
+    if args.format == "toml":
+        from nnlab.config import dump_toml
+
+        print(dump_toml(flat), end="")
+    else:
+        print(json.dumps(flat, indent=2))
     return EXIT_OK
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell`` (shtab): commands, options, choices, files and directories."""
+    try:
+        import shtab
+    except ImportError:
+        from nnlab.errors import ConfigError
+
+        raise ConfigError("nnlab completion needs the shtab package: pip install 'shtab>=1.7'") from None
+    parser = build_parser()
+    _mark_paths(parser, shtab)
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return EXIT_OK
+
+
+def _mark_paths(parser: argparse.ArgumentParser, shtab) -> None:
+    """Let the shell complete file names after FILE/PATH options and directory names after DIR options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _mark_paths(sub, shtab)
+        elif isinstance(action.metavar, str) and action.metavar.endswith("DIR"):
+            action.complete = shtab.DIRECTORY
+        elif isinstance(action.metavar, str) and action.metavar.endswith(("FILE", "PATH", "INPUT", "OLD", "NEW")):
+            action.complete = shtab.FILE
 
 
 def _cmd_config_presets(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Validated configuration: defaults, JSON files, presets and overrides.
+"""Validated configuration: defaults, JSON or TOML files, presets and overrides.
 
 A configuration is one flat namespace of keys (``learning_rate``, ``epochs``,
 ``mass_range``, ...), stored in three validated sections:
@@ -18,7 +18,9 @@ Layers are applied in this order, later ones winning::
 Every problem raises :class:`~nnlab.errors.ConfigError` naming the source
 (file, preset or ``--set``), the key, the bad value and what is allowed.
 Configuration files must be regular files of at most :data:`MAX_CONFIG_BYTES`
-holding strict JSON: no NaN/Infinity, no duplicate keys, at most
+holding strict JSON, or TOML when the name ends in ``.toml`` (a preset, a
+``--config`` file, or an ``ml_config`` file in place of its ``.json``): no
+NaN/Infinity (nor TOML's inf/nan), no duplicate keys, at most
 :data:`MAX_JSON_DEPTH` levels of nesting. Values echoed in messages are
 shortened (see :func:`shorten`).
 
@@ -55,6 +57,7 @@ from nnlab.config._sources import (
     MODEL_CONFIG_FILE,
     PRESETS_DIR,
     TRAINING_CONFIG_FILE,
+    dump_toml,
     find_config_dir,
     list_presets,
     load_config,
@@ -62,8 +65,10 @@ from nnlab.config._sources import (
     parse_json,
     parse_override,
     parse_overrides,
+    read_config_file,
     read_config_text,
     read_json_object,
+    read_toml_object,
     resolve_config,
 )
 
@@ -88,6 +93,9 @@ __all__ = [
     "parse_override",
     "parse_overrides",
     "read_json_object",
+    "read_toml_object",
+    "read_config_file",
+    "dump_toml",
     "read_config_text",
     "parse_json",
     "shorten",

@@ -1,9 +1,13 @@
-"""Configuration sources: the ``ml_config`` directory, strict JSON files, presets, ``--set``."""
+"""Configuration sources: the ``ml_config`` directory, strict JSON or TOML files, presets, ``--set``."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import re
+import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -161,12 +165,126 @@ def read_json_object(path: str | os.PathLike, label: str | None = None, *,
     return data
 
 
+def read_config_file(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """A configuration file's keys: TOML when its name ends in ``.toml``, else strict JSON.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "best.toml"
+        >>> _ = path.write_text('epochs = 3\\nhidden_layers = [16, 8]\\n')
+        >>> read_config_file(path)
+        {'epochs': 3, 'hidden_layers': [16, 8]}
+    """
+    if Path(path).suffix.lower() == ".toml":
+        return read_toml_object(path, label, max_bytes=max_bytes)
+    return read_json_object(path, label, max_bytes=max_bytes)
+
+
+# tomllib's message before Python 3.14 (no lineno/colno attributes): "what (at line L, column C)".
+_TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$",
+                            re.S)
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """"at line L, column C: what" from tomllib's message (Python 3.11-3.13 put the position in the text)."""
+    line, col, msg = getattr(exc, "lineno", None), getattr(exc, "colno", None), getattr(exc, "msg", None)
+    if line is None:
+        match = _TOML_POSITION.match(str(exc))
+        if match is None:
+            return f": {exc}"
+        msg, line, col = match["msg"], match["line"], match["col"]
+    if line is None:
+        return f" at the end of the file: {msg}"
+    return f" at line {line}, column {col}: {msg}"
+
+
+def read_toml_object(path: str | os.PathLike, label: str | None = None, *,
+                     max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """Read a TOML configuration file (``tomllib``); errors name the file and, for syntax, the position.
+
+    The keys are nnlab's flat configuration keys at the top level (no
+    ``[tables]``); inf/nan and dates are refused like JSON's NaN/Infinity.
+    """
+    label = label or str(path)
+    text = read_config_text(path, label, max_bytes=max_bytes)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: not valid TOML{_toml_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: TOML nested more than {MAX_JSON_DEPTH} levels deep (the limit for a "
+                          "configuration)") from None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{label}: [{shorten(key)}] is a TOML table, but configuration keys are flat: write "
+                              "them at the top level (key = value), without [table] headers")
+    _check_toml_values(data, label)
+    return data
+
+
+def _check_toml_values(data: dict[str, Any], label: str) -> None:
+    """Refuse what JSON cannot say either: inf/nan, dates and times, too deep nesting."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, (key,)) for key, value in reversed(list(data.items()))]
+    while stack:
+        value, path = stack.pop()
+        name = str(path[0]) + "".join(f"[{part}]" for part in path[1:])
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{label}: {name} = {value} is invalid: TOML inf/nan is not allowed; configuration "
+                              "values must be finite numbers")
+        if isinstance(value, (datetime.date, datetime.time)):
+            raise ConfigError(f"{label}: {name} = {value.isoformat()} is invalid: a TOML date or time is not a "
+                              "configuration value")
+        if isinstance(value, (dict, list)):
+            if len(path) > MAX_JSON_DEPTH:
+                raise ConfigError(f"{label}: TOML nested more than {MAX_JSON_DEPTH} levels deep (the limit for a "
+                                  "configuration)")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, path + (part,)) for part, child in reversed(list(items)))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("-inf" if value < 0 else "inf")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_toml(values: Mapping[str, Any]) -> str:
+    """Flat configuration keys as TOML text that :func:`read_toml_object` reads back.
+
+    TOML has no null: a key whose value is None is written as a comment (leaving
+    it out of a file keeps its default, which is None for these keys).
+
+    Example:
+        >>> print(dump_toml({"epochs": 3, "activation": "relu", "data_targets": None}), end="")
+        epochs = 3
+        activation = "relu"
+        # data_targets: not set (TOML has no null)
+    """
+    lines = []
+    for key, value in values.items():
+        bare = re.fullmatch(r"[A-Za-z0-9_-]+", key) is not None
+        name = key if bare else json.dumps(key)
+        lines.append(f"# {key}: not set (TOML has no null)" if value is None else f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
 def list_presets(config_dir: str | os.PathLike | None = None) -> list[str]:
     """Names of the presets in ``<config_dir>/model_presets/``."""
     base = find_config_dir(config_dir)
     if base is None or not (base / PRESETS_DIR).is_dir():
         return []
-    return sorted(p.stem for p in (base / PRESETS_DIR).glob("*.json"))
+    return sorted({p.stem for pattern in ("*.json", "*.toml") for p in (base / PRESETS_DIR).glob(pattern)})
 
 
 def load_preset(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -181,7 +299,9 @@ def load_preset(name: str, config_dir: str | os.PathLike | None = None) -> dict[
         raise ConfigError(f"unknown preset '{name}'; available presets: {listing}")
     base = find_config_dir(config_dir)
     path = base / PRESETS_DIR / f"{name}.json"
-    return read_json_object(path, f"preset '{name}' ({path})")
+    if not path.exists():  # a preset of its own in TOML
+        path = path.with_suffix(".toml")
+    return read_config_file(path, f"preset '{name}' ({path})")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -227,7 +347,7 @@ def load_config(
         config_dir: the ``ml_config`` directory (see :func:`find_config_dir`).
         preset: a preset name from ``ml_config/model_presets/``.
         overrides: explicit values that win over everything else.
-        config_file: a JSON file of keys (e.g. an HPO ``best_config.json``),
+        config_file: a JSON or TOML (``.toml``) file of keys (e.g. an HPO ``best_config.json``),
             applied after the preset and before ``overrides``.
         override_source: how overrides are named in error messages.
 
@@ -265,13 +385,16 @@ def load_config(
     if base is not None:
         for filename in (MODEL_CONFIG_FILE, TRAINING_CONFIG_FILE, GENERATION_CONFIG_FILE):
             path = base / filename
+            if not path.exists() and path.with_suffix(".toml").exists():
+                path = path.with_suffix(".toml")
+                filename = path.name
             if path.exists():
-                apply(read_json_object(path, filename), filename)
+                apply(read_config_file(path, filename), filename)
     if preset is not None:
         apply(load_preset(preset, base), f"preset '{preset}'")
     if config_file is not None:
         path = Path(config_file)
-        apply(read_json_object(path, str(path)), str(path))
+        apply(read_config_file(path, str(path)), str(path))
     if overrides:
         apply(dict(overrides), override_source, from_file=False)
     if legacy:

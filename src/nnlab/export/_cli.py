@@ -22,9 +22,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                           "initial columns, or a table run's feature columns. The output holds the input columns "
                           "as read plus one predicted_<target> column per target, in physical units.")
     parser.add_argument("input", metavar="INPUT", help="CSV of raw rows (never modified)")
-    parser.add_argument("--out", required=True, metavar="OUT",
+    parser.add_argument("--out", required=True, metavar="FILE",
                         help="CSV to write; missing parent directories are created")
-    _add_run_arguments(parser, force="replace OUT if it exists")
+    _add_run_arguments(parser, force="replace FILE if it exists")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, *, force: str) -> None:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--max-trials", type=_positive_int, default=10, metavar="N",
         help="finished trials the study should reach, counting earlier runs of it (default: 10)")
-    add("--presets", type=_preset_list, default=DEFAULT_PRESETS, metavar="A,B",
+    add("--presets", type=_preset_list, default=DEFAULT_PRESETS, metavar="NAME[,NAME...]",
         help=f"presets sampled as each trial's base configuration (default: {','.join(DEFAULT_PRESETS)})")
     add("--epochs", type=_positive_int, default=25, metavar="N", help="epochs per trial (default: 25)")
     add("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default: 64)")
@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnlab._argtypes import add_table_arguments
 
     add_table_arguments(parser)
-    add("--seed", type=_seed_int, default=42, help="seed of the data, initial weights and samplers (default: 42)")
+    add("--seed", type=_seed_int, default=42, metavar="N",
+        help="seed of the data, initial weights and samplers (default: 42)")
     add("--output-dir", default="training_output", metavar="DIR",
         help="training output root: runs/<run_id>/ per trial (default: training_output)")
     add("--output", metavar="FILE",
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--export", metavar="DIR",
         help="write hpo_results.csv, best_config.json and hpo_study.json of the study (--storage, --study-name) "
              "into DIR from the storage alone, on any machine, and exit; no training")
-    add("--sampler", choices=SAMPLERS, default="random", help="default: random")
+    add("--sampler", choices=SAMPLERS, default="random", help="Optuna sampler (default: random)")
     add("--pruner", choices=PRUNERS, help="default: none for random, median for tpe")
     add("--startup-trials", type=_positive_int, metavar="N",
         help="trials TPE samples at random and completed trials the median pruner waits for "
@@ -67,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "failed by the other workers (default: 120)")
     add("--retries", type=_non_negative_int, default=1, metavar="N",
         help="database storages: run a trial failed that way again, up to N times (default: 1; 0: never)")
-    add("--study-name", metavar="NAME", help="default: nnlab-hpo (nnlab-benchmark with --benchmarking)")
+    add("--study-name", metavar="NAME",
+        help="the Optuna study's name (default: nnlab-hpo; nnlab-benchmark with --benchmarking)")
     add("--workers", type=_positive_int, default=1, metavar="N", help="processes sharing the study (default: 1)")
     add("--config-dir", metavar="DIR", help="configuration directory (default: ./ml_config, or $NNLAB_CONFIG_DIR)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import secrets
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,14 +401,18 @@ def _begin_search(plan: _SearchPlan, study: Any, paths: Any, say: Callable[[str]
     if workers and workers != settings.workers:
         settings = dataclasses.replace(settings, workers=workers)
         plan = dataclasses.replace(plan, settings=settings)
-    mode = "benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
-        f"sampler {settings.sampler}, pruner {plan.pruner}, presets {', '.join(plan.presets)}, "
-        f"space: {plan.space_source}")
+    parts = [f"study '{plan.study_name}' ({plan.storage.label}): {finished} of {plan.budget} trials finished; "
+             f"{settings.workers} worker{'s' if settings.workers > 1 else ''}",
+             "  benchmarking " + ", ".join(plan.presets) if settings.benchmarking else (
+                 f"  sampler {settings.sampler}, pruner {plan.pruner}, presets {', '.join(plan.presets)}, "
+                 f"space: {plan.space_source}")]
     if settings.data is not None:
         targets = plan.fingerprint["data"].get("targets")
-        mode += f"; data {settings.data}" + (f" (predicting {', '.join(targets)})" if targets else "")
-    say(f"study '{plan.study_name}' ({plan.storage.label}): {finished} of {plan.budget} trials finished; "
-        f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}")
+        parts.append(f"  data {settings.data}" + (f" (predicting {', '.join(targets)})" if targets else ""))
+    for part in parts:  # each within 120 columns, but for a path longer than that
+        for line in textwrap.wrap(part, width=120, subsequent_indent="    ", break_long_words=False,
+                                  break_on_hyphens=False):
+            say(line)
     for number, reason in interrupted:
         say(f"trial {number} was {reason}; it is not counted and will not be listed")
     write_results(study, paths, storage_label=plan.storage.label)

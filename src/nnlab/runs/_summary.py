@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+
+WIDTH = 120
+"""The widest summary line: longer ones wrap (a path longer than that stays whole)."""
+_INDENT = " " * 23  # the value column
+
+
+def _fit(line: str) -> list[str]:
+    """``line`` within :data:`WIDTH` columns; a hint in parentheses goes to its own line first.
+
+    Example:
+        >>> _fit("  tensorboard          " + "d" * 90 + " (tensorboard --logdir runs)")[1]
+        '                       (tensorboard --logdir runs)'
+    """
+    if len(line) <= WIDTH:
+        return [line]
+    head, sep, tail = line.partition(" (")
+    wrap = dict(width=WIDTH, subsequent_indent=_INDENT, break_long_words=False, break_on_hyphens=False)
+    if sep and head.strip() and len(head) <= WIDTH:
+        return [head] + textwrap.wrap("(" + tail, initial_indent=_INDENT, **wrap)
+    return textwrap.wrap(line, **wrap)
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -16,7 +38,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
-    """The end-of-run summary printed by ``python main.py`` and kept in training_log.txt."""
+    """The end-of-run summary printed by ``python main.py`` and kept in training_log.txt; lines fit 120 columns."""
     s = results["performance_summary"]
     lines = [
         f"run {s['run_id']}: {s['status']}",
@@ -55,7 +77,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     lines.append(f"  artifacts            {s['run_dir']}")
     for name, where in (results.get("tracking") or {}).items():
         lines.append(f"  {name:<20} {where}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(part for line in lines for piece in line.split("\n") for part in _fit(piece)) + "\n"
 
 
 def _physics_term(term: Mapping[str, Any] | None) -> str:

@@ -42,7 +42,7 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     add("--storage", metavar="URL|FILE",
         help="Optuna storage: a journal FILE or a database URL (sqlite:///, postgresql://, mysql://) that "
              "several machines can share; default: <output-dir>/study_journal.log")
-    add("--study-name", metavar="NAME", help=f"default: nnlab-study-{kind}")
+    add("--study-name", metavar="NAME", help=f"the Optuna study's name (default: nnlab-study-{kind})")
     from nnlab.integrations import MLFLOW_OPTION_HELP
 
     add("--mlflow", nargs="?", const="", metavar="URI",
@@ -56,22 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = ("Controlled multi-seed comparisons: every (cell, seed) is one normal training run. "
                           "Rerunning the same command finishes a killed study without redoing finished runs.")
-    commands = parser.add_subparsers(dest="study_command", required=True, parser_class=Parser)
+    commands = parser.add_subparsers(dest="study_command", required=True, parser_class=Parser,
+                                     metavar="COMMAND")
     precision = commands.add_parser("precision", help="how many significant bits, and which rounding",
                                     description=_PRECISION_HELP)
-    precision.add_argument("--bits", default="24,12,8,6,4,3,2", metavar="B,B",
+    precision.add_argument("--bits", default="24,12,8,6,4,3,2", metavar="N[,N...]",
                            help="significant bits 1..24 (default 24,12,8,6,4,3,2; 24 is the reference)")
-    precision.add_argument("--rounding", default="truncate,nearest,stochastic", metavar="R,R",
+    precision.add_argument("--rounding", default="truncate,nearest,stochastic", metavar="NAME[,NAME...]",
                            help="truncate, nearest, stochastic (default: all three)")
-    precision.add_argument("--schedule", default="step", metavar="S",
+    precision.add_argument("--schedule", default="step", metavar="{step,epoch}",
                            help="step (round after every optimizer step) or epoch (every constraint_interval "
                                 "epochs); default step")
-    precision.add_argument("--policy", default="float32", metavar="P,P",
+    precision.add_argument("--policy", default="float32", metavar="NAME[,NAME...]",
                            help="float32, mixed_bfloat16, mixed_float16 (default float32)")
     _common(precision, "precision")
     compare = commands.add_parser("compare", help="A/B(/C) comparison of named variants",
                                   description=_COMPARE_HELP)
-    compare.add_argument("--variant", dest="variants", action="append", default=[], metavar='NAME="K=V K=V"',
+    compare.add_argument("--variant", dest="variants", action="append", default=[], metavar='NAME="KEY=VALUE ..."',
                          help="a variant: its name and the configuration keys it sets (repeat; two or more; "
                               "NAME= alone is the base configuration)")
     _common(compare, "compare")
