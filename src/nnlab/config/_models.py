@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import typing
 import warnings
 from collections.abc import Iterable, Mapping
@@ -456,7 +457,7 @@ def _describe(error: Mapping[str, Any], given: Mapping[str, Any], sources, sourc
 # MLflow tracking URIs: the configuration checks their form itself (no MLflow import, so a bad
 # URI is refused before training whether or not MLflow is installed); nnlab.integrations re-exports it.
 _DATABASES = ("postgresql", "mysql", "mssql")
-_ALLOWED = ("http(s)://HOST[:PORT][/PATH], sqlite:///FILE, file:///DIR, postgresql://USER@HOST/DB, "
+_ALLOWED = ("http(s)://HOST[:PORT][/PATH], sqlite:///FILE, postgresql://USER@HOST/DB, "
             "mysql://..., mssql://... or databricks[://PROFILE]")
 
 
@@ -490,6 +491,10 @@ def check_tracking_uri(uri: str) -> str:
             raise ValueError(bad + "give the database file as sqlite:///relative/path.db or "
                                    "sqlite:////absolute/path.db")
     elif base == "file":
+        # MLflow 3's file store refuses to open unless MLFLOW_ALLOW_FILE_STORE opts in: say so before training.
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
+            raise ValueError(bad + "MLflow's file store is in maintenance mode and does not track without "
+                                   f"MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///DIR/mlflow.db, or {_ALLOWED}")
         if not parts.path:
             raise ValueError(bad + "give a directory as file:///absolute/dir")
     elif base in _DATABASES:

@@ -25,7 +25,7 @@ from nnlab._files import atomic_write_json
 from nnlab._numbers import float_or_none
 from nnlab._redact import redact, redact_text, redact_url_password, without_masked_password
 from nnlab.errors import NnlabError
-from nnlab.integrations._uri import local_store_dir
+from nnlab.integrations._uri import ARTIFACTS_DIR, artifact_location, experiment_name
 from nnlab.tracking import ErrorRecorder
 
 __all__ = ["require_mlflow_run", "MlflowSink", "RUN_RECORD", "MLFLOW_STATUS", "open_parent_run", "finish_parent_run", "log_files",
@@ -71,10 +71,11 @@ def client_for(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
-    """The id of experiment ``name``, created if needed (a local store keeps its artifacts beside it).
+def experiment_id(client: Any, name: str, tracking_uri: str, *, artifacts: str | os.PathLike | None = None) -> str:
+    """The id of experiment ``name``, created if needed with its artifacts beside the store
+    (:func:`~nnlab.integrations.artifact_location`; ``artifacts``: the folder for a database server's).
 
-    Without an explicit location MLflow would put a sqlite store's artifacts in
+    Without an explicit location MLflow would put a database store's artifacts in
     ``./mlruns`` of whatever directory the process runs in.
     """
     from mlflow.exceptions import MlflowException
@@ -84,8 +85,7 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    store = local_store_dir(tracking_uri)
-    location = (store / "mlartifacts").resolve().as_uri() if store is not None else None
+    location = artifact_location(tracking_uri, artifacts)
     try:
         # The experiment kind MLflow 3's UI itself records for classic model training (not GenAI traces).
         return client.create_experiment(name, artifact_location=location,
@@ -129,15 +129,91 @@ def metric_part(name: str) -> str:
     return "_" if text.strip(".") == "" else text
 
 
+_FORMAT_METRICS = ("r2", "r2_drop", "saturated", "underflow")
+
+
 def test_metrics(test: Mapping[str, Any] | None) -> dict[str, float]:
-    """``test_<metric>`` (scaled) and ``test_physical/<target>/<metric>`` of a run's test report
-    (a target's characters MLflow refuses in a key become ``_``: :func:`metric_part`)."""
+    """The metrics of a run's test report (``test_metrics.json``): ``test_<metric>`` (scaled),
+    ``test_physical/<target>/<metric>``, ``test_physics_<relation>_violation`` (and
+    ``test_physics_true_data_...``) and ``test_format_<format>_<r2|r2_drop|saturated|underflow>``
+    (a name's characters MLflow refuses in a key become ``_``: :func:`metric_part`).
+
+    Example:
+        >>> test_metrics({"scaled": {"r2": 0.9}, "physics": {"speed_violation": 0.1, "true_data": {}},
+        ...               "formats": {"int8": {"r2": 0.88, "bits": 8}}})
+        {'test_r2': 0.9, 'test_physics_speed_violation': 0.1, 'test_format_int8_r2': 0.88}
+    """
     if not test:
         return {}
     out = {f"test_{k}": v for k, v in (test.get("scaled") or {}).items()}
     for target, values in (test.get("per_target_physical") or {}).items():
         out.update({f"test_physical/{metric_part(target)}/{k}": v for k, v in values.items()})
-    return {k: number for k, v in out.items() if (number := float_or_none(v)) is not None}
+    physics = test.get("physics") if isinstance(test.get("physics"), Mapping) else {}
+    out.update({f"test_physics_{metric_part(k)}": v for k, v in physics.items() if not isinstance(v, Mapping)})
+    true_data = physics.get("true_data") if isinstance(physics.get("true_data"), Mapping) else {}
+    out.update({f"test_physics_true_data_{metric_part(k)}": v for k, v in true_data.items()})
+    for fmt, values in (test.get("formats") or {}).items():
+        if isinstance(values, Mapping):
+            out.update({f"test_format_{metric_part(fmt)}_{k}": values[k] for k in _FORMAT_METRICS if k in values})
+    return {k: number for k, v in out.items()
+            if not isinstance(v, bool) and (number := float_or_none(v)) is not None}
+
+
+def saved_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``training_config.json`` (preset, data record...), or {} when it cannot be read."""
+    try:
+        saved = json.loads((Path(run_dir) / "training_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def preset_tag(saved: Mapping[str, Any]) -> str:
+    """The ``nnlab.preset`` tag of a run: its preset, or ``default`` (no preset: the configuration files as they are)."""
+    preset = saved.get("preset")
+    return str(preset) if preset else "default"
+
+
+def dataset_of(data: Mapping[str, Any] | None) -> tuple[Any, str] | None:
+    """The run's data as an MLflow dataset (name, source, digest) and its full SHA-256; None without a record.
+
+    A CSV is MLflow's ``local`` source of its path (digest: the file's SHA-256); simulated
+    particles a ``CodeDatasetSource`` naming the simulator, the count and the seed (digest: the arrays').
+    MLflow keeps at most 36 characters of a digest: the first 16 hex digits are the digest,
+    the whole SHA-256 is the input's tag ``nnlab.sha256``.
+    """
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if not isinstance(data, Mapping):
+        return None
+    if data.get("csv_path"):
+        sha = str(data.get("csv_sha256") or data.get("arrays_sha256") or "")
+        # MLflow's "local" source (its class is made at import time, so found by type rather than imported)
+        source = get_dataset_source_from_json(json.dumps({"uri": str(data["csv_path"])}), source_type="local")
+        name = Path(str(data["csv_path"])).name
+    else:
+        sha = str(data.get("arrays_sha256") or "")
+        source = CodeDatasetSource({"nnlab.simulator": "particles", "num_particles": str(data.get("num_particles")),
+                                    "seed": str(data.get("seed"))})
+        name = f"particles-{data.get('num_particles')}-seed{data.get('seed')}"
+    if not sha:
+        return None
+    return MetaDataset(source, name=name[:500], digest=sha[:16]), sha
+
+
+def log_dataset(client: Any, run_id: str, data: Mapping[str, Any] | None) -> bool:
+    """Record the run's data set (``training_config.json``'s ``data``) as its training dataset input."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    found = dataset_of(data)
+    if found is None:
+        return False
+    dataset, sha = found
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[
+        InputTag("mlflow.data.context", "training"), InputTag("nnlab.sha256", sha)])])
+    return True
 
 
 def log_files(client: Any, run_id: str, files: Iterable[tuple[Path, str | None]]) -> int:
@@ -225,7 +301,7 @@ class MlflowSink(keras.callbacks.Callback):
                  flush_every: int = 10, resuming: bool = False) -> None:
         super().__init__()
         self.tracking_uri = tracking_uri
-        self.experiment = experiment
+        self.experiment = experiment_name(experiment)  # the default gives way to MLFLOW_EXPERIMENT_NAME
         self.run_dir = Path(run_dir)
         self._rows = rows
         self.config_params = redact(dict(params or {}))  # what MLflow stores: no password
@@ -267,13 +343,24 @@ class MlflowSink(keras.callbacks.Callback):
             history = client.get_metric_history(self.run_id, "train_loss")
             self._logged_epoch = max((m.step for m in history), default=0)
         else:
-            exp_id = experiment_id(client, self.experiment, self.tracking_uri)
-            run = client.create_run(exp_id, tags=self.tags, run_name=self.tags.get("nnlab.run_id"))
+            saved = saved_run(self.run_dir)
+            # <output>/runs/<run id>: a database server's artifacts go to <output>/mlartifacts, not ./mlruns
+            exp_id = experiment_id(client, self.experiment, self.tracking_uri,
+                                   artifacts=self.run_dir.resolve().parent.parent / ARTIFACTS_DIR)
+            tags = {"nnlab.preset": preset_tag(saved), **self.tags}
+            run = client.create_run(exp_id, tags=tags, run_name=self.tags.get("nnlab.run_id"))
             self.run_id = run.info.run_id
             atomic_write_json(self.run_dir / RUN_RECORD, {"tracking_uri": shown_uri,
                                                           "experiment_id": exp_id, "run_id": self.run_id})
             client.log_batch(self.run_id, params=[Param(k, _text(v)[:6000]) for k, v in self.config_params.items()])
+            self._log_dataset(client, saved.get("data"))
         self.client = client
+
+    def _log_dataset(self, client: Any, data: Any) -> None:
+        try:
+            log_dataset(client, self.run_id, data)
+        except Exception as exc:  # the run is logged without its dataset input: one warning
+            self.errors.record("mlflow (dataset input)", redact_url_password(f"{type(exc).__name__}: {exc}"))
 
     def _flush(self) -> None:
         rows = [r for r in self._rows() if int(r.get("epoch", 0)) > self._logged_epoch]
@@ -320,8 +407,11 @@ def _parent_filter(kind: str, name: str) -> str:
 
 
 def open_parent_run(tracking_uri: str, experiment: str, *, kind: str, name: str,
-                    params: Mapping[str, Any] | None = None, errors: ErrorRecorder | None = None) -> str | None:
+                    params: Mapping[str, Any] | None = None, errors: ErrorRecorder | None = None,
+                    artifacts: str | os.PathLike | None = None) -> str | None:
     """The MLflow parent run of search/study ``name`` (``kind`` "hpo" or "study"), created or reopened.
+
+    ``artifacts``: the folder a database server's experiment keeps its artifacts in, when nnlab creates it.
 
     Children are made with the tag ``mlflow.parentRunId`` = the returned id. A
     rerun of the same search or study reopens the same parent. When two
@@ -333,7 +423,7 @@ def open_parent_run(tracking_uri: str, experiment: str, *, kind: str, name: str,
         from mlflow.entities import Param
 
         client = client_for(tracking_uri)
-        exp_id = experiment_id(client, experiment, tracking_uri)
+        exp_id = experiment_id(client, experiment, tracking_uri, artifacts=artifacts)
         found = client.search_runs([exp_id], _parent_filter(kind, name), order_by=["attributes.start_time ASC"])
         if found:
             run_id = found[0].info.run_id

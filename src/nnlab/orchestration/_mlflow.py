@@ -33,6 +33,7 @@ class MlflowTarget:
     uri: str
     experiment: str
     parent: str | None = None
+    artifacts: str | None = None  # a database server's artifact folder: <output dir>/mlartifacts
 
     def run_overrides(self) -> dict[str, Any]:
         """The configuration keys of a child run: the parent's store and experiment, or MLflow off."""
@@ -49,28 +50,30 @@ class MlflowTarget:
 
 def resolve_mlflow(option: str | None, output_dir: str | os.PathLike,
                    configs: Sequence[Mapping[str, Any]]) -> MlflowTarget | None:
-    """The MLflow target of ``--mlflow [URI]`` (``option``; ``""`` for the store in ``output_dir``).
+    """The MLflow target of ``--mlflow [URI]`` (``option``; ``""`` for ``MLFLOW_TRACKING_URI`` when the
+    environment sets it, else the store in ``output_dir``).
 
     Without the option: the ``mlflow_tracking_uri`` every configuration in
     ``configs`` sets (e.g. by ``--set``), or None. The experiment is the first
-    configuration's ``mlflow_experiment``.
+    configuration's ``mlflow_experiment``; its default gives way to ``MLFLOW_EXPERIMENT_NAME``.
 
     Raises:
         ConfigError: naming --mlflow, for an option that is not text, a URI of
             the wrong form or a local store in a directory that does not exist.
     """
     from nnlab.errors import ConfigError
-    from nnlab.integrations import mlflow_option
+    from nnlab.integrations import experiment_name, mlflow_option
 
     if option is not None and not isinstance(option, str):
         raise ConfigError(f"--mlflow: expected a tracking URI (text), got {type(option).__name__}")
 
-    experiment = str(configs[0].get("mlflow_experiment") or "nnlab") if configs else "nnlab"
+    experiment = experiment_name(configs[0].get("mlflow_experiment") if configs else None)
+    artifacts = str((Path(output_dir) / "mlartifacts").resolve())
     if option is not None:
-        return MlflowTarget(mlflow_option(option, output_dir), experiment)
+        return MlflowTarget(mlflow_option(option, output_dir), experiment, artifacts=artifacts)
     uris = {c.get("mlflow_tracking_uri") for c in configs}
     if len(uris) == 1 and None not in uris:
-        return MlflowTarget(str(uris.pop()), experiment)
+        return MlflowTarget(str(uris.pop()), experiment, artifacts=artifacts)
     return None
 
 
@@ -98,7 +101,7 @@ def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_lab
     name = parent_name(study_name, storage_label)
     run_id = open_parent_run(target.uri, target.experiment, kind=kind, name=name,
                              params={"study_name": study_name, "storage": storage_label, **params},
-                             errors=ErrorRecorder())
+                             errors=ErrorRecorder(), artifacts=target.artifacts)
     if run_id is not None and say is not None:
         say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}') in "
             f"{redact_url_password(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")

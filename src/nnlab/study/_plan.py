@@ -151,13 +151,25 @@ def make_plan(spec: StudySpec, *, output_dir: Any, workers: int, storage: str | 
 
         check_table_keys(Config.from_flat(base))  # the study's own particles have the particle task's columns
         data_path, generated = (study_dir / DATA_FILE).resolve(), True
-    target = resolve_mlflow(mlflow, study_dir, [base])  # not in the study's record: a rerun may add or drop it
+    # Not in the study's record: a rerun may add or drop it. One store per output directory: <out>/studies/<kind>
+    # (the default study directory) logs to <out>/mlflow.db, as train and hpo of <out> do.
+    target = resolve_mlflow(mlflow, mlflow_home(study_dir), [base])
     return _StudyPlan(kind=spec.kind, keys=spec.keys, cells=cells, seeds=tuple(spec.seeds),
                  reference=dict(spec.reference), base=base, preset=spec.preset, study_dir=study_dir.resolve(),
                  storage=store, study_name=name,
                  lock_path=budget_lock_path(study_dir.resolve(), name, prefix="study"),
                  data_path=data_path, data_generated=generated, workers=workers, progress=progress,
                  shown_dir=str(study_dir), shown_data=str(data) if data is not None else "", mlflow=target)
+
+
+def mlflow_home(study_dir: Path) -> Path:
+    """The output directory whose MLflow store a study uses: ``<out>`` for ``<out>/studies/<name>``, else itself.
+
+    Example:
+        >>> str(mlflow_home(Path("training_output/studies/bits")))
+        'training_output'
+    """
+    return study_dir.parent.parent if study_dir.parent.name == STUDY_ROOT.name else study_dir
 
 
 def _data_what(base: dict[str, Any]) -> str:
