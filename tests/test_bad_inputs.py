@@ -552,12 +552,14 @@ from catalogue_tables_search import CASES as _TABLES_SEARCH_CASES  # noqa: E402
 from catalogue_predict import CASES as _PREDICT_CASES  # noqa: E402
 from catalogue_export import CASES as _EXPORT_CASES  # noqa: E402
 from catalogue_cli import CASES as _CLI_CASES  # noqa: E402
+from catalogue_mlflow import CASES as _MLFLOW_CASES  # noqa: E402
 
 CASES += _SECRETS_CASES + _OWNERSHIP_CASES + _STUDIES_CASES + _RUNS_CASES + _TABLES_CASES
 CASES += _TABLES_SEARCH_CASES
 CASES += _PREDICT_CASES
 CASES += _EXPORT_CASES
 CASES += _CLI_CASES
+CASES += _MLFLOW_CASES
 
 
 def _argv(command: str) -> list[str]:
