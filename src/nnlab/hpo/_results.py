@@ -41,6 +41,7 @@ __all__ = [
     "best_trial",
     "write_results",
     "check_results_owner",
+    "PROGRESS_WIDTH",
     "format_progress",
     "format_best",
     "retrain_command",
@@ -301,16 +302,44 @@ def _r2(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
-def format_progress(trial: Any, best: Any | None, *, worker: int | None = None) -> str:
-    """One line per finished trial: number, preset, state, val R², duration, best so far."""
+PROGRESS_WIDTH = 120
+"""The widest progress line: a longer error is shortened to fit."""
+
+
+def format_progress(trial: Any, best: Any | None, *, worker: int | None = None, eta: str = "") -> str:
+    """One line per finished trial: number, preset, state, val R², duration, best so far, the time left.
+
+    Args:
+        trial: the finished trial.
+        best: the best trial so far (None: none completed).
+        worker: this worker's number when several run (the line starts ``[worker N]``).
+        eta: the time left for the search (:func:`nnlab.orchestration.eta_text`), "" for none.
+
+    Every line fits :data:`PROGRESS_WIDTH` columns: an error too long for the rest of the line
+    goes on a second line, shortened if need be (the whole error is in the results CSV).
+    """
     attrs = trial.user_attrs
     metrics = attrs.get("metrics", {})
     best_text = f"{_r2(best.value)} (trial {best.number})" if best is not None else "n/a"
     line = (f"trial {trial.number:>3}  {attrs.get('preset', ''):<18} {attrs.get(OUTCOME_ATTR, ''):<8}  "
             f"val R² {_r2(metrics.get('best_r2')):>7}  {attrs.get('duration_s', 0.0):7.1f} s  best {best_text}")
-    if attrs.get("error"):
-        line += f"  -- {attrs['error']}"
-    return line if worker is None else f"[worker {worker}] {line}"
+    if eta:
+        line += f"  {eta}"
+    if worker is not None:
+        line = f"[worker {worker}] {line}"
+    return line + _error_part(attrs.get("error"), PROGRESS_WIDTH - len(line))
+
+
+def _error_part(error: Any, room: int) -> str:
+    """``  -- <error>`` when it fits in ``room`` columns, else on a line of its own below (shortened with an
+    ellipsis to :data:`PROGRESS_WIDTH`); "" when there is no error."""
+    if not error:
+        return ""
+    text = f"  -- {' '.join(str(error).split())}"
+    if len(text) <= room:
+        return text
+    text = "  " + text
+    return "\n" + (text if len(text) <= PROGRESS_WIDTH else text[:PROGRESS_WIDTH - 1] + "…")
 
 
 LINE_WIDTH = 120

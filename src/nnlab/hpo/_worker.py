@@ -22,6 +22,7 @@ from nnlab.orchestration import (
     OUTCOME_ATTR,
     claim_trial,
     counts_towards_budget,
+    eta_text,
     one_line,
     open_worker_study,
     run_claim_loop,
@@ -132,7 +133,7 @@ def search_worker(plan: Any, worker: int, n_existing: int, *, storage: Any = Non
 
 
 def _trial_reporter(study: Any, plan: Any, worker: int, bar: Any) -> Callable[[Any], None]:
-    """After each trial: the results files, and its line (above the bar on a terminal)."""
+    """After each trial: the results files, and its line (above the bar on a terminal) with the time left."""
     paths = ResultPaths(plan.results)
     s = plan.settings
 
@@ -140,7 +141,7 @@ def _trial_reporter(study: Any, plan: Any, worker: int, bar: Any) -> Callable[[A
         best = write_results(study, paths, storage_label=plan.storage.label)
         if not s.verbose:
             return
-        line = format_progress(frozen, best, worker=worker if s.workers > 1 else None)
+        line = format_progress(frozen, best, worker=worker if s.workers > 1 else None, eta=_search_eta(study, plan))
         if bar is None:
             print(line, flush=True)
         else:
@@ -148,6 +149,13 @@ def _trial_reporter(study: Any, plan: Any, worker: int, bar: Any) -> Callable[[A
             bar.update(bar.task_ids[0], completed=_finished_count(study))
 
     return report
+
+
+def _search_eta(study: Any, plan: Any) -> str:
+    """The time left for the budget: the counted trials' mean duration, the trials left, the workers."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts_towards_budget(t)]
+    took = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in finished)
+    return eta_text(len(finished), plan.budget, took, plan.settings.workers)
 
 
 def _finished_count(study: Any) -> int:

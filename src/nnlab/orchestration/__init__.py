@@ -17,7 +17,7 @@ several processes and machines share. This package is that part, once:
   :func:`exit_on_lost_storage`);
 * worker processes: :func:`run_workers`, :func:`run_processes`,
   :func:`worker_main`, :func:`cap_workers`, :func:`available_cpus`,
-  :func:`limit_threads`;
+  :func:`limit_threads`; the time left on a progress line (:func:`eta_text`);
 * MLflow: :class:`MlflowTarget`, :func:`resolve_mlflow`, a parent run per
   study (:func:`open_parent`, :func:`finish_parent`, :func:`abort_parent`).
 
@@ -72,6 +72,7 @@ from nnlab.orchestration._pool import (
     cap_workers,
     capped_workers,
     check_positive,
+    eta_text,
     limit_threads,
     one_line,
     progress_printer,
@@ -124,6 +125,7 @@ __all__ = [
     "claim_study",
     "claim_trial",
     "counts_towards_budget",
+    "eta_text",
     "exit_on_lost_storage",
     "fail_interrupted_trials",
     "finish_parent",

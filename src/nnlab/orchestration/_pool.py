@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "cap_workers",
     "capped_workers",
     "check_positive",
+    "eta_text",
     "limit_threads",
     "one_line",
     "progress_printer",
@@ -97,6 +99,42 @@ def capped_workers(requested: int, remaining: int, say: Callable[[str], Any]) ->
     if why:
         say(f"--workers {requested} capped to {workers}: {why}")
     return workers
+
+
+def eta_text(done: int, total: int, elapsed_s: float, workers: int = 1) -> str:
+    """The time left for a search's trials or a study's runs, for a progress line: ``eta ~M:SS`` (``~H:MM:SS``).
+
+    The mean duration of the ``done`` finished units, times the units left, shared by the workers
+    (never more workers than units left). ``eta n/a`` before any unit has finished, ``eta 0:00`` when
+    none is left.
+
+    Args:
+        done: units finished (trials of the budget, runs of the study).
+        total: units in all.
+        elapsed_s: the seconds the finished units took together (the sum of their durations).
+        workers: worker processes running the rest.
+
+    Example:
+        >>> eta_text(0, 10, 0.0, 2)
+        'eta n/a'
+        >>> eta_text(2, 10, 60.0, 2)  # 30 s a unit, 8 left on 2 workers
+        'eta ~2:00'
+        >>> eta_text(1, 100, 90.0)
+        'eta ~2:28:30'
+        >>> eta_text(3, 4, 30.0, 4)  # one left: one worker runs it
+        'eta ~0:10'
+        >>> eta_text(5, 5, 50.0)
+        'eta 0:00'
+    """
+    left = total - done
+    if left <= 0:
+        return "eta 0:00"
+    if done <= 0 or not math.isfinite(elapsed_s) or elapsed_s < 0:
+        return "eta n/a"
+    seconds = round(elapsed_s / done * left / max(1, min(workers, left)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"eta ~{hours}:{minutes:02d}:{seconds:02d}" if hours else f"eta ~{minutes}:{seconds:02d}"
 
 
 def limit_threads(workers: int) -> None:

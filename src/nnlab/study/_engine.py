@@ -24,6 +24,7 @@ from nnlab.orchestration import (
 )
 from nnlab.runs import RunStatus
 from nnlab.study._cells import StudySpec
+from nnlab.study._flags import flag_lines
 from nnlab.study._plan import default_output_dir, make_plan
 from nnlab.study._record import (
     RECORD_FILE,
@@ -210,9 +211,11 @@ def _begin_study(plan: Any, study: Any, workers: int, say: Callable[[str], None]
     left = n_units - finished
     n_workers = capped_workers(workers, left, say)
     plan = dataclasses.replace(plan, workers=max(n_workers, 1), n_existing=len(study.get_trials(deepcopy=False)))
-    say(f"study {plan.kind} '{plan.study_name}': {len(plan.cells)} cells × {len(plan.seeds)} seeds = "
-        f"{n_units} runs, {finished} finished; {n_workers} worker{'s' if n_workers != 1 else ''}; "
-        f"outputs in {plan.study_dir} (storage {plan.storage.label})")
+    head = (f"study {plan.kind} '{plan.study_name}': {len(plan.cells)} cells × {len(plan.seeds)} seeds = "
+            f"{n_units} runs, {finished} finished; {n_workers} worker{'s' if n_workers != 1 else ''};")
+    where = f"outputs in {plan.shown_dir or plan.study_dir} (storage {plan.shown_storage})"
+    for line in [f"{head} {where}"] if len(head) + len(where) < 120 else [head, f"  {where}"]:
+        say(line)
     for number, reason in interrupted:
         say(f"trial {number} was {reason}; its run will be done again")
     write_runs(study, plan)
@@ -256,6 +259,8 @@ def _end_study(plan: Any, study: Any, paths: dict[str, Path], failed_workers: li
                   metrics={"runs_total": n_units, "runs_finished": done,
                            "runs_completed": int((runs["status"] == RunStatus.COMPLETED.value).sum())},
                   files=_output_files(paths))
+    for line in flag_lines((summary or {}).get("flags") or []):
+        say(line)
     say(f"{done} of {n_units} runs finished" + ("" if done == n_units else
                                                 "; rerun the same command to finish the others"))
     for name, path in paths.items():

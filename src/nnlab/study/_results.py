@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnlab.orchestration import OUTCOME_ATTR
+from nnlab.orchestration import OUTCOME_ATTR, eta_text
 from nnlab.runs import RunStatus
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "is_done",
     "runs_frame",
     "runs_rows",
+    "study_eta",
     "write_runs",
 ]
 
@@ -127,6 +128,21 @@ def done_units(study: Any) -> set[tuple[str, int]]:
     """The (cell id, seed) units that have their finished run."""
     return {(t.user_attrs.get("cell"), t.user_attrs.get("seed")) for t in study.get_trials(deepcopy=False)
             if t.state.is_finished() and is_done(t.user_attrs.get(OUTCOME_ATTR))}
+
+
+def study_eta(study: Any, plan: Any) -> str:
+    """The time left for the plan's runs (``eta ~M:SS``): its finished runs' mean duration, the runs left, the
+    workers (:func:`nnlab.orchestration.eta_text`)."""
+    units = {(c["id"], s) for c in plan.cells for s in plan.seeds}
+    took: dict[tuple[str, int], float] = {}
+    for t in study.get_trials(deepcopy=False):
+        unit = (t.user_attrs.get("cell"), t.user_attrs.get("seed"))
+        if unit in units and t.state.is_finished() and is_done(t.user_attrs.get(OUTCOME_ATTR)):
+            took.setdefault(unit, _finite(t.user_attrs.get("duration_s")))
+    durations = [d for d in took.values() if math.isfinite(d)]
+    if not durations:
+        return eta_text(0, len(units), 0.0, plan.workers)
+    return eta_text(len(took), len(units), sum(durations) / len(durations) * len(took), plan.workers)
 
 
 def write_runs(study: Any, plan: Any) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from nnlab._numbers import to_jsonable
 from nnlab.errors import ArtifactError, ConfigError
 from nnlab.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
 from nnlab.study._curves import TOLERANCES, precision_curves
+from nnlab.study._flags import cell_flags
 
 __all__ = [
     "KINDS",
@@ -197,9 +198,13 @@ def summarise_study(kind: str, runs: pd.DataFrame, *, keys: Sequence[str], refer
         summary["formats"] = _format_results(ref_runs, formats, float(table.loc[0, "test_r2_mean"]), seed)
         summary["fewest_bits_within"] = _fewest_bits_within(table, keys)
         summary["stochastic_comparisons"] = _stochastic_comparisons(per_seed, table, keys, alpha, seed)
-    summary["findings"] = _findings(kind, table, summary, keys, ref_cell, alpha)
+    flags = cell_flags(done, cells, lambda row: row["_cell"], lambda cell: _cell_label(keys, cell))
+    summary["findings"] = _findings(kind, table, summary, keys, ref_cell, alpha) + [
+        flag["message"] for cell in cells for flag in flags.get(cell, [])]
     summary["notes"] = notes
-    summary["cells"] = table.to_dict("records")
+    summary["cells"] = [{**record, "flags": [flag["message"] for flag in flags.get(cell, [])]}
+                        for cell, record in zip(cells, table.to_dict("records"))]
+    summary["flags"] = [{"cell": dict(zip(keys, cell)), **flag} for cell in cells for flag in flags.get(cell, [])]
     return table, summary, per_seed
 
 

@@ -30,7 +30,8 @@ from nnlab.orchestration import (
 )
 from nnlab.runs import RunStatus
 from nnlab.study._cells import SEED_KEY
-from nnlab.study._results import FORMATS, done_units, is_done, write_runs
+from nnlab.study._flags import unit_notes
+from nnlab.study._results import FORMATS, done_units, is_done, study_eta, write_runs
 
 __all__ = ["DataChangedError", "UnitRecord", "changed_data_message", "data_change", "run_unit", "seed_source",
            "study_worker"]
@@ -218,11 +219,12 @@ def _unit_reporter(study: Any, plan: Any, say: Callable[[str], None] | None
         if say is None and not plan.progress:
             return
         line = (f"[{len(done_units(study) & units)}/{len(units)}] {plan.label(cell)} {SEED_KEY}={seed}: "
-                f"{_outcome_text(record)}")
-        if say is not None:
-            say(line)
-        else:
-            print(line, flush=True)
+                f"{_outcome_text(record)}  {study_eta(study, plan)}")
+        for text in [line, *unit_notes(study, plan, cell, seed, record)]:
+            if say is not None:
+                say(text)
+            else:
+                print(text, flush=True)
 
     return report
 
