@@ -39,7 +39,10 @@ RUN = ["--num-particles", "300", "--epochs", str(EPOCHS), "--seed", "5", "--quie
 def tracked(tmp_path_factory):
     """One run with TensorBoard (the default) and MLflow on a bare --mlflow: (output dir, run dir)."""
     out = tmp_path_factory.mktemp("tracked") / "o"
-    assert main(["train", *RUN, "--output-dir", str(out), "--mlflow"]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # a bare --mlflow would take the environment's store and experiment
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        assert main(["train", *RUN, "--output-dir", str(out), "--mlflow"]) == 0
     return out, next((out / "runs").iterdir())
 
 
@@ -158,7 +161,7 @@ def test_mlflow_run_has_params_metrics_tags_and_files(tracked):
     assert run.data.params == expected
     assert run.data.tags["nnlab.run_id"] == run_dir.name and run.data.tags["nnlab.status"] == "completed"
     assert run.data.tags["nnlab.data_source"] == "simulated: 300 particles, seed 5"
-    assert run.data.tags["nnlab.version"]
+    assert run.data.tags["nnlab.version"] and run.data.tags["nnlab.preset"] == "default"
     rows = pd.read_csv(run_dir / "training_results.csv")
     for column in ("train_loss", "val_loss", "val_mse", "r2_score", "learning_rate", "epoch_time", "memory_mb",
                    "constraint/applied"):
@@ -169,6 +172,10 @@ def test_mlflow_run_has_params_metrics_tags_and_files(tracked):
     assert run.data.metrics["test_r2"] == pytest.approx(test["scaled"]["r2"])
     assert run.data.metrics["test_physical/kinetic_energy/rmse"] == pytest.approx(
         test["per_target_physical"]["kinetic_energy"]["rmse"])
+    assert run.data.metrics["test_physics_speed_violation"] == pytest.approx(test["physics"]["speed_violation"])
+    assert run.data.metrics["test_format_float16_r2"] == pytest.approx(test["formats"]["float16"]["r2"])
+    [data_input] = run.inputs.dataset_inputs
+    assert data_input.dataset.digest == saved["data"]["arrays_sha256"][:16]
     listed = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"training_results.csv", "loss_history.csv", "training_config.json", "test_metrics.json",
             "run_status.json", "training_log.txt", "scalers.json", "weights"} <= listed
