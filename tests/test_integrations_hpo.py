@@ -143,14 +143,15 @@ def test_optuna_dashboard_storage_has_the_trials_and_their_epochs(search):
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "analysis" / "hpo_journal.log")))
     studies = storage.get_all_studies()
     assert [s.study_name for s in studies] == ["nnlab-hpo"]
+    assert optuna.load_study(study_name="nnlab-hpo", storage=storage).metric_names == ["val_r2"]
     trials = storage.get_all_trials(studies[0]._study_id)
     table = {int(r["trial_number"]): r for r in rows(out / "analysis" / "hpo_results.csv")}
     assert sorted(t.number for t in trials) == sorted(table) == [0, 1, 2, 3, 4]
     for trial in trials:
         row = table[trial.number]
         assert trial.state == {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}[row["state"]]
-        # One validation R² per epoch trained, reported to the pruner at steps 0, 1, ...
-        assert sorted(trial.intermediate_values) == list(range(int(row["total_epochs"])))
+        # One validation R² per epoch trained, reported to the pruner at steps 1, 2, ... (the epoch numbers)
+        assert sorted(trial.intermediate_values) == list(range(1, int(row["total_epochs"]) + 1))
         assert all(math.isfinite(v) for v in trial.intermediate_values.values())
         assert trial.params["learning_rate"] == json.loads(row["overrides"])["learning_rate"]
         if trial.state == TrialState.COMPLETE:

@@ -55,15 +55,17 @@ def make_sampler(kind: str, *, seed: int, startup_trials: int) -> Any:
 
 
 def make_pruner(kind: str, *, startup_trials: int, epochs: int) -> Any:
-    """``none``, ``median`` or ``hyperband``; epochs are the pruners' steps.
+    """``none``, ``median`` or ``hyperband``; epochs are the pruners' steps, numbered 1 to ``epochs``.
 
     The median pruner waits for ``startup_trials`` completed trials and, in each
-    trial, for the first ``epochs // 5`` epochs (early R² is noisy).
+    trial, for the first ``epochs // 5`` epochs (early R² is noisy): it prunes
+    from step ``epochs // 5 + 1`` on, as Optuna skips the steps below
+    ``n_warmup_steps``. Hyperband's resource is the epochs trained, 1 to ``epochs``.
     """
     import optuna
 
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=epochs // 5)
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=epochs // 5 + 1)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -31,6 +31,7 @@ __all__ = [
     "claim_study",
     "study_kind",
     "has_heartbeats",
+    "name_objective",
     "open_storage",
     "open_study",
     "repair_journal",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 JOURNAL_FILE = "hpo_journal.log"
+# The name of a search's objective in the storage (optuna-dashboard's axis): a trial's best validation R².
+SEARCH_OBJECTIVE = "val_r2"
 # RDB storages record a heartbeat per running trial; a trial whose heartbeat is
 # older than the grace period (its process or machine died) is failed.
 HEARTBEAT_INTERVAL_S = 30
@@ -380,6 +383,20 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def name_objective(study: Any, name: str) -> None:
+    """Store the name of the study's objective (``study.metric_names``), once.
+
+    optuna-dashboard shows it on its charts instead of "Objective 0". A study
+    created before nnlab named it gets the name when it is next opened.
+    """
+    import optuna
+
+    with warnings.catch_warnings():  # only Optuna's notice that the metric-names API is experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != [name]:
+            study.set_metric_names([name])
+
+
 def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, label: str,
                sampler: Any = None, pruner: Any = None) -> Any:
     """Create the study, or load it if it exists and was created with the same settings.
@@ -387,6 +404,7 @@ def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, la
     ``settings`` are the choices that make trials comparable (presets, space,
     epochs, batch size, data, seed, overrides); they are stored in the study
     and a rerun must match them, so a study never mixes incomparable trials.
+    Its objective is named ``val_r2`` (the best validation R² of a trial).
 
     Raises:
         ConfigError: the study exists with other settings (the message lists them).
@@ -401,6 +419,7 @@ def open_study(storage: Any, study_name: str, settings: Mapping[str, Any], *, la
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study '{study_name}' in {label} minimizes; nnlab studies maximize validation R². "
                           "Pass another --study-name")
+    name_objective(study, SEARCH_OBJECTIVE)
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, dict(settings))

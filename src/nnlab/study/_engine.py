@@ -16,6 +16,7 @@ from nnlab.orchestration import (
     capped_workers,
     fail_interrupted_trials,
     finish_parent,
+    name_objective,
     open_parent,
     open_storage,
     progress_printer,
@@ -142,6 +143,7 @@ def _open(plan: Any, held: contextlib.ExitStack) -> tuple[Any, Any, Any]:
         store = open_storage(plan.storage)
     study = optuna.create_study(storage=store, study_name=plan.study_name, direction="maximize",
                                 load_if_exists=True)
+    name_objective(study, "test_r2")  # a unit's value: its run's test R² (optuna-dashboard's axis)
     if stored is None or list(stored.get("seeds") or []) != list(plan.seeds):
         study.set_user_attr(SPEC_ATTR, plan.record)
     if KIND_ATTR not in study.user_attrs:  # what created it: a search never opens it

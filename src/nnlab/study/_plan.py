@@ -87,6 +87,18 @@ class _StudyPlan:
     def cell_of(self, cell_id: str) -> dict[str, Any] | None:
         return next((c for c in self.cells if c["id"] == cell_id), None)
 
+    def param_distributions(self) -> dict[str, Any]:
+        """Optuna distributions of the cells' key columns and the seed: a unit's trial parameters.
+
+        Integer columns (bits, seed) are ``IntDistribution`` over their range, other
+        numbers ``FloatDistribution``, anything else ``CategoricalDistribution`` of
+        the cells' values -- so optuna-dashboard's history and importance plots show
+        what a unit trained. Example: a precision study's ``{"schedule", "rounding",
+        "bits", "policy", "seed"}``.
+        """
+        columns = {k: [c["key"][k] for c in self.cells] for k in self.keys}
+        return {name: _distribution(values) for name, values in {**columns, SEED_KEY: list(self.seeds)}.items()}
+
     def label(self, cell: Mapping[str, Any]) -> str:
         """The cell's varying key columns (all of them when only one cell)."""
         varying = [k for k in self.keys if len({json.dumps(c["key"][k]) for c in self.cells}) > 1] or list(self.keys)
@@ -170,6 +182,20 @@ def mlflow_home(study_dir: Path) -> Path:
         'training_output'
     """
     return study_dir.parent.parent if study_dir.parent.name == STUDY_ROOT.name else study_dir
+
+
+def _distribution(values: list[Any]) -> Any:
+    """The Optuna distribution that holds ``values`` (JSON scalars of one key column)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return IntDistribution(min(values), max(values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return FloatDistribution(float(min(values)), float(max(values)))
+    unique = {json.dumps(v, sort_keys=True): v for v in values}
+    # A choice must be None, bool, int, float or str: anything else is named by its JSON text.
+    return CategoricalDistribution([v if v is None or isinstance(v, (bool, int, float, str)) else text
+                                    for text, v in sorted(unique.items())])
 
 
 def _data_what(base: dict[str, Any]) -> str:

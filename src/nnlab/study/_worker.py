@@ -110,9 +110,35 @@ def _claim(study: Any, plan: Any, owner: Mapping[str, Any]) -> Any | None:
             return None
         rival = _held_elsewhere(study, trial)
         if rival is None:
+            _record_unit_params(study, trial, plan)
             return trial
         # Without an outcome: not counted, never listed.
         give_back(study, trial, f"duplicate claim: trial {rival} holds this unit")
+
+
+def _record_unit_params(study: Any, trial: Any, plan: Any) -> None:
+    """The unit's cell key columns and seed as its trial's parameters, for optuna-dashboard's plots.
+
+    Written through the storage: the values are the unit's, never a sampler's.
+    The cell stays in the trial's attributes too (what the study itself reads).
+    A study stored with other choices for a column (created with other cells)
+    keeps that column as an attribute only: Optuna refuses mixed distributions.
+    """
+    import json
+
+    cell = plan.cell_of(trial.user_attrs.get("cell"))
+    if cell is None:
+        return
+    values = {**cell["key"], SEED_KEY: trial.user_attrs.get("seed")}
+    for name, distribution in plan.param_distributions().items():
+        value = values[name]
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            value = json.dumps(value, sort_keys=True)  # as the distribution names it
+        try:
+            study._storage.set_trial_param(trial._trial_id, name, distribution.to_internal_repr(value),
+                                           distribution)
+        except ValueError as exc:  # incompatible with the study's earlier trials: an attribute only
+            logger.debug("trial %d: parameter %s not recorded: %s", trial.number, name, exc)
 
 
 class DataChangedError(NnlabError):
