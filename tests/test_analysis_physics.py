@@ -234,20 +234,20 @@ def test_cli_report_and_summary_include_the_section_and_skip_works(runs, tmp_pat
     analysis_dir = tmp_path / "analysis"
     assert main(["analyze", "--output-dir", str(out), "--analysis-dir", str(analysis_dir),
                  "--skip", OTHER_SECTIONS, "--quiet"]) == 0
-    [path] = analysis_dir.glob("analysis_summary_*.json")
+    [path] = analysis_dir.glob("*/analysis_summary_*.json")  # <analysis-dir>/<run_id>/
     summary = json.loads(path.read_text())
     assert summary["run_id"] == physics and "physics" not in summary["skipped_sections"]
     assert summary["physics_consistency"]["violations"] == {m: recorded(out, physics)["physics"][m]
                                                             for m in PHYSICS_METRICS}
     assert summary["sections"]["physics"]["figures"] == ["physics_consistency.png"]
-    html = (analysis_dir / "report.html").read_text(encoding="utf-8")
+    html = (path.parent / "report.html").read_text(encoding="utf-8")
     assert "<h2 id='physics'>11. Physics consistency" in html
     assert "alt='physics_consistency.png'" in html and "<h3>violations per run" in html
 
     skipped_dir = tmp_path / "skipped"
     assert main(["analyze", "--output-dir", str(out), "--analysis-dir", str(skipped_dir),
                  "--skip", OTHER_SECTIONS + ",physics", "--quiet"]) == 0
-    [path] = skipped_dir.glob("analysis_summary_*.json")
+    [path] = skipped_dir.glob("*/analysis_summary_*.json")
     summary = json.loads(path.read_text())
     assert "--skip" in summary["skipped_sections"]["physics"] and summary["physics_consistency"] is None
     assert not (skipped_dir / "physics_consistency.png").exists()

@@ -66,9 +66,9 @@ def tiny_runs(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def analysed(tiny_runs, tmp_path_factory):
     out, run_id = tiny_runs
-    analysis_dir = tmp_path_factory.mktemp("analysis_out")
-    proc = nnlab("analyze", "--output-dir", str(out), "--run", run_id, "--analysis-dir", str(analysis_dir), *JS_FAST)
-    return out, run_id, analysis_dir, proc
+    root = tmp_path_factory.mktemp("analysis_out")
+    proc = nnlab("analyze", "--output-dir", str(out), "--run", run_id, "--analysis-dir", str(root), *JS_FAST)
+    return out, run_id, root / run_id, proc
 
 
 def summaries(directory: Path) -> list[Path]:
@@ -138,7 +138,7 @@ def test_james_stein_section_in_the_summary(analysed):
         assert js[f"{variant}_best_loss"] == pytest.approx(np.mean(per_seed))
     assert js["variants"]["binary_constraints"]["mean_significant_bits"] <= 16
     # The trainings are a compare study in the analysis folder (--js-workers 1: in this process).
-    study_dir = (analysis_dir / "james_stein_study").resolve()
+    study_dir = (analysis_dir.parent / "james_stein_study").resolve()  # beside the analysis folders
     assert js["study_dir"] == str(study_dir) and js["workers"] == 1
     runs = pd.read_csv(js["runs_csv"])
     assert len(runs) == 6 and set(runs["status"]) == {"completed"}
@@ -151,7 +151,9 @@ def test_heatmap_uses_the_run_history_without_hpo_results(analysed):
     summary = json.loads(summaries(analysis_dir)[0].read_text())
     heat = summary["hyperparameter_impact"]
     assert heat["n_runs"] == 3 and heat["n_hpo_trials"] == 0 and heat["uses_hpo_results"] is False
-    assert heat["strongest_positive"] or heat["strongest_negative"]
+    # 3 runs are below the minimum n of a correlation: no ρ or p is reported, only "n too small".
+    assert heat["min_correlation_n"] == 8 and heat["pairs_too_small"] > 0
+    assert heat["strongest_positive"] == [] and heat["strongest_negative"] == []
 
 
 def test_report_embeds_every_figure_and_table(analysed):
@@ -162,7 +164,7 @@ def test_report_embeds_every_figure_and_table(analysed):
     assert html.count("src='data:image/png;base64,") == len(FIGURES)
     assert "src='http" not in html and "<link" not in html  # self-contained
     for heading in ("artifacts", "run summary", "test metrics", "recommendations", "paired tests",
-                    "residuals per target", "strongest positive"):
+                    "residuals per target", "strongest positive", "every pair"):
         assert f"<h3>{heading}" in html, heading
 
 
@@ -172,7 +174,7 @@ def test_without_weights_residuals_and_predictions_are_skipped(tiny_runs, tmp_pa
     shutil.copytree(out / "runs" / run_id, copy / "runs" / run_id, ignore=shutil.ignore_patterns("weights"))
     proc = nnlab("analyze", "--output-dir", str(copy), "--skip", "james_stein", "--sample-size", "16")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [path] = summaries(copy / "analysis")
+    [path] = summaries(copy / "analysis" / run_id)
     summary = json.loads(path.read_text())
     skipped = summary["skipped_sections"]
     assert set(skipped) == {"residuals", "predictions", "james_stein", "heatmap"}
@@ -184,8 +186,8 @@ def test_without_weights_residuals_and_predictions_are_skipped(tiny_runs, tmp_pa
     assert summary["prediction_mae_source"].startswith("test_metrics.json")
     for name in ("training_dynamics_dashboard.png", "learning_rate_analysis.png", "baseline_comparison.png",
                  "loss_weights_and_constraints.png"):
-        assert (copy / "analysis" / name).is_file()
-    assert not (copy / "analysis" / "residual_analysis_suite.png").exists()
+        assert (copy / "analysis" / run_id / name).is_file()
+    assert not (copy / "analysis" / run_id / "residual_analysis_suite.png").exists()
     assert summary["james_stein_comparison"]["winner"] is None
 
 
@@ -263,10 +265,10 @@ def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    [summary_path] = summaries(analysis_dir)
+    [summary_path] = summaries(analysis_dir / run_id)
     summary = json.loads(summary_path.read_text())
     assert summary["run_id"] == run_id and summary["failed_sections"] == {}
     assert summary["james_stein_comparison"]["seeds"] == [42]  # one seed: statistics degrade, nothing fails
-    assert (analysis_dir / "report.html").is_file()
+    assert (analysis_dir / run_id / "report.html").is_file()
     images = sum(1 for c in code_cells for o in c.outputs if "image/png" in o.get("data", {}))
     assert images == len(FIGURES)

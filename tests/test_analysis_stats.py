@@ -192,14 +192,19 @@ def test_convergence_rule_extrapolates_the_remaining_improvement():
 
 
 def test_learning_rate_rule_uses_the_history_correlation():
-    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
-    history = pd.DataFrame({"run_id": [f"r{i}" for i in range(6)], "learning_rate": lrs,
-                            "best_val_r2": [0.99, 0.98, 0.95, 0.9, 0.8, 0.6]})
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 6e-2, 1e-1]
+    history = pd.DataFrame({"run_id": [f"r{i}" for i in range(8)], "learning_rate": lrs,
+                            "best_val_r2": [0.99, 0.98, 0.95, 0.9, 0.8, 0.6, 0.5, 0.4]})
     val = np.linspace(1.0, 0.1, 40)
     row = learning_rate_rule(history_frame(val, val), CONFIG, history)
     assert row["status"] == "⚠" and row["suggestion"] == pytest.approx(1e-4)  # the best run's lower LR
     assert row["correlation"] == pytest.approx(-1.0) and row["p_value"] < 0.01
-    assert row["confidence"] == "High"
+    assert row["confidence"] == "High" and "permutation test" in row["evidence"]
+    assert row["confidence_basis"].startswith(f"p = {row['p_value']:.3g} < 0.01 with n = 8")
+    # Six runs are below the minimum n of a correlation: no ρ, no p, no suggestion from it.
+    row = learning_rate_rule(history_frame(val, val), CONFIG, history.head(6))
+    assert row["correlation"] is None and row["p_value"] is None and row["status"] == "✓"
+    assert "n too small (n = 6 < 8)" in row["evidence"]
 
 
 def test_learning_rate_rule_detects_a_plateau_at_constant_lr():
@@ -266,10 +271,20 @@ def test_hyperparameter_table_merges_history_and_hpo():
     assert table["total_units"].tolist()[:3] == [16, 48, 64]
     assert table["strategy=fixed"].tolist()[:3] == [1.0, 0.0, 1.0]
     matrix, pairs = impact_correlations(table)
-    assert matrix.loc["log10_learning_rate", "best_r2"] == pytest.approx(
-        stats.spearmanr(table["log10_learning_rate"], table["best_r2"]).statistic)
-    assert abs(pairs[0]["rho"]) == max(abs(p["rho"]) for p in pairs)
+    # 4 rows: below the minimum n of a correlation, so every pair is listed as "n too small".
+    assert matrix.loc["log10_learning_rate", "best_r2"] != matrix.loc["log10_learning_rate", "best_r2"]  # NaN
+    assert pairs and all(p["rho"] is None and p["p_value"] is None and p["n"] <= 4 for p in pairs)
+    assert pairs[0]["reason"] == "n too small (n = 4 < 8)"
     assert "epochs" not in matrix.index  # never varied
+    # With 8 rows ρ is reported, with a permutation p-value.
+    big = pd.concat([table, table.assign(log10_learning_rate=table["log10_learning_rate"] + 0.5,
+                                         best_r2=table["best_r2"] - 0.01)], ignore_index=True)
+    matrix, pairs = impact_correlations(big)
+    assert matrix.loc["log10_learning_rate", "best_r2"] == pytest.approx(
+        stats.spearmanr(big["log10_learning_rate"], big["best_r2"]).statistic)
+    found = [p for p in pairs if p["rho"] is not None]
+    assert abs(found[0]["rho"]) == max(abs(p["rho"]) for p in found)
+    assert found[0]["method"] == "permutation test (20000 permutations)"
 
 
 # --- runs, errors, outputs ---------------------------------------------------------------

@@ -88,6 +88,14 @@ def _say(line: str) -> None:
     print(_fit(line))
 
 
+def _print_outputs(folder, files) -> None:
+    """The analysis folder, then each file: its whole path when that fits 120 columns, else its name in it."""
+    print(f"analysis: {folder}")
+    for label, path in files:
+        line = f"{label + ':':<9} {path}"
+        print(line if len(line) <= CONSOLE_WIDTH else f"{label + ':':<9} <analysis>/{path.name}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the analysis. Exit status 0, or 1 when a section failed unexpectedly (outputs are still written).
 
@@ -130,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         analysis.discard()  # nothing half-written: the unpublished folder goes
         raise
-    print(f"analysis: {paths['folder']}")
-    print(f"summary:  {paths['summary']}")
-    print(f"report:   {paths['report']}")
+    _print_outputs(paths["folder"], [("summary", paths["summary"]), ("report", paths["report"])])
     _log_to_mlflow(analysis.run_artifacts.run_dir, [paths["report"], paths["summary"]], say, folder=paths["folder"])
     failed = [name for name, r in analysis.results.items() if r.status == "failed"]
     if failed:

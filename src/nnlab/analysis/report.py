@@ -81,8 +81,8 @@ color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 .table-wrap{max-width:100%;overflow-x:auto;margin:.6em 0 1.2em}
 table.table{border-collapse:collapse;font-size:.8em;max-width:100%}
-table.table th,table.table td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;
-overflow-wrap:anywhere;word-break:break-word;min-width:3.5em}
+table.table th,table.table td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
+table.table td{overflow-wrap:break-word;min-width:5em}table.table th{overflow-wrap:break-word}
 table.table td{max-width:28em}
 code{overflow-wrap:anywhere}
 table.table th{background:#f3f3f3}
