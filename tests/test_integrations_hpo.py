@@ -163,13 +163,18 @@ def test_analyze_logs_its_report_to_the_runs_mlflow_run(search, tmp_path):
     run_dir = next(p for p in sorted((out / "runs").iterdir()) if (p / RUN_RECORD).exists())
     record = run_record(run_dir)
     skip = "dynamics,learning_rate,residuals,predictions,baselines,james_stein,recommendations,heatmap"
+    client = MlflowClient(record["tracking_uri"])
+    experiment = client.get_run(record["run_id"]).info.experiment_id
+    before = len(client.search_runs([experiment]))
     assert main(["analyze", "--output-dir", str(out), "--run", run_dir.name, "--analysis-dir", str(tmp_path),
                  "--skip", skip, "--quiet"]) == 0
-    client = MlflowClient(record["tracking_uri"])
-    logged = {Path(a.path).name: a.file_size for a in client.list_artifacts(record["run_id"], "analysis")}
-    summary = next(tmp_path.glob("analysis_summary_*.json"))
-    assert logged == {"report.html": (tmp_path / "report.html").stat().st_size,
-                      summary.name: summary.stat().st_size}
+    # The analysis's own folder, logged under analysis/<folder>/ of the run's own MLflow run: no new run.
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    logged = {Path(a.path).name: a.file_size
+              for a in client.list_artifacts(record["run_id"], f"analysis/{folder.name}")}
+    assert logged == {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    assert "report.html" in logged and any(name.startswith("analysis_summary") for name in logged)
+    assert len(client.search_runs([experiment])) == before
 
 
 def test_analyze_with_mlflow_unreachable_warns_and_succeeds(search, tmp_path, monkeypatch, capsys):
@@ -183,7 +188,7 @@ def test_analyze_with_mlflow_unreachable_warns_and_succeeds(search, tmp_path, mo
                  "--skip", f"{skip},loss_and_constraints", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: MLflow: the analysis was not logged to run abc") == 1
-    assert (tmp_path / "report.html").is_file()
+    assert len(list(tmp_path.glob("*/report.html"))) == 1
 
 
 def test_unreachable_mlflow_costs_a_search_one_warning(tmp_path, monkeypatch):
