@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import textwrap
 
 __all__ = [
     "add_table_arguments",
@@ -48,11 +49,22 @@ MAX_COLUMNS = 120
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """argparse's help, wrapped to the terminal but never wider than :data:`MAX_COLUMNS` columns."""
+    """argparse's help, wrapped to the terminal but never wider than :data:`MAX_COLUMNS` columns.
+
+    Lines break at spaces only, never after a hyphen: ``<output-dir>/runs`` or
+    ``--num-particles`` stay whole.
+    """
 
     def __init__(self, prog: str, **kwargs) -> None:
         kwargs.setdefault("width", min(shutil.get_terminal_size().columns, MAX_COLUMNS) - 2)
         super().__init__(prog, **kwargs)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
 
 
 class Parser(argparse.ArgumentParser):

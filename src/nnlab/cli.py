@@ -112,7 +112,10 @@ _TRAIN_DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     from nnlab import __version__
 
-    parser = _Parser(prog="nnlab", description="nnlab: regression networks on simulated particle physics")
+    parser = _Parser(prog="nnlab", description="Train regression networks on simulated particle physics or on a "
+                                               "table of your own, search their hyperparameters, compare them in "
+                                               "multi-seed studies, analyse and export the runs. "
+                                               "`nnlab COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"nnlab {__version__}",
                         help="print the version (nnlab X.Y.Z) and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")

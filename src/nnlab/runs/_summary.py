@@ -24,10 +24,15 @@ def _fit(line: str) -> list[str]:
     if len(line) <= WIDTH:
         return [line]
     head, sep, tail = line.partition(" (")
-    wrap = dict(width=WIDTH, subsequent_indent=_INDENT, break_long_words=False, break_on_hyphens=False)
-    if sep and head.strip() and len(head) <= WIDTH:
-        return [head] + textwrap.wrap("(" + tail, initial_indent=_INDENT, **wrap)
-    return textwrap.wrap(line, **wrap)
+    for indent in (_INDENT, "    "):  # under the values, or further left for a long path
+        wrap = dict(width=WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+        if sep and head.strip() and len(head) <= WIDTH:
+            lines = [head] + textwrap.wrap("(" + tail, initial_indent=indent, **wrap)
+        else:
+            lines = textwrap.wrap(line, **wrap)
+        if all(len(part) <= WIDTH for part in lines):
+            return lines
+    return [line]  # a path longer than that: whole, on its label's line
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
