@@ -321,3 +321,52 @@ def test_constraint_and_loss_keys():
         Config.from_flat({"james_stein_noise_variance": -1.0})
     with pytest.raises(ConfigError, match="binary_rounding"):
         Config.from_flat({"binary_rounding": "up"})
+
+
+# --- TOML configuration files ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs = 3\nhidden_layers = [16,\n", "c.toml: not valid TOML at the end of the file: Invalid value"),
+    ("epochs = 3\nhidden_layers = [16\nseed = 1\n", "c.toml: not valid TOML at line 3, column 1: Unclosed array"),
+    ("epochs = 3\nepochs = 4\n", "c.toml: not valid TOML at line 2, column 11: Cannot overwrite a value"),
+    ("dropout_rate = nan\n", "c.toml: dropout_rate = nan is invalid: TOML inf/nan is not allowed"),
+    ("mass_range = [0.1, -inf]\n", "c.toml: mass_range[1] = -inf is invalid: TOML inf/nan is not allowed"),
+    ("[training]\nepochs = 3\n", "c.toml: [training] is a TOML table, but configuration keys are flat"),
+    ("seed = 07:32:00\n", "c.toml: seed = 07:32:00 is invalid: a TOML date or time is not a configuration value"),
+])
+def test_toml_errors_name_the_file_and_what_is_wrong(tmp_path, text, message):
+    from nnlab.config import read_config_file
+
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_config_file(tmp_path / "c.toml", "c.toml")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_toml_config_file_is_validated_like_json(tmp_path):
+    (tmp_path / "c.toml").write_text("hidden_layers = [16, 8]\nlearing_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"c.toml: unknown key 'learing_rate'; did you mean 'learning_rate'\?"):
+        load_config(config_file=tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text("dropout_rate = 1.5\n")
+    with pytest.raises(ConfigError, match=r"c.toml: dropout_rate = 1.5 is invalid"):
+        load_config(config_file=tmp_path / "c.toml")
+
+
+def test_dump_toml_reads_back_to_the_same_configuration(tmp_path):
+    from nnlab.config import dump_toml
+
+    flat = load_config(preset="deep_regularized", overrides={"mlflow_tracking_uri": None}).to_flat()
+    text = dump_toml(flat)
+    assert "# mlflow_tracking_uri: not set (TOML has no null)\n" in text
+    (tmp_path / "all.toml").write_text(text)
+    assert load_config(config_file=tmp_path / "all.toml").to_flat() == flat
+
+
+def test_dump_toml_escapes_strings():
+    import tomllib
+
+    from nnlab.config import dump_toml
+
+    values = {"a": 'say "hi" \\ \n é', "b": [1.5, 2e-05, True], "c": 10**20, "weird key": 1}
+    assert tomllib.loads(dump_toml(values)) == values

@@ -301,3 +301,13 @@ def test_train_with_a_toml_config_file(tmp_path):
     run_dir = next((tmp_path / "o" / "runs").iterdir())
     saved = json.loads((run_dir / "training_config.json").read_text())["config"]
     assert saved["hidden_layers"] == [12] and saved["loss_weighting_strategy"] == "fixed"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``nnlab ... | head``: the reader goes away; no "error: Broken pipe", no traceback, status 141."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "nnlab.cli", "completion", "bash"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO, env=env)
+    proc.stdout.close()  # before it writes anything (its start-up takes far longer)
+    _, err = proc.communicate(timeout=120)
+    assert err == b"" and proc.returncode == 141

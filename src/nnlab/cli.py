@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ from nnlab._argtypes import (  # noqa: F401 - the argument types stay importable
 )
 from nnlab._argtypes import Parser as _Parser
 from nnlab.errors import DataValidationError, NnlabError
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader went away
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -460,7 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:  # nnlab's own debug messages; third-party DEBUG chatter (matplotlib, h5py...) stays off
         logging.getLogger("nnlab").setLevel(logging.DEBUG)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # `nnlab ... | head`: the reader stopped reading, as with any shell tool: no message, no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except NnlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
