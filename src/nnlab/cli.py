@@ -313,8 +313,10 @@ def _finish_training(result, output_dir: str) -> int:
 
     print(format_summary(result.details), end="")
     if result.status == RunStatus.INTERRUPTED:
-        print(f"interrupted: checkpoint written; resume with\n  python main.py --resume {result.run_id} "
-              f"--output-dir {output_dir}", file=sys.stderr)
+        import shlex  # a command that works from any directory
+
+        print(f"interrupted: checkpoint written; resume with\n  nnlab train --resume {result.run_id} "
+              f"--output-dir {shlex.quote(os.path.abspath(output_dir))}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.status == RunStatus.DIVERGED:
         print(f"error: {result.divergence_message}", file=sys.stderr)
