@@ -223,4 +223,5 @@ def test_james_stein_p_values_state_their_method():
     b = a - np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert wilcoxon_method(a, b) == "exact Wilcoxon"
     assert paired_permutation_p(a, b) == pytest.approx(2 / 64)  # all 64 sign patterns: exact
+    assert paired_permutation_p([1.0], [0.5]) == 1.0  # one seed: nothing to permute
     assert wilcoxon_method(a, a - 0.1).startswith("Wilcoxon, normal approximation")  # tied differences

@@ -238,7 +238,7 @@ def paired_permutation_p(a: Any, b: Any, *, seed: int = 0) -> float:
 
     d = np.asarray(a, float) - np.asarray(b, float)
     d = d[np.isfinite(d)]
-    if d.size == 0 or not np.any(d):
+    if d.size < 2 or not np.any(d):  # one pair: both sign patterns give the same |mean|, p = 1
         return 1.0 if d.size else math.nan
     result = stats.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True,
                                     n_resamples=SIGN_FLIPS, alternative="two-sided", rng=np.random.default_rng(seed))
