@@ -24,6 +24,22 @@ import pytest
 
 PG_USER = "postgres"
 
+# A bare --mlflow follows MLflow's environment, as mlflow.start_run() does: the suite must never log to the
+# user's own tracking server or experiment, so it runs without them (tests that need them set them).
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_ALLOW_FILE_STORE"):
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_environment():
+    """A test that sets MLflow's global tracking URI (``mlflow.set_tracking_uri`` also sets
+    ``MLFLOW_TRACKING_URI`` for subprocesses) must not send a later test's bare --mlflow there."""
+    yield
+    if os.environ.pop("MLFLOW_TRACKING_URI", None) is not None:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+
 
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))

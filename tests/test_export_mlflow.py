@@ -202,9 +202,13 @@ def test_nnlab_export_mlflow_logs_the_export_of_the_run(logged, tmp_path, capsys
     import mlflow
 
     mlflow.set_tracking_uri(logged["uri"])
-    x = logged["x"][:, :8] * 0 + 1.0  # raw rows: the 8 initial columns
-    np.testing.assert_allclose(_prediction(mlflow.pyfunc.load_model(model_uri).predict(x.astype(np.float32))),
-                               logged["run"].predict(pd.DataFrame(x, columns=logged["run"].inputs)), rtol=1e-4)
+    try:
+        x = logged["x"][:, :8] * 0 + 1.0  # raw rows: the 8 initial columns
+        predicted = _prediction(mlflow.pyfunc.load_model(model_uri).predict(x.astype(np.float32)))
+    finally:
+        mlflow.set_tracking_uri(None)  # it also set MLFLOW_TRACKING_URI, which later subprocesses would inherit
+    np.testing.assert_allclose(predicted, logged["run"].predict(pd.DataFrame(x, columns=logged["run"].inputs)),
+                               rtol=1e-4)
 
 
 def test_nnlab_export_mlflow_refuses_a_run_not_logged_there_before_writing(logged, tmp_path, capsys):

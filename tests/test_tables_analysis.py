@@ -58,8 +58,9 @@ def analyzed(run):
     proc = subprocess.run([sys.executable, "-m", "nnlab", "analyze", "--output-dir", str(out), "--quiet",
                            "--js-seeds", "2", "--js-epochs", "3"],
                           capture_output=True, text=True, env=env, timeout=600)
-    [summary] = sorted((out / "analysis").glob("analysis_summary_*.json"))
-    return proc, json.loads(summary.read_text()), (out / "analysis" / "report.html").read_text()
+    folder = out / "analysis" / run[1].name  # each analysis in its own folder, named by the run
+    [summary] = sorted(folder.glob("analysis_summary_*.json"))
+    return proc, json.loads(summary.read_text()), (folder / "report.html").read_text()
 
 
 def test_analyze_exits_0_on_a_table_run(analyzed):
