@@ -88,6 +88,7 @@ def test_meta_file(fmt, trained, exports):
     assert meta["format"] == fmt and meta["run_id"] == run.run_id and meta["weights"] == "final.weights.h5"
     assert meta["inputs"] == INITIAL_COLUMNS and meta["input_dtype"] == "float32"
     assert meta["outputs"] == run.targets and set(meta["units"]) == set(run.targets)
+    assert meta["units"]["final_velocity_x"] == "m/s" and meta["units"]["kinetic_energy"] == "J"
     assert meta["nnlab_version"] and meta["task"] == "particles"
     assert meta["precision"]["significant_bits"] == run.config.model.max_binary_digits
     assert meta["precision"]["rounding"] == run.config.model.binary_rounding

@@ -198,7 +198,7 @@ def test_disk_full_in_any_writer_stops_the_run(data, tmp_path, monkeypatch):
     assert results["failure"].startswith(
         f"disk full: could not write training_results.csv in {run_dir} (No space left on device). "
         "Training stopped after epoch 2 of 6; what was written before is intact. Free space and resume with "
-        f"`python main.py --resume {results['run_id']} --output-dir {tmp_path}`.")
+        f"`nnlab train --resume {results['run_id']} --output-dir {tmp_path}`.")
     assert sum("disk full" in str(w.message) for w in warned) == 1  # one warning, not one per write
     assert results["error_summary"]["disk_full"]["path"] == str(run_dir / "training_results.csv")
     rows = list(csv.DictReader(open(run_dir / "training_results.csv", newline="")))
@@ -291,7 +291,7 @@ def test_main_py_on_a_real_full_disk(small_disk, tmp_path):
     assert len(message) == 1
     assert message[0].startswith("error: disk full: could not write ")
     assert f" in {run_dir} (No space left on device). Training stopped after epoch " in message[0]
-    assert "what was written before is intact. Free space and resume with `python main.py --resume " \
+    assert "what was written before is intact. Free space and resume with `nnlab train --resume " \
            f"{run_dir.name} --output-dir {out}`." in message[0]
     assert "run " + run_dir.name + ": failed: disk full" in proc.stdout
     # What was written before is intact: whole CSV rows, loadable weights, a verified checkpoint.

@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nnlab analyze``."""
     parser.description = ("Analyse a training run: artifact check, training dynamics, learning rate, residuals, "
                           "predictions, baselines, James-Stein comparison, recommendations, hyperparameter "
-                          "heatmap, loss weights and constraints, physics consistency. Outputs go to the analysis "
-                          "directory: 300-dpi PNGs, analysis_summary_YYYYMMDD_HHMMSS.json and report.html. With "
+                          "heatmap, loss weights and constraints, physics consistency. Each analysis gets a "
+                          "folder of its own, <analysis-dir>/<run_id> (then <run_id>_2, ...; never replaced): "
+                          "300-dpi PNGs, analysis_summary_YYYYMMDD_HHMMSS.json and report.html. With "
                           "--study DIR: the per-cell table, figure and findings of a multi-seed study instead.")
     parser.add_argument("--run", default="latest", metavar="RUN_ID",
                         help="run id under <output-dir>/runs, or 'latest' (default)")

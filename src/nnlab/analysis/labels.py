@@ -11,15 +11,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nnlab.data import TARGET_UNITS  # the particle task's targets in the simulation's SI units
+
 __all__ = ["TARGET_UNITS", "target_unit", "with_unit", "headline_rows", "CONFIDENCE_HIGH_P",
            "CONFIDENCE_MEDIUM_P", "CONFIDENCE_MIN_N", "CONFIDENCE_RULE", "confidence_from_p", "unit_names"]
 
-# The particle task's targets (nnlab.data.FINAL_COLUMNS) in the simulation's SI units.
-TARGET_UNITS: dict[str, str] = {
-    "final_velocity_x": "m/s", "final_velocity_y": "m/s",
-    "final_position_x": "m", "final_position_y": "m",
-    "kinetic_energy": "J", "displacement": "m", "trajectory_length": "m",
-}
 
 CONFIDENCE_HIGH_P = 0.01
 CONFIDENCE_MEDIUM_P = 0.05

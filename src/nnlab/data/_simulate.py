@@ -16,6 +16,12 @@ INITIAL_COLUMNS = ["mass", "initial_velocity_x", "initial_velocity_y", "initial_
 FINAL_COLUMNS = ["final_velocity_x", "final_velocity_y", "final_position_x", "final_position_y",
                  "kinetic_energy", "displacement", "trajectory_length"]
 REQUIRED_COLUMNS = ["particle_id", *INITIAL_COLUMNS, *FINAL_COLUMNS]
+# The targets in the simulation's consistent SI units (mass kg, charge C, field T, time s).
+TARGET_UNITS: dict[str, str] = {
+    "final_velocity_x": "m/s", "final_velocity_y": "m/s",
+    "final_position_x": "m", "final_position_y": "m",
+    "kinetic_energy": "J", "displacement": "m", "trajectory_length": "m",
+}
 DERIVED_FEATURES = ["initial_speed", "initial_position_mag", "initial_momentum_x",
                     "initial_momentum_y", "initial_momentum_mag", "momentum_dot_position",
                     "charge_field_product", "abs_charge", "cyclotron_frequency", "cyclotron_phase",

@@ -422,6 +422,7 @@ def _remove(path: Path) -> None:
 
 def _meta(run: Any, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any]:
     import nnlab
+    from nnlab.data import PARTICLE_TASK, TARGET_UNITS
     from nnlab.export._size import weights_bits, weights_size
 
     m = run.config.model
@@ -429,8 +430,8 @@ def _meta(run: Any, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any
     meta = {
         "format": fmt, "path": out.name, "run_id": run.run_id, "task": run.task, "nnlab_version": nnlab.__version__,
         "inputs": list(run.inputs), "input_dtype": "float32", "outputs": list(run.targets),
-        # nnlab's simulation and a user's table carry no declared units: the targets' own units, unnamed.
-        "units": {name: None for name in run.targets},
+        # The simulation's SI units; a user's table declares none (null).
+        "units": {name: TARGET_UNITS.get(name) if run.task == PARTICLE_TASK else None for name in run.targets},
         "weights": run.weights_path.name,
         "precision": {"significant_bits": bits or 24, "rounding": m.binary_rounding, "schedule": m.constraint_schedule,
                       "constraint_interval": m.constraint_interval, "binary_precision_max": m.enable_binary_precision_max,

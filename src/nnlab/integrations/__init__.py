@@ -8,7 +8,8 @@ run's error summary and stops; training goes on.
 * :class:`~nnlab.integrations.tensorboard.TensorBoardSink` -- config key
   ``tensorboard`` (default true): scalars every epoch, weight and
   significant-bit histograms at each constraint application, test metrics at
-  the end, in ``runs/<run_id>/tensorboard/``.
+  the end, in ``runs/<run_id>/tensorboard/train`` and ``.../validation``
+  (Keras' layout: the same ``epoch_*`` tags in both, so the curves overlay).
 * :class:`~nnlab.integrations.mlflow.MlflowSink` -- config key
   ``mlflow_tracking_uri`` (``--mlflow``; a bare ``--mlflow`` is
   ``MLFLOW_TRACKING_URI`` when set): params, per-epoch metrics, test, physics

@@ -556,8 +556,10 @@ def _disk_full_message(entry: Mapping[str, Any], run: _Run, epochs_done: int, ep
     else:
         what, where = path.name, path.parent
     if list_checkpoints(run.run_dir):
-        next_step = (f"Free space and resume with `python main.py --resume {run.run_id} "
-                     f"--output-dir {run.output_dir}`.")
+        import shlex  # a command that works from any directory
+
+        next_step = (f"Free space and resume with `nnlab train --resume {run.run_id} "
+                     f"--output-dir {shlex.quote(os.path.abspath(run.output_dir))}`.")
     else:
         next_step = "No checkpoint was written, so there is nothing to resume: free space and start the run again."
     return (f"disk full: could not write {what} in {where} ({entry.get('reason') or 'No space left on device'}). "

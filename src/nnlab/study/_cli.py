@@ -46,8 +46,9 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     from nnlab.integrations import MLFLOW_OPTION_HELP
 
     add("--mlflow", nargs="?", const="", metavar="URI",
-        help=MLFLOW_OPTION_HELP.replace("<output-dir>", "<study directory>")
-        + "; a parent run per study, a child run per (cell, seed)")
+        help=MLFLOW_OPTION_HELP.replace("<output-dir>", "<training output>")
+        + " (a study under <training output>/studies/ shares its store with train and hpo, else its own "
+        "directory's); a parent run per study, a child run per (cell, seed)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
