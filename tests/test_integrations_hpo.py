@@ -97,6 +97,7 @@ def test_hpo_parent_run_with_a_child_per_trial(search):
     assert len(parents) == 1 and len(children) == 3 and len(first) == 4
     parent = parents[0]
     assert parent.data.tags["nnlab.hpo"].startswith("nnlab-hpo@")
+    assert parent.data.tags["nnlab.preset"] == "fast_debug"  # every run has a preset tag: the presets sampled
     assert parent.info.run_name == f"hpo: {parent.data.tags['nnlab.hpo']}"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(int(c.data.tags["nnlab.trial"]) for c in children) == [0, 1, 2]
@@ -219,6 +220,8 @@ def test_study_parent_run_with_a_child_per_cell_and_seed(tmp_path):
     assert len(parents) == 1 and len(children) == 2 and len(runs) == 3
     parent = parents[0]
     assert parent.data.tags["nnlab.study"].startswith("nnlab-study-compare@")
+    assert parent.data.tags["nnlab.preset"] == "default"  # and its children's
+    assert {c.data.tags["nnlab.preset"] for c in children} == {"default"}
     assert parent.info.status == "FINISHED" and parent.data.metrics["runs_finished"] == 2
     assert parent.data.params["study_kind"] == "compare"
     table = {r["run_id"]: r for r in rows(study / "compare_runs.csv")}

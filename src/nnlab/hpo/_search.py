@@ -419,7 +419,8 @@ def _begin_search(plan: _SearchPlan, study: Any, paths: Any, say: Callable[[str]
     if plan.mlflow is not None:
         plan = dataclasses.replace(plan, mlflow=open_parent(
             plan.mlflow, kind="hpo", study_name=plan.study_name, storage_label=plan.storage.label,
-            params={"sampler": settings.sampler, "pruner": plan.pruner, **plan.fingerprint}, say=say))
+            params={"sampler": settings.sampler, "pruner": plan.pruner, **plan.fingerprint}, say=say,
+            preset=",".join(plan.presets)))
     return plan, plan.budget - finished
 
 

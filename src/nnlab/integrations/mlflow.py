@@ -408,10 +408,11 @@ def _parent_filter(kind: str, name: str) -> str:
 
 def open_parent_run(tracking_uri: str, experiment: str, *, kind: str, name: str,
                     params: Mapping[str, Any] | None = None, errors: ErrorRecorder | None = None,
-                    artifacts: str | os.PathLike | None = None) -> str | None:
+                    artifacts: str | os.PathLike | None = None, preset: str = "default") -> str | None:
     """The MLflow parent run of search/study ``name`` (``kind`` "hpo" or "study"), created or reopened.
 
     ``artifacts``: the folder a database server's experiment keeps its artifacts in, when nnlab creates it.
+    ``preset``: its ``nnlab.preset`` tag, as every run has (a search's: the presets it samples, comma-joined).
 
     Children are made with the tag ``mlflow.parentRunId`` = the returned id. A
     rerun of the same search or study reopens the same parent. When two
@@ -429,7 +430,7 @@ def open_parent_run(tracking_uri: str, experiment: str, *, kind: str, name: str,
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        run = client.create_run(exp_id, tags={f"nnlab.{kind}": name, "nnlab.parent": "true"},
+        run = client.create_run(exp_id, tags={f"nnlab.{kind}": name, "nnlab.parent": "true", "nnlab.preset": preset},
                                 run_name=f"{kind}: {name}")
         client.log_batch(run.info.run_id,
                          params=[Param(k, _text(v)[:6000]) for k, v in redact(dict(params or {})).items()])

@@ -88,7 +88,8 @@ def parent_name(study_name: str, storage_label: str) -> str:
 
 
 def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_label: str,
-                params: Mapping[str, Any], say: Callable[[str], Any] | None = None) -> MlflowTarget:
+                params: Mapping[str, Any], say: Callable[[str], Any] | None = None,
+                preset: str | None = None) -> MlflowTarget:
     """``target`` with its parent run opened (created, or reopened by a rerun); parent None on failure.
 
     MLflow that cannot be used (package missing, server unreachable) costs one
@@ -101,10 +102,11 @@ def open_parent(target: MlflowTarget, *, kind: str, study_name: str, storage_lab
     name = parent_name(study_name, storage_label)
     run_id = open_parent_run(target.uri, target.experiment, kind=kind, name=name,
                              params={"study_name": study_name, "storage": storage_label, **params},
-                             errors=ErrorRecorder(), artifacts=target.artifacts)
+                             errors=ErrorRecorder(), artifacts=target.artifacts, preset=preset or "default")
     if run_id is not None and say is not None:
-        say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}') in "
-            f"{redact_url_password(target.uri)}; a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}")
+        # Two lines: a store's URI is as long as its path, and every printed line fits 120 columns.
+        say(f"MLflow: parent run {run_id} ('{kind}: {name}', experiment '{target.experiment}'), "
+            f"a child run per {'trial' if kind == 'hpo' else '(cell, seed)'}\n  store {redact_url_password(target.uri)}")
     return dataclasses.replace(target, parent=run_id)
 
 

@@ -224,7 +224,7 @@ def _begin_study(plan: Any, study: Any, workers: int, say: Callable[[str], None]
     if plan.mlflow is not None:
         plan = dataclasses.replace(plan, mlflow=open_parent(
             plan.mlflow, kind="study", study_name=plan.study_name, storage_label=plan.storage.label,
-            params=_parent_params(plan), say=say))
+            params=_parent_params(plan), say=say, preset=plan.preset))
     return plan, left
 
 
