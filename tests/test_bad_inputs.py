@@ -613,11 +613,16 @@ def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path) -
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, (command, proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    position = 0
+    # Lines longer than 120 columns continue on the next line, indented: compared with runs of
+    # white space as one space, each expected line must still appear whole and in order.
+    err, position = " ".join(proc.stderr.split()), 0
+    message = proc.stderr[proc.stderr.find("error: "):].splitlines()  # the error (warnings before it are Python's)
+    assert all(len(line) <= 120 or " " not in line.strip() for line in message), proc.stderr
     for line in expected:
-        found = proc.stderr.find(line, position)
+        wanted = " ".join(line.split())
+        found = err.find(wanted, position)
         assert found >= 0, f"{command}: expected {line!r} in stderr:\n{proc.stderr}"
-        position = found + len(line)
+        position = found + len(wanted)
     # Nothing half-written left behind (the lock/probe files of a refused run included),
     # and every file that was there is unchanged.
     after = snapshot(tmp_path)

@@ -261,6 +261,19 @@ def _train_output_fits(short: Path, tmp_path: Path) -> None:
     run_dir = str(next((out / "runs").iterdir()))
     assert f"  artifacts\n    {run_dir}\n" in proc.stdout  # wrapped, the path whole
     assert_fits(proc.stdout + proc.stderr, "nnlab train")
+    # The commands that use the run print its long paths within 120 columns too, and so does an error.
+    raw, predicted = out / "raw_particles.csv", out / "predicted_particles.csv"
+    steps = {"nnlab data generate": ("data", "generate", "--num-particles", "50", "--out", str(raw)),
+             "nnlab predict": ("predict", str(raw), "--out", str(predicted), "--output-dir", str(out)),
+             "nnlab export": ("export", "--format", "keras", "--out", str(out / "model.keras"),
+                              "--output-dir", str(out))}
+    for what, argv in steps.items():
+        proc = run("nnlab", *argv, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert_fits(proc.stdout, what)
+    proc = run("nnlab", "predict", str(raw), "--out", str(predicted), "--output-dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 2 and f"'{predicted}' already" in proc.stderr  # exists: refused, the path whole
+    assert_fits(proc.stderr, "nnlab predict (refused)")
 
 
 @pytest.mark.parametrize("argv", [("config", "show"), ("config", "show", "--format", "toml"), ("--help",),

@@ -83,7 +83,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised via subprocess
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        from nnlab._text import fit
+
+        self.exit(EXIT_USAGE, fit(f"{self.prog}: error: {message}") + "\n")  # within 120 columns
 
 
 def _int_at_least(text: str, low: int, expected: str) -> int:

@@ -43,6 +43,7 @@ from nnlab._argtypes import (  # noqa: F401 - the argument types stay importable
     table_overrides,
 )
 from nnlab._argtypes import Parser as _Parser
+from nnlab._text import fit
 from nnlab.errors import DataValidationError, NnlabError
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader went away
@@ -319,10 +320,10 @@ def _finish_training(result, output_dir: str) -> int:
               f"--output-dir {shlex.quote(os.path.abspath(output_dir))}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.status == RunStatus.DIVERGED:
-        print(f"error: {result.divergence_message}", file=sys.stderr)
+        print(fit(f"error: {result.divergence_message}"), file=sys.stderr)
         return 1
     if result.failure:  # the disk filled up: the run stopped, what it wrote is intact
-        print(f"error: {result.failure}", file=sys.stderr)
+        print(fit(f"error: {result.failure}"), file=sys.stderr)
         return 1
     return EXIT_OK
 
@@ -473,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except NnlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(fit(f"error: {exc}"), file=sys.stderr)  # every line within 120 columns; paths whole
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -482,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The machine, not the input: a full disk, a vanished mount, an I/O error.
         # Training handles these itself; anywhere else one line says what failed.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(fit(f"error: {exc.strerror or exc}{where}"), file=sys.stderr)
         return EXIT_FAILURE
 
 

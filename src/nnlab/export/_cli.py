@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from nnlab._argtypes import EXIT_OK
+from nnlab._text import fit
 
 __all__ = ["add_export_arguments", "add_predict_arguments", "run_export", "run_predict"]
 
@@ -46,7 +47,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     written = predict_rows(args.input, args.out, output_dir=args.output_dir, run=args.run, weights=args.weights,
                            force=args.force, names=CLI_NAMES)
-    print(written.summary())
+    print(fit(written.summary()))
     return EXIT_OK
 
 
@@ -88,9 +89,9 @@ def run_export(args: argparse.Namespace) -> int:
         require_mlflow_run(uri, trained.run_id)
     meta = export_run(trained, fmt=args.format, out=args.out, weights=args.weights, force=args.force,
                       output_dir=args.output_dir, run=args.run)
-    print(export_summary(meta, args.out))
+    print(fit(export_summary(meta, args.out), indent="          "))
     if uri is not None:
         from nnlab.integrations import log_exported_model
 
-        print(f"  mlflow          {log_exported_model(uri, meta['run_id'], args.out, args.format, meta)}")
+        print(f"  mlflow  {log_exported_model(uri, meta['run_id'], args.out, args.format, meta)}")
     return EXIT_OK
