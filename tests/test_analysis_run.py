@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("training_dynamics_dashboard.png", "learning_rate_analysis.png", "residual_analysis_suite.png",
@@ -237,7 +238,7 @@ def test_clear_errors(tiny_runs, tmp_path):
     out, run_id = tiny_runs
     proc = nnlab("analyze", "--output-dir", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "run `python main.py` first" in proc.stderr
+    assert shows(proc.stderr, "run `python main.py` first")
     proc = nnlab("analyze", "--output-dir", str(out), "--run", "no-such-run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown run id 'no-such-run'" in proc.stderr and run_id in proc.stderr

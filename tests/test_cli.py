@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout
     for fragment in fragments:
-        assert fragment in proc.stderr, (fragment, proc.stderr)
+        assert shows(proc.stderr, fragment), (fragment, proc.stderr)
 
 
 @pytest.fixture(scope="module")

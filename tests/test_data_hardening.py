@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 import nnlab.data
 from nnlab.cli import main as cli_main
@@ -78,7 +79,7 @@ def refused(args: list[str], cwd: Path, *fragments: str) -> str:
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert "error: " in proc.stderr, proc.stderr  # main.py: TensorFlow may log lines first
     for fragment in fragments:
-        assert fragment in proc.stderr, (fragment, proc.stderr)
+        assert shows(proc.stderr, fragment), (fragment, proc.stderr)
     assert snapshot(cwd) == before, args
     return proc.stderr
 

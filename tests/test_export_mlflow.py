@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import onnxruntime
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from mlflow import MlflowClient
@@ -216,5 +217,5 @@ def test_nnlab_export_mlflow_refuses_a_run_not_logged_there_before_writing(logge
     path, store = tmp_path / "m.onnx", tmp_path / "other.db"
     assert main(["export", "--output-dir", str(out), "--format", "onnx", "--out", str(path),
                  "--mlflow", f"sqlite:///{store}"]) == 2
-    assert "holds no MLflow store, so run" in capsys.readouterr().err
+    assert shows(capsys.readouterr().err, "holds no MLflow store, so run")
     assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.config import Config
 from nnlab.errors import ConfigError
@@ -398,7 +399,7 @@ def test_cli_refusals_change_nothing(tmp_path, args, files, expected):
     proc = subprocess.run([sys.executable, str(REPO / "hpo_agent.py"), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
-    assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert shows(proc.stderr, expected) and "Traceback" not in proc.stderr, proc.stderr
     assert listing(tmp_path) == before
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab._plots import is_nnlab_figure, new_figure, save_figure
 from nnlab.errors import ConfigError
@@ -126,6 +127,6 @@ def test_a_study_rewrites_its_own_outputs_and_refuses_a_foreign_figure(tmp_path)
     before = tree(tmp_path)
     refused = nnlab("study", "precision", *TINY, "--output-dir", "s", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
-    assert ("error: --output-dir: 's/precision_study.png' exists and is not a file nnlab wrote; a precision study "
-            "writes its figure there") in refused.stderr
+    assert shows(refused.stderr, "error: --output-dir: 's/precision_study.png' exists and is not a file nnlab wrote; "
+                 "a precision study writes its figure there")
     assert tree(tmp_path) == before

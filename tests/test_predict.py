@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.config import Config
 from nnlab.data import FINAL_COLUMNS, INITIAL_COLUMNS, generate_particle_data
@@ -75,8 +76,8 @@ def test_cli_predicts_fresh_particles_like_the_reference_path(particle_run, fres
                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = TrainedRun.load(particle_run)
-    assert proc.stdout.splitlines() == [f"predicted 50 row(s) with run {run.run_id} (final weights): wrote "
-                                        f"{tmp_path / 'sub' / 'p.csv'}"]
+    assert flat(proc.stdout) == (f"predicted 50 row(s) with run {run.run_id} (final weights): wrote "
+                                 f"{tmp_path / 'sub' / 'p.csv'}")
     assert "Traceback" not in proc.stderr
     out = pd.read_csv(tmp_path / "sub" / "p.csv")
     targets = [PREDICTED_PREFIX + t for t in run.targets]
@@ -159,7 +160,7 @@ def test_existing_out_is_refused_without_force_and_replaced_with_it(particle_run
     out.write_text("my own results\n")
     proc = nnlab("predict", fresh_particles, "--out", out, "--output-dir", particle_run, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr == f"error: --out: '{out}' already exists; choose another file or pass --force to replace it\n"
+    assert flat(proc.stderr) == f"error: --out: '{out}' already exists; choose another file or pass --force to replace it"
     assert out.read_text() == "my own results\n"
     predict_csv(fresh_particles, out, output_dir=particle_run, force=True)
     assert len(pd.read_csv(out)) == 50
@@ -186,7 +187,7 @@ def test_unknown_run_no_runs_and_missing_weights(particle_run, fresh_particles, 
     proc = nnlab("predict", fresh_particles, "--out", "p.csv", "--run", "nope", "--output-dir", particle_run,
                  cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"error: unknown run id 'nope' in '{particle_run / 'runs'}'; available: ")
+    assert flat(proc.stderr).startswith(f"error: unknown run id 'nope' in '{particle_run / 'runs'}'; available: ")
     with pytest.raises(NnlabError, match="no runs in"):
         predict_csv(fresh_particles, tmp_path / "p.csv", output_dir=tmp_path / "empty")
     run = TrainedRun.load(particle_run)

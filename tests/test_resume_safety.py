@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.data import complete_data_pipeline, generate_particle_data, prepare_csv, save_particle_data
 from nnlab.errors import NnlabError
@@ -141,11 +142,11 @@ def test_early_stopped_run_is_refused_and_unchanged(tmp_path):
 
     code, err = cli("--resume", run_dir.name, "--output-dir", str(out), cwd=tmp_path)
     assert code == 2
-    assert (f"error: run {run_dir.name} completed after {done} of 40 epochs: early stopping ended it "
-            "(status completed); nothing to resume") in err
+    assert shows(err, f"error: run {run_dir.name} completed after {done} of 40 epochs: early stopping ended it "
+                 "(status completed); nothing to resume")
     code, err = cli("--resume", "--output-dir", str(out), cwd=tmp_path)
     assert code == 2
-    assert f"error: no resumable run in '{out / 'runs'}': 1 run, all completed" in err
+    assert shows(err, f"error: no resumable run in '{out / 'runs'}': 1 run, all completed")
     assert digests(out) == before
 
 
@@ -177,9 +178,9 @@ def test_locked_run_is_refused_by_the_cli_and_a_released_lock_is_taken_over(tmp_
                f"(lock {run_dir / '.lock'})"
     try:
         code, err = cli("--resume", run_dir.name, "--output-dir", str(tmp_path), cwd=tmp_path)
-        assert code == 2 and f"error: {expected}" in err
+        assert code == 2 and shows(err, f"error: {expected}")
         code, err = cli("--resume", "--output-dir", str(tmp_path), cwd=tmp_path)
-        assert code == 2 and "1 run, all running (being trained)" in err
+        assert code == 2 and shows(err, "1 run, all running (being trained)")
         with pytest.raises(RunLockedError, match="being trained by process"):
             resume_training(run_dir.name, output_dir=tmp_path)
         assert digests(tmp_path) == before
@@ -210,7 +211,7 @@ def test_resume_racing_the_training_process_is_refused(tmp_path):
             resume_training(run_dir.name, output_dir=out)
         code, err = cli("--resume", run_dir.name, "--output-dir", str(out), cwd=tmp_path)
         assert proc.poll() is None, "the training process should still be running"
-        assert code == 2 and f"error: {message} (lock {run_dir / '.lock'})" in err
+        assert code == 2 and shows(err, f"error: {message} (lock {run_dir / '.lock'})")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()

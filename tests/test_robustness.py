@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 from conftest import mounted_tmpfs
 
 from nnlab import _files
@@ -288,7 +289,8 @@ def test_main_py_on_a_real_full_disk(small_disk, tmp_path):
         assert noise not in proc.stderr + proc.stdout, proc.stderr
     run_dir = next((out / "runs").iterdir())
     message = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(message) == 1
+    assert len(message) == 1  # one message; its lines past 120 columns continue, indented
+    message = [flat(proc.stderr[proc.stderr.index("error: "):])]
     assert message[0].startswith("error: disk full: could not write ")
     assert f" in {run_dir} (No space left on device). Training stopped after epoch " in message[0]
     assert "what was written before is intact. Free space and resume with `nnlab train --resume " \

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.errors import ConfigError
 from nnlab.study import (
@@ -74,9 +75,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
+    assert len(errors) == 1, proc.stderr  # one message (its lines past 120 columns continue, indented)
+    message = flat(proc.stderr[proc.stderr.index("error:"):])
     for fragment in fragments:
-        assert fragment in errors[0], (fragment, proc.stderr)
+        assert shows(message, fragment), (fragment, proc.stderr)
 
 
 # --- cells and parsing -------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.errors import ConfigError, NnlabError
 from nnlab.study import StudySpec, parse_variant
@@ -205,6 +206,6 @@ def test_a_non_utf8_output_dir_is_refused_naming_the_option(tmp_path):
                            "--output-dir", os.fsdecode(b"d\xff"), "--config-dir", CONFIG_DIR],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == ("error: --output-dir: 'd\\xff' is not a UTF-8 path (the study's files record it); "
-                                   "choose a directory whose full path is UTF-8")
+    assert flat(proc.stderr) == ("error: --output-dir: 'd\\xff' is not a UTF-8 path (the study's files record it); "
+                                 "choose a directory whose full path is UTF-8")
     assert not any(tmp_path.iterdir())

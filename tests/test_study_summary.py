@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from console_text import flat, shows  # noqa: F401 - wrapped console lines
 from scipy import stats
 
 from nnlab.stats import bootstrap_ci, min_wilcoxon_p
@@ -332,7 +333,8 @@ def test_analyze_study_bad_directories_exit_2_with_one_line(tmp_path):
     compare_runs().drop(columns="test_r2").to_csv(bad / "compare_runs.csv", index=False)
     proc = nnlab("analyze", "--study", "bad", "--output-dir", "out", cwd=tmp_path)
     assert proc.returncode == 2 and "compare_runs.csv" in proc.stderr and "'test_r2'" in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.count("error:") == 1  # one message (past 120 columns it continues on indented lines)
+    assert all(line.startswith("  ") for line in proc.stderr.strip().splitlines()[1:])
     assert not any((tmp_path / "out" / "analysis").iterdir())  # no empty folder left behind
 
     proc = nnlab("analyze", "--study", "bad", "--run", "x", cwd=tmp_path)
