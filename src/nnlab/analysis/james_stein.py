@@ -41,7 +41,6 @@ import numpy as np
 import pandas as pd
 
 from nnlab.analysis.base import SectionResult, new_figure, save_figure
-from nnlab.stats import bootstrap_ci, compare_paired, min_wilcoxon_p
 
 __all__ = ["VARIANTS", "DEFAULT_JS_SEEDS", "DEFAULT_JS_EPOCHS", "STUDY_DIR_NAME", "variant_overrides",
            "convergence_epoch", "run_variant_study", "variant_records", "compare_variants",
@@ -264,6 +263,8 @@ def compare_variants(runs: dict[str, list[dict[str, Any]]], *, alpha: float = 0.
     "no significant difference". Epochs of one curve are autocorrelated, so the
     across-epochs p-values describe the curves but do not decide the winner.
     """
+    from nnlab.stats import bootstrap_ci, compare_paired, min_wilcoxon_p  # SciPy: only when compared
+
     best = {v: np.array([r["best_loss"] for r in runs[v]]) for v in VARIANTS}
     curves = {v: np.nanmean(np.vstack([r["curve"] for r in runs[v]]), axis=0) for v in VARIANTS}
     comparisons: dict[str, dict[str, Any]] = {}

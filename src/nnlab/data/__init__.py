@@ -17,59 +17,60 @@ Particle CSVs of the original lab (no ``displacement`` column, the displacement 
 ``resimulate_csv`` (``nnlab data resimulate OLD.csv NEW.csv``) converts them.
 """
 
-from nnlab.data._io import (
-    DATA_FORMAT_VERSION,
-    GENERATOR_NAME,
-    check_data_file,
-    check_output_file,
-    load_particle_data,
-    read_header,
-    read_particle_csv,
-    save_particle_data,
-    sidecar_path,
-    stale_reason,
-)
-from nnlab.data._migrate import RESIMULATOR_NAME, Resimulation, resimulate_csv, resimulate_particle_data
-from nnlab.data._prepare import (
-    PARTICLE_TASK,
-    TABLE_TASK,
-    PreparedData,
-    Scalers,
-    collocation_inputs,
-    complete_data_pipeline,
-    load_scalers,
-    prepare_csv,
-    preprocess_for_training,
-    resolve_columns,
-    split_indices,
-)
-from nnlab.data._simulate import (
-    DEFAULT_TARGETS,
-    DERIVED_FEATURES,
-    FEATURE_COLUMNS,
-    FINAL_COLUMNS,
-    INITIAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    TARGET_UNITS,
-    add_derived_features,
-    final_state,
-    generate_particle_data,
-)
-from nnlab.data._table import (
-    MAX_CATEGORIES,
-    MISSING_MARKERS,
-    ROWS_PER_CATEGORY,
-    TableEncoding,
-    encode_table,
-    prepare_table,
-)
-from nnlab.data._validate import (
-    MAX_ABS_VALUE,
-    ValidationReport,
-    original_lab_message,
-    original_lab_signs,
-    validate_particle_data,
-)
+from __future__ import annotations
+
+from nnlab._lazy import lazy_attributes
+
+# name -> module that defines it; resolved on first use, so a command that only checks a file
+# (`--data nope.csv`) loads neither scikit-learn nor the simulation.
+_EXPORTS = {
+    "DATA_FORMAT_VERSION": "nnlab.data._io",
+    "GENERATOR_NAME": "nnlab.data._io",
+    "check_data_file": "nnlab.data._io",
+    "check_output_file": "nnlab.data._io",
+    "load_particle_data": "nnlab.data._io",
+    "read_header": "nnlab.data._io",
+    "read_particle_csv": "nnlab.data._io",
+    "save_particle_data": "nnlab.data._io",
+    "sidecar_path": "nnlab.data._io",
+    "stale_reason": "nnlab.data._io",
+    "RESIMULATOR_NAME": "nnlab.data._migrate",
+    "Resimulation": "nnlab.data._migrate",
+    "resimulate_csv": "nnlab.data._migrate",
+    "resimulate_particle_data": "nnlab.data._migrate",
+    "PARTICLE_TASK": "nnlab.data._prepare",
+    "TABLE_TASK": "nnlab.data._prepare",
+    "PreparedData": "nnlab.data._prepare",
+    "Scalers": "nnlab.data._prepare",
+    "collocation_inputs": "nnlab.data._prepare",
+    "complete_data_pipeline": "nnlab.data._prepare",
+    "load_scalers": "nnlab.data._prepare",
+    "prepare_csv": "nnlab.data._prepare",
+    "preprocess_for_training": "nnlab.data._prepare",
+    "resolve_columns": "nnlab.data._prepare",
+    "split_indices": "nnlab.data._prepare",
+    "DEFAULT_TARGETS": "nnlab.data._simulate",
+    "DERIVED_FEATURES": "nnlab.data._simulate",
+    "FEATURE_COLUMNS": "nnlab.data._simulate",
+    "FINAL_COLUMNS": "nnlab.data._simulate",
+    "INITIAL_COLUMNS": "nnlab.data._simulate",
+    "REQUIRED_COLUMNS": "nnlab.data._simulate",
+    "TARGET_UNITS": "nnlab.data._simulate",
+    "add_derived_features": "nnlab.data._simulate",
+    "final_state": "nnlab.data._simulate",
+    "generate_particle_data": "nnlab.data._simulate",
+    "MAX_CATEGORIES": "nnlab.data._table",
+    "MISSING_MARKERS": "nnlab.data._table",
+    "ROWS_PER_CATEGORY": "nnlab.data._table",
+    "TableEncoding": "nnlab.data._table",
+    "encode_table": "nnlab.data._table",
+    "prepare_table": "nnlab.data._table",
+    "MAX_ABS_VALUE": "nnlab.data._validate",
+    "ValidationReport": "nnlab.data._validate",
+    "original_lab_message": "nnlab.data._validate",
+    "original_lab_signs": "nnlab.data._validate",
+    "validate_particle_data": "nnlab.data._validate",
+}
 
 __all__ = [
     "DATA_FORMAT_VERSION",
@@ -119,3 +120,5 @@ __all__ = [
     "stale_reason",
     "validate_particle_data",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals(), __all__)

@@ -12,13 +12,15 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nnlab._files import atomic_write, probe_writable, special_file_kind
-from nnlab.data._validate import original_lab_message, original_lab_signs, separator_hint
 from nnlab.errors import ConfigError, DataValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and the validation load when a file is read: checking a path (`--data nope.csv`) stays cheap.
 
 DATA_FORMAT_VERSION = 1
 GENERATOR_NAME = "nnlab.generate_particle_data"
@@ -158,6 +160,8 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
     Example:
         >>> df = load_particle_data("data/particles.csv")  # doctest: +SKIP
     """
+    from nnlab.data._validate import original_lab_message, original_lab_signs
+
     df = read_particle_csv(path)
     if signs := original_lab_signs(df):
         message = original_lab_message(signs, path)
@@ -167,6 +171,10 @@ def load_particle_data(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_particle_csv(path: str | os.PathLike, **read_csv: Any) -> pd.DataFrame:
     """``load_particle_data`` without the original-lab check; ``read_csv`` goes to pandas."""
+    import pandas as pd
+
+    from nnlab.data._validate import separator_hint
+
     p = check_data_file(path)
     header = None
     try:

@@ -63,11 +63,11 @@ def export_run(trained: Any = None, *, fmt: str, out: str | os.PathLike, weights
         raise ConfigError(f"--format: '{fmt}' is not an export format; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     check_destination(out, fmt=fmt, force=force)
-    require_runtime(fmt)
-    if trained is None:
+    if trained is None:  # before the runtime, which may load TensorFlow: an unknown run answers at once
         from nnlab.export._run import TrainedRun
 
         trained = TrainedRun.load(output_dir, run, weights=weights)
+    require_runtime(fmt)
     from nnlab.export._graph import FLOAT32_ONLY_FORMATS, deployable_model
 
     refuse_text_columns(trained, fmt)

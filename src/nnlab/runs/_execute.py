@@ -112,15 +112,15 @@ def execute(spec: RunSpec) -> RunResult:
             that does not fit the data's task (before the run directory is created when the
             data or the network cannot be built).
     """
+    spec.data.check_config(spec.config)  # e.g. the physics loss on a table: refused before any work
+    data = spec.data.prepare()  # bad data is refused here, before TensorFlow loads
+    if spec.announce:
+        print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
+              f"{len(data.feature_names)} features -> {len(data.target_names)} targets")
     import keras
 
     from nnlab.runs._pipeline import train_with_tracking
 
-    spec.data.check_config(spec.config)  # e.g. the physics loss on a table: refused before any work
-    data = spec.data.prepare()
-    if spec.announce:
-        print(f"data: {len(data.X_train)} train / {len(data.X_val)} validation / {len(data.X_test)} test rows, "
-              f"{len(data.feature_names)} features -> {len(data.target_names)} targets")
     try:
         model = build_network(spec.config, data.X_train.shape[1], data.y_train.shape[1], scalers=data)
         results = train_with_tracking(model, *data, spec.config, data=data, output_dir=spec.output_dir,

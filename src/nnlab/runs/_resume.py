@@ -13,43 +13,35 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnlab._files import probe_writable, read_csv_rows, write_csv_rows
 from nnlab.config import Config, read_json_object
 from nnlab.errors import ConfigError, NnlabError
-from nnlab.model import AdvancedNeuralNetwork
 from nnlab.runs._lock import lock_for_resume
-from nnlab.runs._pipeline import (
-    _checkpointed_components,
-    _record_status,
-    _Run,
-    _train_recorded,
-    run_tags,
-)
 from nnlab.runs._runs import (
     CONFIG_LOG_COLUMNS,
     DEFAULT_OUTPUT_DIR,
     RESUMABLE_STATUSES,
+    CheckpointError,
     arrays_digest,
     check_config_log,
     config_log_row,
     file_digest,
     find_resumable_run,
+    list_checkpoints,
     read_run_status,
     resume_refusal,
     settings_digest,
 )
-from nnlab.runs._state import (
-    CheckpointError,
-    TrainingState,
-    list_checkpoints,
-    load_latest_checkpoint,
-    restore,
-)
 from nnlab.runs._source import DataSource
 from nnlab.runs._status import RunStatus
-from nnlab.runs._weights import WeightCheckpoint
+
+if TYPE_CHECKING:
+    from nnlab.runs._state import TrainingState
+
+# The network (nnlab.model, nnlab.runs._pipeline, _state, _weights: TensorFlow) is imported inside the
+# functions, after the checks that need none: a refused resume answers without loading TensorFlow.
 
 
 def resume_training(
@@ -87,27 +79,13 @@ def resume_training(
             diverged, pruned, being trained by another process); an edited
             training_config.json; data that changed; no usable checkpoint.
     """
-    run_dir = find_resumable_run(output_dir, run_id)
-    check_config_log(output_dir)  # the run's row is written there
-    config_path = run_dir / "training_config.json"
-    saved = read_json_object(config_path)
-    recorded = saved.get("settings_sha256")
-    if recorded is not None and recorded != settings_digest(saved):
-        raise NnlabError(
-            f"{config_path}: its configuration or data source was edited after run {run_dir.name} started "
-            "(it no longer matches the SHA-256 recorded then); a resume continues a run exactly as it was "
-            "started: undo the edit, or start a new run with the changed settings")
-    _check_scalers(run_dir, saved.get("scalers_sha256"))
-    cfg = Config.from_flat(saved.get("config", {}), source=str(config_path))
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CheckpointError(f"run directory '{run_dir}' has no checkpoint to resume from")
-    try:
-        probe_writable(run_dir)
-    except OSError as exc:
-        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
+    run_dir, saved, cfg, checkpoints = _checked_run(run_id, output_dir)
     data = _rebuild_data(run_dir, saved, cfg)
     n_features, n_targets = data.X_train.shape[1], data.y_train.shape[1]
+    from nnlab.model import AdvancedNeuralNetwork  # TensorFlow loads here: every check from now on needs a network
+    from nnlab.runs._pipeline import _record_status, _Run, _train_recorded, run_tags
+    from nnlab.runs._state import load_latest_checkpoint
+
     state = load_latest_checkpoint(run_dir, check=lambda s: _check_restorable(s, cfg, data))
     if state.epoch >= cfg.training.epochs:
         raise NnlabError(f"run '{run_dir.name}' already trained {state.epoch} of {cfg.training.epochs} epochs; "
@@ -147,6 +125,32 @@ def resume_training(
     print(f"resuming run {run.run_id} from {state.path.name} (epoch {state.epoch} of {cfg.training.epochs})",
           file=sys.stderr, flush=True)
     return _train_recorded(model, tuple(data), cfg, run, data=data, verbose=verbose, callbacks=())
+
+
+def _checked_run(run_id: str, output_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], Config, list[Path]]:
+    """The run to resume, its training_config.json, configuration and checkpoints, after every check that
+    needs no network: an unknown, finished or locked run, an edited configuration or scalers, no checkpoint,
+    a directory that cannot be written."""
+    run_dir = find_resumable_run(output_dir, run_id)
+    check_config_log(output_dir)  # the run's row is written there
+    config_path = run_dir / "training_config.json"
+    saved = read_json_object(config_path)
+    recorded = saved.get("settings_sha256")
+    if recorded is not None and recorded != settings_digest(saved):
+        raise NnlabError(
+            f"{config_path}: its configuration or data source was edited after run {run_dir.name} started "
+            "(it no longer matches the SHA-256 recorded then); a resume continues a run exactly as it was "
+            "started: undo the edit, or start a new run with the changed settings")
+    _check_scalers(run_dir, saved.get("scalers_sha256"))
+    cfg = Config.from_flat(saved.get("config", {}), source=str(config_path))
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"run directory '{run_dir}' has no checkpoint to resume from")
+    try:
+        probe_writable(run_dir)
+    except OSError as exc:
+        raise ConfigError(f"run directory '{run_dir}' cannot be written: {exc.strerror or exc}") from None
+    return run_dir, saved, cfg, checkpoints
 
 
 def _check_scalers(run_dir: Path, recorded: Any) -> None:
@@ -201,6 +205,11 @@ def _check_restorable(state: TrainingState, cfg: Config, data: Any) -> None:
     The state is restored into a scratch model (never the one that trains), so a
     checkpoint that does not fit is found before any file of the run is touched.
     """
+    from nnlab.model import AdvancedNeuralNetwork
+    from nnlab.runs._pipeline import _checkpointed_components
+    from nnlab.runs._state import restore
+    from nnlab.runs._weights import WeightCheckpoint
+
     scratch = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg, scalers=data)
     scratch.compile_model()
     weights = WeightCheckpoint(os.devnull, errors=scratch.errors)  # never saves: no callback runs

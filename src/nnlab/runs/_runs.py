@@ -414,8 +414,20 @@ def library_versions() -> dict[str, str]:
 
 
 
+# Checkpoints are listed here, beside the run lookup, so a refused resume (an unknown, completed,
+# locked or checkpoint-less run) answers without loading Keras (nnlab.runs._state does).
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(NnlabError):
+    """No usable checkpoint (none written, or every one is corrupt)."""
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Manifest files of a run, oldest first."""
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(directory.glob("ckpt_*.json")) if directory.is_dir() else []
+
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    from nnlab.runs._state import list_checkpoints  # loads Keras: only when a run is looked for
-
     return bool(list_checkpoints(run_dir))

@@ -39,7 +39,8 @@ import keras
 import numpy as np
 
 from nnlab._files import atomic_write, atomic_write_json
-from nnlab.errors import ErrorRecorder, NnlabError
+from nnlab.errors import ErrorRecorder
+from nnlab.runs._runs import CHECKPOINT_DIR, CheckpointError, list_checkpoints
 from nnlab.runs._status import RunStatus
 
 __all__ = [
@@ -56,12 +57,7 @@ __all__ = [
     "restore",
 ]
 
-CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(NnlabError):
-    """No usable checkpoint (none written, or every one is corrupt)."""
 
 
 class Stateful(Protocol):
@@ -198,12 +194,6 @@ def save_checkpoint(run_dir: str | os.PathLike, epoch: int, components: Mapping[
         old.unlink(missing_ok=True)
         old.with_suffix(".npz").unlink(missing_ok=True)
     return directory / f"{stem}.json"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Manifest files of a run, oldest first."""
-    directory = _checkpoint_dir(Path(run_dir))
-    return sorted(directory.glob("ckpt_*.json")) if directory.is_dir() else []
 
 
 def _read_checkpoint(manifest_path: Path) -> TrainingState:
