@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from nnlab._argtypes import int_at_least
+from nnlab._text import LINE_WIDTH, fit
 from nnlab.analysis.base import SECTIONS
 
 __all__ = ["add_arguments", "run"]
@@ -72,21 +73,11 @@ def _section_bar(total: int):
     return bar
 
 
-CONSOLE_WIDTH = 120  # every line nnlab analyze prints fits this many columns
-
-
-def _fit(line: str, width: int = CONSOLE_WIDTH) -> str:
-    """``line`` wrapped at ``width`` columns, continuation lines indented like the first plus two."""
-    import textwrap
-
-    if len(line) <= width:
-        return line
-    indent = " " * (len(line) - len(line.lstrip()) + 2)
-    return "\n".join(textwrap.wrap(line, width=width, subsequent_indent=indent, break_on_hyphens=False))
+CONSOLE_WIDTH = LINE_WIDTH  # every line nnlab analyze prints fits this many columns
 
 
 def _say(line: str) -> None:
-    print(_fit(line))
+    print(fit(line))  # continuation lines indented like the first plus two
 
 
 def _print_outputs(folder, files) -> None:
@@ -121,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         line = f"  {result.title}: {result.status} ({result.elapsed_s:.1f} s)"
         if result.reason:
             line += f" - {result.reason}"
-        line = _fit(line)
+        line = fit(line)
         if result.status == "failed":
             print(line, file=sys.stderr)
         else:

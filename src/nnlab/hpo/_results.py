@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlab._files import atomic_write, atomic_write_json, locked, neutralised_row, special_file_kind
+from nnlab._text import LINE_WIDTH, fit
 from nnlab.config import read_json_object
 from nnlab.errors import ConfigError
 from nnlab.orchestration import OUTCOME_ATTR, counts_towards_budget
@@ -302,7 +303,7 @@ def _r2(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
-PROGRESS_WIDTH = 120
+PROGRESS_WIDTH = LINE_WIDTH
 """The widest progress line: a longer error is shortened to fit."""
 
 
@@ -342,16 +343,9 @@ def _error_part(error: Any, room: int) -> str:
     return "\n" + (text if len(text) <= PROGRESS_WIDTH else text[:PROGRESS_WIDTH - 1] + "…")
 
 
-LINE_WIDTH = 120
-"""The widest line of the end-of-search summary (a path longer than that stays whole)."""
-
-
 def _fill(text: str, indent: str = "    ") -> list[str]:
-    """``text`` wrapped at :data:`LINE_WIDTH` columns on spaces; words (paths) are never split."""
-    import textwrap
-
-    return textwrap.wrap(text, LINE_WIDTH, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False) or [text]
+    """``text`` as lines of :data:`LINE_WIDTH` columns, continuations indented ``indent`` more; paths whole."""
+    return fit(text, indent=indent).split("\n")
 
 
 def _short(value: Any) -> Any:
@@ -405,7 +399,7 @@ def format_best(best: Any | None, paths: ResultPaths, counts: Mapping[str, int])
                    f"test R² {_r2(metrics.get('test_r2'))}, run {attrs.get('run_dir', attrs.get('run_id', ''))}")
     overrides = ", ".join(f"{key}={json.dumps(_short(value), separators=(',', ':'))}"
                           for key, value in attrs.get("overrides", {}).items())
-    lines += _fill(f"  overrides {overrides or 'none'}", indent="            ")
-    lines += _fill(f"  configuration saved to {os.path.abspath(paths.best_config)}; retrain it with:")
+    lines += _fill(f"  overrides {overrides or 'none'}", indent="          ")
+    lines += _fill(f"  configuration saved to {os.path.abspath(paths.best_config)}; retrain it with:", indent="  ")
     lines += ["    " + line for line in retrain_command(paths.best_config, attrs.get("data"), width=LINE_WIDTH - 4)]
     return "\n".join(lines) + "\n"

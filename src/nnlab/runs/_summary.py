@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from nnlab._text import LINE_WIDTH
 
-WIDTH = 120
+
+WIDTH = LINE_WIDTH
 """The widest summary line: longer ones wrap (a path longer than that stays whole)."""
 _INDENT = " " * 23  # the value column
 

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnlab._text import LINE_WIDTH
+
 __all__ = ["APPLIED_COLUMN", "ConstraintRuns", "NOTE_WIDTH", "cell_flags", "constraint_runs", "flag_lines",
            "unit_notes"]
 
 APPLIED_COLUMN = "constraint/applied"
-NOTE_WIDTH = 120  # a progress line's columns
+NOTE_WIDTH = LINE_WIDTH  # a progress line's columns
 _COMPARED = ("test_r2", "best_val_mse")
 
 
