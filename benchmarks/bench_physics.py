@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_physics.py [--seeds 1,2,3] [--sweep-seed 100]
         [--weights 0.3,1,3,10] [--terms speed,energy,displacement] [--only-weight W]
+        [--set KEY=VALUE ...]
 
 1. Sweep: `python main.py --quiet --seed SWEEP --set physics_loss_weight=W` for each
    of ``--weights`` and 0 (off), on a seed that is *not* one of the evaluation seeds.
@@ -20,6 +21,10 @@ and test R², off and on; the mean ratio of the speed violation (on / off), the
 mean paired R² change, the mean wall-time ratio, and whether the acceptance holds
 (speed ratio <= 0.5, R² drop <= 0.002). Then a Markdown table for the README.
 Run it on an idle machine: the wall times are part of the result.
+
+``--set KEY=VALUE`` (repeatable) passes a configuration override to every run, on
+and off alike, e.g. ``--set physics_collocation_batch_size=256`` for the sweep of
+the collocation batch in docs/physics.md.
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("speed_violation", "energy_violation", "displacement_violation", "gyration_violation")
 
 
-def run(seed: int, weight: float, terms: list[str], workdir: Path) -> dict:
+def run(seed: int, weight: float, terms: list[str], workdir: Path, extra: list[str] = ()) -> dict:
     out = workdir / f"s{seed}_w{weight:g}"
     cmd = [sys.executable, str(REPO / "main.py"), "--quiet", "--seed", str(seed), "--output-dir", str(out),
            "--set", f"physics_loss_weight={weight}", "--set", f"physics_loss_terms={json.dumps(terms)}"]
+    for item in extra:
+        cmd += ["--set", item]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
@@ -70,6 +77,8 @@ def main() -> None:
     parser.add_argument("--weights", default="0.3,1,3,10")
     parser.add_argument("--terms", default="speed,energy,displacement")
     parser.add_argument("--only-weight", type=float, default=None, help="skip the sweep, use this weight")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration override for every run (repeatable)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     terms = args.terms.split(",")
@@ -79,17 +88,17 @@ def main() -> None:
         if args.only_weight is None:
             if args.sweep_seed in seeds:
                 sys.exit("--sweep-seed must not be one of --seeds (the weight would be chosen on the test runs)")
-            sweep_off = run(args.sweep_seed, 0.0, terms, workdir)
-            sweep = [run(args.sweep_seed, float(w), terms, workdir) for w in args.weights.split(",")]
+            sweep_off = run(args.sweep_seed, 0.0, terms, workdir, args.extra)
+            sweep = [run(args.sweep_seed, float(w), terms, workdir, args.extra) for w in args.weights.split(",")]
             weight = choose(sweep_off, sweep)
             sweep.insert(0, sweep_off)
         else:
             weight = args.only_weight
-        pairs = [(run(s, 0.0, terms, workdir), run(s, weight, terms, workdir)) for s in seeds]
+        pairs = [(run(s, 0.0, terms, workdir, args.extra), run(s, weight, terms, workdir, args.extra)) for s in seeds]
     ratios = [on["speed_violation"] / off["speed_violation"] for off, on in pairs]
     r2_change = [on["test_r2"] - off["test_r2"] for off, on in pairs]
     summary = {
-        "benchmark": "physics_loss", "terms": terms, "chosen_weight": weight, "sweep_seed": args.sweep_seed,
+        "benchmark": "physics_loss", "terms": terms, "overrides": args.extra, "chosen_weight": weight, "sweep_seed": args.sweep_seed,
         "sweep": [{k: t[k] for k in ("weight", "test_r2", "speed_violation")} for t in sweep],
         "seeds": seeds,
         "pairs": [{"seed": off["seed"], "off": off, "on": on} for off, on in pairs],
@@ -102,7 +111,7 @@ def main() -> None:
         "accepted": statistics.fmean(ratios) <= 0.5 and statistics.fmean(r2_change) >= -0.002,
     }
     print(json.dumps(summary), flush=True)
-    print(f"\n| seed | physics_loss_weight | test R² | speed | energy | displacement | gyration |")
+    print("\n| seed | physics_loss_weight | test R² | speed | energy | displacement | gyration |")
     print("|---|---|---|---|---|---|---|")
     for off, on in pairs:
         for row in (off, on):

@@ -25,7 +25,8 @@ from nnlab.cli import main
 from nnlab.config import Config
 from nnlab.data import complete_data_pipeline
 from nnlab.integrations.mlflow import RUN_RECORD, run_record
-from nnlab.integrations.tensorboard import TENSORBOARD_DIR, TRAIN_DIR, VALIDATION_DIR, cut_event_files, read_events
+from nnlab.integrations.tensorboard import (TENSORBOARD_DIR, TRAIN_DIR, VALIDATION_DIR, cut_event_files,
+                                            histogram_counts, read_events, write_histograms)
 from nnlab.model import AdvancedNeuralNetwork
 from nnlab.runs import train_with_tracking
 
@@ -134,6 +135,54 @@ def test_tensorboard_histograms_at_constraint_epochs(tracked):
         value_counts = [int(b[:, 2].sum()) for _, b in histograms[f"weights/{name}"]]
         bits_counts = [int(b[:, 2].sum()) for _, b in histograms[f"significant_bits/{name}"]]
         assert value_counts == bits_counts  # every element counted in both
+
+
+def test_in_graph_histograms_equal_tensorboards_own(tmp_path):
+    """histogram_counts + write_histograms give what tf.summary.histogram / histogram_pb give, read live."""
+    import keras
+    from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+
+    from nnlab.constraints.bits import significant_bits
+
+    rng = np.random.default_rng(0)
+    spread = keras.Variable(rng.normal(0, 0.1, (40, 25)).astype(np.float32), name="spread")
+    constant = keras.Variable(np.full(7, 0.5, np.float32), name="constant")
+    with_zeros = keras.Variable(np.float32([0.0, 0.0, 1.0, -3.75, 0.1]), name="with_zeros")
+    variables = [spread, constant, with_zeros]
+    counts = histogram_counts(variables)
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    seen = {}
+    for step in (1, 2):
+        if step == 2:
+            spread.assign(spread.numpy() * 4 + 1)  # the function reads the variables' current values
+        seen[step] = {v.path: v.numpy().copy() for v in variables}
+        with writer.as_default(step=step):
+            write_histograms(variables, counts())
+    writer.close()
+    histograms = read_events(tmp_path)["histograms"]
+    for step, values in seen.items():
+        for path, current in values.items():
+            (got,) = [h for s, h in histograms[f"weights/{path}"] if s == step]
+            expected = tf.make_ndarray(histogram_pb("t", current).value[0].tensor)
+            np.testing.assert_allclose(got[:, :2], expected[:, :2], rtol=1e-5, atol=1e-7)
+            assert got[:, 2].tolist() == expected[:, 2].tolist(), path
+            bits = significant_bits(current)
+            (got_bits,) = [h for s, h in histograms[f"significant_bits/{path}"] if s == step]
+            expected_bits = tf.make_ndarray(
+                histogram_pb("t", bits, buckets=int(bits.max() - bits.min()) + 1).value[0].tensor)
+            np.testing.assert_allclose(got_bits, expected_bits)
+    assert histograms["weights/constant"][0][1][:, 2].tolist() == [0] * 29 + [7]  # one value: the last bucket
+
+
+@pytest.mark.parametrize("freq, steps", [(0, []), (3, [6])])
+def test_tensorboard_histogram_freq_counts_constraint_applications(tmp_path, freq, steps):
+    # constraint_interval 2: freq 3 writes histograms on every third application (epoch 6); 0 writes none.
+    out = tmp_path / "o"
+    assert main(["train", *RUN, "--output-dir", str(out), "--set", f"tensorboard_histogram_freq={freq}"]) == 0
+    events = read_events(next((out / "runs").iterdir()) / TENSORBOARD_DIR / TRAIN_DIR)
+    written = {step for entries in events.get("histograms", {}).values() for step, _ in entries}
+    assert sorted(written) == steps
+    assert [s for s, _ in events["scalars"]["epoch_loss"]] == list(range(1, EPOCHS + 1))
 
 
 def test_cut_event_files_keeps_the_steps_up_to_the_checkpoint(tmp_path):

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from console_text import shows
 
+from nnlab.data import DATA_FORMAT_VERSION
+
 RUN = "20260101-000000-000000-p1"
 LOCKED = "20260101-000000-000000-p2"
 EMPTY = "20260101-000000-000000-p3"
@@ -74,6 +76,8 @@ def _refusals(pid: int) -> list[tuple[list[str], str]]:
         (["analyze", "--run", "nope", "--output-dir", "o"], "error: unknown run id 'nope'"),
         (["export", "--format", "onnx", "--out", "m.onnx", "--output-dir", "fresh"],
          "error: no runs in 'fresh/runs'"),
+        (["export", "--format", "onnx", "--out", "m.onnx", "--output-dir", "x", "--mlflow", "sqlite:///none.db"],
+         f"error: --mlflow: sqlite:///none.db holds no MLflow store, so run {RUN} was not logged there"),
         (["hpo", "--max-trials", "0"], "nnlab hpo: error: argument --max-trials: expected a positive integer, got 0"),
         (["study", "precision", "--bits", "24,8,30"], "error: --bits: 30 is outside 1..24"),
     ]
@@ -93,6 +97,14 @@ def outcome(tmp_path_factory) -> tuple[list[tuple[list[str], str]], dict]:
         f"o/runs/{EMPTY}/training_config.json": '{"config": {"epochs": 5}}',
         f"o/runs/{EMPTY}/run_status.json": _status("interrupted", epochs_run=2),
         "header_only.csv": header,
+        # A finished run to export (its weights file is never read: the MLflow store is checked first).
+        f"x/runs/{RUN}/training_config.json": '{"config": {}}',
+        f"x/runs/{RUN}/run_status.json": _status("completed", epochs_run=5),
+        f"x/runs/{RUN}/weights/final.weights.h5": "",
+        f"x/runs/{RUN}/scalers.json": json.dumps({
+            "format_version": DATA_FORMAT_VERSION, "feature_names": ["mass"], "target_names": ["displacement"],
+            **{key: {"mean_": [0.0], "scale_": [1.0], "var_": [1.0], "n_samples_seen_": 10}
+               for key in ("x_scaler", "y_scaler")}}),
     })
     refusals = _refusals(os.getpid())
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -114,7 +114,7 @@ class ModelConfig(_Section):
     )
     physics_collocation_points: int = Field(262144, ge=0, le=10_000_000)
     physics_loss_warmup_epochs: int = Field(30, ge=0)
-    physics_collocation_batch_size: int = Field(1024, ge=1, le=1_000_000)
+    physics_collocation_batch_size: int = Field(128, ge=1, le=1_000_000)
     seed: int | None = 42
 
     @model_validator(mode="after")
@@ -174,6 +174,8 @@ class TrainingConfig(_Section):
     distribution: Literal["none", "mirrored"] = "none"
     distribution_devices: int | None = Field(None, ge=1, le=64)
     tensorboard: StrictBool = True
+    # Weight and significant-bit histograms every this many constraint applications (0: none); Keras' histogram_freq.
+    tensorboard_histogram_freq: int = Field(1, ge=0)
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = Field("nnlab", min_length=1, max_length=500)
     data_targets: list[str] | None = None

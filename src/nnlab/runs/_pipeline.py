@@ -147,7 +147,8 @@ def _build_sinks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, tracker: 
         from nnlab.integrations.tensorboard import TENSORBOARD_DIR, TensorBoardSink
 
         sinks.append(TensorBoardSink(run.run_dir / TENSORBOARD_DIR, lambda: tracker.rows, errors=model.errors,
-                                     histogram_every=cfg.model.constraint_interval, resume_from=resume_from))
+                                     histogram_every=cfg.model.constraint_interval
+                                     * cfg.training.tensorboard_histogram_freq, resume_from=resume_from))
     if cfg.training.mlflow_tracking_uri:
         from nnlab.integrations.mlflow import MlflowSink
 
