@@ -107,6 +107,8 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
      ["error: --set: unknown key 'optimiser'; did you mean 'optimizer'?"]),
     ("--set", "python main.py --set physics_loss_weight=-1", {},
      ["--set: physics_loss_weight = -1 is invalid: Input should be greater than or equal to 0"]),
+    ("--set", "python main.py --set tensorboard_histogram_freq=-1", {},
+     ["--set: tensorboard_histogram_freq = -1 is invalid: Input should be greater than or equal to 0"]),
     ("--set", "python main.py --set physics_loss_terms=[\"speed\",\"momentum\"]", {},
      ["--set: physics_loss_terms[1] = [\"speed\", \"momentum\"] is invalid: Input should be 'speed', "
       "'energy' or 'displacement'"]),

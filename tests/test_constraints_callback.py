@@ -210,3 +210,37 @@ def test_targets_select_weights_and_missing_targets_fail_loud():
 def test_bad_callback_arguments_raise(args, kwargs, error):
     with pytest.raises(error):
         WeightConstraintCallback(args, **kwargs)
+
+
+@pytest.mark.parametrize("rounding, james_stein", [("truncate", False), ("nearest", False), ("truncate", True)])
+def test_joined_chain_gives_the_values_of_weight_by_weight_application(rounding, james_stein):
+    # The callback runs the elementwise constraints on all weights joined into one vector;
+    # each weight must come out as the same chain applied to it alone, application after
+    # application (the state, "seen" included, split back per weight). Bit for bit without
+    # James-Stein; with it (per weight, after the joined part; a norm, summed in another order
+    # by XLA in the reference) to float32 rounding.
+    rng = np.random.default_rng(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.PReLU(), keras.layers.Dense(3)])
+
+    def chain():
+        return [OscillationDampener(), BinaryChangeMax(3, rounding=rounding), BinaryPrecisionMax(10, rounding=rounding),
+                *([JamesSteinShrinkage()] if james_stein else [])]
+
+    callback = WeightConstraintCallback(chain(), interval=1)
+    callback.set_model(model)
+    reference = {v.path: chain() for v in model.trainable_weights}
+    for application in range(5):
+        for v in model.trainable_weights:  # moves up and down, as training does: the dampener sees swings
+            v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32) * (-1) ** application)
+        before = {v.path: v.numpy() for v in model.trainable_weights}
+        oscillating = callback.apply()["constraint/oscillation_dampener/fraction_oscillating"]
+        for v in model.trainable_weights:
+            expected = before[v.path]
+            for constraint in reference[v.path]:
+                expected = constraint.apply(expected)
+            if james_stein:
+                np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-7)
+            else:
+                np.testing.assert_array_equal(v.numpy(), expected, err_msg=f"{v.path}, application {application}")
+        assert (oscillating > 0) == (application >= 2)  # the dampener only records at its first two
+    assert callback.constraints[0]._states[callback._keys[0]]["seen"].numpy() == 2  # capped at 2 per weight

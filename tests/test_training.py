@@ -92,6 +92,27 @@ def test_seed_gives_identical_results(data):
     assert results[0] == results[1]
 
 
+def test_validation_data_is_evaluated_in_large_batches():
+    # Validation is only evaluated: batches of max(batch_size, VALIDATION_BATCH_SIZE) rows, so an
+    # epoch spends few steps on it; the training batches keep batch_size.
+    from nnlab.model import VALIDATION_BATCH_SIZE
+
+    class Counter(keras.callbacks.Callback):
+        train = test = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Counter.train += 1
+
+        def on_test_batch_end(self, batch, logs=None):
+            Counter.test += 1
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2 * VALIDATION_BATCH_SIZE + 10, 23)), rng.normal(size=(2 * VALIDATION_BATCH_SIZE + 10, 6))
+    net = AdvancedNeuralNetwork((23,), 6, {**SMALL, "steps_per_execution": 1, "jit_compile": False})
+    net.train_with_custom_constraints(x[:320], y[:320], x, y, epochs=1, batch_size=32, verbose=0, callbacks=[Counter()])
+    assert (Counter.train, Counter.test) == (10, 3)  # 320 / 32 training steps; 2058 rows in 1024-row batches
+
+
 # --- train_with_tracking: artifacts ----------------------------------------------
 
 

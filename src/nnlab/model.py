@@ -25,6 +25,8 @@ from nnlab.losses import (
 __all__ = ["AdvancedNeuralNetwork", "build_optimizer", "build_strategy", "predict_array"]
 
 METRICS_NOTE = "compiled with metrics mse, mae and keras.metrics.R2Score (logged as r2_score)"
+# Validation data is only evaluated, so it goes in larger batches than training (fewer steps per epoch).
+VALIDATION_BATCH_SIZE = 1024
 # Added to the model seed for the physics term's collocation draws (distinct from the data's).
 COLLOCATION_SEED_OFFSET = 1_000_003
 # The simulated initial quantities (features) and the generation setting each is drawn from.
@@ -405,6 +407,7 @@ class AdvancedNeuralNetwork:
             validation_data=(X_val, y_val),
             epochs=int(epochs),
             batch_size=int(batch_size),
+            validation_batch_size=max(int(batch_size), VALIDATION_BATCH_SIZE),
             callbacks=all_callbacks,
             verbose=verbose,
             initial_epoch=initial_epoch,

@@ -114,7 +114,7 @@ class ModelConfig(_Section):
     )
     physics_collocation_points: int = Field(262144, ge=0, le=10_000_000)
     physics_loss_warmup_epochs: int = Field(30, ge=0)
-    physics_collocation_batch_size: int = Field(128, ge=1, le=1_000_000)
+    physics_collocation_batch_size: int = Field(96, ge=1, le=1_000_000)
     seed: int | None = 42
 
     @model_validator(mode="after")

@@ -56,6 +56,10 @@ class WeightConstraint(keras.constraints.Constraint):
     # Names of the extra statistics transform() returns besides the ones every
     # constraint gets (fraction_changed, mean_abs_change).
     extra_stats: ClassVar[tuple[str, ...]] = ()
+    # True when transform() treats every element on its own (its state too, "seen" aside): then the
+    # callback may run it on all weights joined into one vector (fewer, larger ops; see
+    # WeightConstraintCallback). James-Stein, which uses a tensor's norm, is not.
+    elementwise: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._states: dict[str, dict[str, tf.Variable]] = {}

@@ -87,6 +87,7 @@ class BinaryPrecisionMax(_RoundingConstraint):
 
     name = "binary_precision_max"
     chain_position = 30
+    elementwise = True
 
     def __init__(self, max_bits: int, *, rounding: Rounding = "truncate", seed: int | None = None) -> None:
         self.max_bits = _check_bits(max_bits, "max_bits", 1)
@@ -131,6 +132,7 @@ class BinaryChangeMax(_RoundingConstraint):
 
     name = "binary_change_max"
     chain_position = 20
+    elementwise = True
 
     def __init__(self, max_additional_bits: int, *, rounding: Rounding = "truncate", seed: int | None = None) -> None:
         self.max_additional_bits = _check_bits(max_additional_bits, "max_additional_bits", 0)
@@ -140,14 +142,14 @@ class BinaryChangeMax(_RoundingConstraint):
         return ("previous",)
 
     def transform(self, weights: tf.Tensor, state: dict[str, tf.Variable] | None) -> tuple[tf.Tensor, Stats]:
-        previous, seen = state["previous"], state["seen"]
+        previous, seen = state["previous"], state["seen"].read_value()
         i = tf.bitcast(weights, tf.int32)
         allowed = significant_bits_of_int(tf.bitcast(previous.read_value(), tf.int32)) + self.max_additional_bits
         rounded = tf.bitcast(self._round(i, allowed), tf.float32)
         # First application: nothing to compare with yet, so only record.
         out = tf.where(seen > 0, rounded, weights)
         previous.assign(out)
-        seen.assign(tf.minimum(seen + 1, 1))
+        state["seen"].assign(tf.minimum(seen + 1, 1))
         return out, {}
 
     def get_config(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class OscillationDampener(WeightConstraint):
 
     name = "oscillation_dampener"
     chain_position = 10
+    elementwise = True
     extra_stats = ("fraction_oscillating",)
 
     def state_names(self) -> tuple[str, ...]:
@@ -54,7 +55,7 @@ class OscillationDampener(WeightConstraint):
         return tf.ones_like(weights, dtype=tf.int32)
 
     def transform(self, weights: tf.Tensor, state: dict[str, tf.Variable] | None) -> tuple[tf.Tensor, Stats]:
-        previous_var, before_var, seen = state["previous"], state["before_previous"], state["seen"]
+        previous_var, before_var, seen = state["previous"], state["before_previous"], state["seen"].read_value()
         previous = previous_var.read_value()
         before = before_var.read_value()
         earlier_change = previous - before
@@ -66,7 +67,7 @@ class OscillationDampener(WeightConstraint):
         out = tf.bitcast(clear_lowest_set_bits_of_int(tf.bitcast(weights, tf.int32), count), tf.float32)
         before_var.assign(previous)
         previous_var.assign(out)
-        seen.assign(tf.minimum(seen + 1, 2))
+        state["seen"].assign(tf.minimum(seen + 1, 2))
         return out, {"fraction_oscillating": tf.reduce_sum(tf.cast(oscillating, tf.float32))}
 
     def get_config(self) -> dict[str, Any]:
