@@ -174,6 +174,24 @@ def test_in_graph_histograms_equal_tensorboards_own(tmp_path):
     assert histograms["weights/constant"][0][1][:, 2].tolist() == [0] * 29 + [7]  # one value: the last bucket
 
 
+def test_a_diverged_weight_gets_a_bits_histogram_and_no_value_histogram(tmp_path):
+    import warnings
+
+    import keras
+
+    diverged = keras.Variable(np.float32([1.0, np.nan, 0.5, np.inf]), name="diverged")
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy warning about NaN edges
+        with writer.as_default(step=1):
+            write_histograms([diverged], histogram_counts([diverged])())
+    writer.close()
+    histograms = read_events(tmp_path)["histograms"]
+    assert "weights/diverged" not in histograms
+    [(step, bits)] = histograms["significant_bits/diverged"]
+    assert step == 1 and bits[:, 2].sum() == 4 and bits[0, 2] == 2  # NaN and inf count 0 significant bits
+
+
 @pytest.mark.parametrize("freq, steps", [(0, []), (3, [6])])
 def test_tensorboard_histogram_freq_counts_constraint_applications(tmp_path, freq, steps):
     # constraint_interval 2: freq 3 writes histograms on every third application (epoch 6); 0 writes none.

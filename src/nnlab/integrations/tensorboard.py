@@ -208,7 +208,8 @@ def write_histograms(variables: Sequence[Any], counts: Sequence[tuple[np.ndarray
     """Write :func:`histogram_counts`' result to the default summary writer as one event.
 
     Per variable (named by its Keras path) ``weights/<path>``: the value
-    histogram; ``significant_bits/<path>``: one bucket per digit count from the
+    histogram (none when the weight holds NaN or inf: no range to bucket);
+    ``significant_bits/<path>``: one bucket per digit count from the
     fewest to the most present, as ``tf.summary.histogram(..., buckets=max - min + 1)``
     lays out integers.
     """
@@ -219,8 +220,9 @@ def write_histograms(variables: Sequence[Any], counts: Sequence[tuple[np.ndarray
     for variable, (lo, hi, buckets, bits) in zip(variables, counts):
         name = getattr(variable, "path", variable.name)
         lo, hi = float(lo), float(hi)
-        edges = np.linspace(lo, hi, HISTOGRAM_BUCKETS + 1) if hi > lo else np.full(HISTOGRAM_BUCKETS + 1, lo)
-        _histogram_value(summary, f"weights/{name}", edges, buckets)
+        if np.isfinite(lo) and np.isfinite(hi):  # a diverged weight (NaN, inf) has no value range to bucket
+            edges = np.linspace(lo, hi, HISTOGRAM_BUCKETS + 1) if hi > lo else np.full(HISTOGRAM_BUCKETS + 1, lo)
+            _histogram_value(summary, f"weights/{name}", edges, buckets)
         present = np.flatnonzero(bits)
         if present.size:
             first, last = int(present[0]), int(present[-1])
