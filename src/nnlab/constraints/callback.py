@@ -288,7 +288,8 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         # leading elementwise constraints (all but James-Stein) run once on every
         # target weight joined into one vector, their state joined the same way:
         # the same values as weight by weight, in a twentieth of the ops.
-        total = float(sum(int(np.prod(v.shape)) for v in self._variables))
+        sizes = [int(np.prod(v.shape)) for v in self._variables]
+        total = float(sum(sizes))
         sums = {key: tf.constant(0.0, tf.float64) for key in self.log_keys}
         joined = 0
         while joined < len(self.constraints) and self.constraints[joined].elementwise:
@@ -297,7 +298,6 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         for weights in values:
             sums[f"{LOG_PREFIX}non_finite"] += _total(tf.logical_not(tf.math.is_finite(weights)))
         if joined:
-            sizes = [int(np.prod(v.shape)) for v in self._variables]
             weights = tf.concat([tf.reshape(w, [-1]) for w in values], 0)
             for c in self.constraints[:joined]:
                 weights = self._step(c, weights, _joined_state(c, self._keys, self._variables, sizes), sums)

@@ -159,8 +159,9 @@ def histogram_counts(variables: Sequence[Any]) -> Callable[[], list[tuple[np.nda
     when all values are equal every element is in the last bucket. The
     significant-bit counts are a ``bincount`` of
     :func:`~nnlab.constraints.bits.significant_bits` over 0..24. Exact (every
-    element counted), no copy of the weights to the host: ~100x cheaper than
-    ``tf.summary.histogram`` per variable in eager mode (docs/performance.md).
+    element counted), no copy of the weights to the host: on the default network
+    9.9 ms per set written, against 0.15–0.18 s with ``tf.summary.histogram`` per
+    variable in eager mode (docs/performance.md).
     """
     import tensorflow as tf
 
