@@ -123,7 +123,7 @@ def tensorboard_overhead(particles: int, epochs: int, repeats: int) -> dict:
         # One set of histograms of the default network, as a constraint epoch writes them.
         cfg = load_config()
         net = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg)
-        sink = tb.TensorBoardSink(Path(tmp) / "hist", lambda: [])
+        sink = tb.TensorBoardSink(Path(tmp) / "hist", lambda: [], jit_compile=cfg.training.jit_compile)
         sink.set_model(net.model)
         sink.on_train_begin()
         histogram_s = []

@@ -137,8 +137,10 @@ def test_tensorboard_histograms_at_constraint_epochs(tracked):
         assert value_counts == bits_counts  # every element counted in both
 
 
-def test_in_graph_histograms_equal_tensorboards_own(tmp_path):
-    """histogram_counts + write_histograms give what tf.summary.histogram / histogram_pb give, read live."""
+@pytest.mark.parametrize("jit", [False, True])
+def test_in_graph_histograms_equal_tensorboards_own(tmp_path, jit):
+    """histogram_counts + write_histograms give what tf.summary.histogram / histogram_pb give, read live
+    (also compiled with XLA, as with jit_compile)."""
     import keras
     from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 
@@ -149,7 +151,7 @@ def test_in_graph_histograms_equal_tensorboards_own(tmp_path):
     constant = keras.Variable(np.full(7, 0.5, np.float32), name="constant")
     with_zeros = keras.Variable(np.float32([0.0, 0.0, 1.0, -3.75, 0.1]), name="with_zeros")
     variables = [spread, constant, with_zeros]
-    counts = histogram_counts(variables)
+    counts = histogram_counts(variables, jit_compile=jit)
     writer = tf.summary.create_file_writer(str(tmp_path))
     seen = {}
     for step in (1, 2):

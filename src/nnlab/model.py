@@ -206,10 +206,11 @@ class AdvancedNeuralNetwork:
         with self.scope():
             self.model = self._build()
             self.loss, self.loss_callback = build_adaptive_loss(self.config)
-            # The constraint chain stays a plain graph: compiling it with XLA costs
-            # seconds at its first application, more than XLA saves over a run's
-            # few applications (see the README's Performance section).
-            self.constraint_callback = build_constraint_callback(self.config, jit_compile=False)
+            # With jit_compile the constraint chain's elementwise core is compiled
+            # with XLA too: an application then takes a third of the time, for
+            # about 0.25 s more at the first (docs/performance.md).
+            self.constraint_callback = build_constraint_callback(self.config,
+                                                                 jit_compile=self.config.training.jit_compile)
             # constraint_schedule = "step": the binary limits run inside the compiled
             # train step, after every optimizer update (attached at compile time).
             self.step_constraints = build_step_constraints(self.config)

@@ -79,14 +79,29 @@ def _joined_state(constraint: WeightConstraint, keys: list[str], variables: list
     return {name: _Joined([state[name] for state in states], sizes) for name in states[0]}
 
 
+class _Held:
+    """A state tensor's value inside the pure chain core: ``read_value`` gives the
+    value passed in, ``assign`` records the new one (written back afterwards)."""
+
+    def __init__(self, value: tf.Tensor):
+        self.value = value
+
+    def read_value(self) -> tf.Tensor:
+        return self.value
+
+    def assign(self, value: tf.Tensor) -> None:
+        self.value = value
+
+
 class WeightConstraintCallback(keras.callbacks.Callback):
     """Apply weight constraints to a model's trainable weights every N epochs.
 
     At the end of every epoch with ``(epoch + 1) % interval == 0`` the chain
     (oscillation dampener → binary change → binary max → James-Stein; the
     constraints are put in this order whatever order they are given in) is
-    applied to every target weight in ONE compiled TensorFlow call, which also
-    assigns the results. Works inside ``model.fit`` in graph mode.
+    applied to every target weight by three compiled TensorFlow calls (gather,
+    constrain, write back), which also assign the results. Works inside
+    ``model.fit`` in graph mode.
 
     Every epoch it adds these keys to the epoch ``logs`` (so ``History``,
     ``CSVLogger`` and trackers placed after it see them) and appends the same
@@ -108,8 +123,7 @@ class WeightConstraintCallback(keras.callbacks.Callback):
 
     The elementwise constraints (all but James-Stein) run once on every target
     weight joined into one vector, their state joined alike: the same values as
-    weight by weight, with a twentieth of the ops (a first application traces in
-    0.9 s instead of 3.0 s on the default network). James-Stein, which uses each
+    weight by weight, with a twentieth of the ops. James-Stein, which uses each
     weight tensor's norm, runs weight by weight after them.
 
     ``<name>`` is the constraint's :attr:`~WeightConstraint.name`. On epochs
@@ -121,12 +135,15 @@ class WeightConstraintCallback(keras.callbacks.Callback):
         interval: apply every ``interval`` epochs (config ``constraint_interval``).
         targets: ``"all"`` trainable weights, only ``"kernel"`` or only
             ``"bias"`` weights (config ``constraint_targets``).
-        jit_compile: compile the chain with XLA. On the default network
-            (350,726 weights; oscillation dampener, change max and precision
-            max; 2-core CPU) an application then takes 8 ms instead of 25 ms,
-            but the first one compiles for 2.9 s instead of tracing for 0.9 s.
-            With the usual few dozen applications per run the plain graph is
-            faster overall, hence the default.
+        jit_compile: compile the elementwise constraints (the chain's core, a
+            function of the joined weights and state) with XLA, into a few
+            fused loops; the models of :class:`~nnlab.model.AdvancedNeuralNetwork`
+            pass the configuration's ``jit_compile``. On the default network
+            (350,726 weights; adaptive oscillation dampener, change max and
+            precision max; 2-core CPU) an application then takes 9 ms instead
+            of 24 ms, and the first 0.75–0.81 s instead of 0.54–0.68 s (the
+            compile): it pays back after about 15 applications, what a default
+            run makes (150 epochs, every 10th).
 
     Raises:
         TypeError: if an element of ``constraints`` is not a WeightConstraint.
@@ -274,39 +291,67 @@ class WeightConstraintCallback(keras.callbacks.Callback):
             for c in self.constraints:
                 c.state_for(key, tuple(v.shape))
         self._variables, self._keys = variables, keys
-        # A partial rather than the bound method: TensorFlow counts traces per
-        # code object and would call one trace per callback "retracing".
-        self._compiled = tf.function(
-            functools.partial(WeightConstraintCallback._apply_chain, self),
-            jit_compile=self.jit_compile,
-            autograph=False,
+        self._sizes = [int(np.prod(v.shape)) for v in variables]
+        self._joined = 0  # the leading elementwise constraints run on all weights joined
+        while self._joined < len(self.constraints) and self.constraints[self._joined].elementwise:
+            self._joined += 1
+        self._joined_states = [_joined_state(c, keys, variables, self._sizes) or {}
+                               for c in self.constraints[:self._joined]]
+        # Partials rather than bound methods: TensorFlow counts traces per code
+        # object and would call one trace per callback "retracing".
+        self._functions = (
+            tf.function(functools.partial(WeightConstraintCallback._gather, self), autograph=False),
+            tf.function(functools.partial(WeightConstraintCallback._core, self), jit_compile=self.jit_compile,
+                        autograph=False),
+            tf.function(functools.partial(WeightConstraintCallback._scatter, self), autograph=False),
         )
+        self._compiled = self._run_chain
 
-    def _apply_chain(self) -> dict[str, tf.Tensor]:
-        # Traced once: a Python loop over the fixed list of variables and
-        # constraints unrolls into one graph, so one call does everything. The
-        # leading elementwise constraints (all but James-Stein) run once on every
-        # target weight joined into one vector, their state joined the same way:
-        # the same values as weight by weight, in a twentieth of the ops.
-        sizes = [int(np.prod(v.shape)) for v in self._variables]
-        total = float(sum(sizes))
+    def _run_chain(self) -> dict[str, tf.Tensor]:
+        gather, core, scatter = self._functions
+        return scatter(*core(*gather()))
+
+    def tracing_counts(self) -> list[int]:
+        """How often each of the chain's three compiled functions was traced (1 each after any number of applications)."""
+        return [f.experimental_get_tracing_count() for f in self._functions]
+
+    # The chain is three compiled functions. _gather joins every target weight
+    # and the joined constraints' state into flat vectors; _core runs the
+    # elementwise constraints (all but James-Stein) on them, a pure function of
+    # its inputs (and of stochastic rounding's draw counters) that XLA compiles
+    # into a few fused loops with ``jit_compile``;
+    # _scatter writes weights and state back and runs James-Stein, which uses
+    # each weight tensor's norm, weight by weight. The joined vector gives the
+    # same values as weight by weight, in a twentieth of the ops.
+
+    def _gather(self) -> tuple[tf.Tensor, list[dict[str, tf.Tensor]]]:
+        weights = tf.concat([tf.reshape(v, [-1]) for v in self._variables], 0)
+        return weights, [{name: joined.read_value() for name, joined in state.items()}
+                         for state in self._joined_states]
+
+    def _core(self, weights: tf.Tensor, states: list[dict[str, tf.Tensor]]):
         sums = {key: tf.constant(0.0, tf.float64) for key in self.log_keys}
-        joined = 0
-        while joined < len(self.constraints) and self.constraints[joined].elementwise:
-            joined += 1
-        values = [tf.convert_to_tensor(v) for v in self._variables]
-        for weights in values:
-            sums[f"{LOG_PREFIX}non_finite"] += _total(tf.logical_not(tf.math.is_finite(weights)))
-        if joined:
-            weights = tf.concat([tf.reshape(w, [-1]) for w in values], 0)
-            for c in self.constraints[:joined]:
-                weights = self._step(c, weights, _joined_state(c, self._keys, self._variables, sizes), sums)
-            values = [tf.reshape(part, v.shape) for part, v in zip(tf.split(weights, sizes), self._variables)]
-        for key, variable, weights in zip(self._keys, self._variables, values):
-            for c in self.constraints[joined:]:
-                weights = self._step(c, weights, c.state_for(key, tuple(variable.shape)), sums)
-            variable.assign(weights)
-        stats = {key: value / total for key, value in sums.items()}
+        sums[f"{LOG_PREFIX}non_finite"] += _total(tf.logical_not(tf.math.is_finite(weights)))
+        new_states = []
+        for constraint, state in zip(self.constraints[:self._joined], states):
+            held = {name: _Held(value) for name, value in state.items()}
+            weights = self._step(constraint, weights, held or None, sums)
+            new_states.append({name: value.value for name, value in held.items()})
+        return weights, new_states, sums
+
+    def _scatter(self, weights: tf.Tensor, states: list[dict[str, tf.Tensor]], sums: dict[str, tf.Tensor]
+                 ) -> dict[str, tf.Tensor]:
+        sums = dict(sums)
+        for joined, values in zip(self._joined_states, states):
+            for name, value in values.items():
+                joined[name].assign(value)
+        parts = tf.split(weights, self._sizes)
+        for key, variable, part in zip(self._keys, self._variables, parts):
+            part = tf.reshape(part, variable.shape)
+            for c in self.constraints[self._joined:]:
+                part = self._step(c, part, c.state_for(key, tuple(variable.shape)), sums)
+            variable.assign(part)
+        stats = {key: value / float(sum(self._sizes)) for key, value in sums.items()}
         stats[f"{LOG_PREFIX}applied"] = tf.constant(1.0, tf.float64)
         stats[f"{LOG_PREFIX}non_finite"] = sums[f"{LOG_PREFIX}non_finite"]
         return stats

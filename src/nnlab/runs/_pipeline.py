@@ -148,7 +148,8 @@ def _build_sinks(model: AdvancedNeuralNetwork, cfg: Config, run: _Run, tracker: 
 
         sinks.append(TensorBoardSink(run.run_dir / TENSORBOARD_DIR, lambda: tracker.rows, errors=model.errors,
                                      histogram_every=cfg.model.constraint_interval
-                                     * cfg.training.tensorboard_histogram_freq, resume_from=resume_from))
+                                     * cfg.training.tensorboard_histogram_freq, resume_from=resume_from,
+                                     jit_compile=cfg.training.jit_compile))
     if cfg.training.mlflow_tracking_uri:
         from nnlab.integrations.mlflow import MlflowSink
 
