@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -604,15 +605,52 @@ def snapshot(root: Path) -> dict[str, str]:
     return state
 
 
-def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run one catalogue case in ``tmp_path`` and assert everything the catalogue promises."""
+class ForkRunner:
+    """tests/_fork_runner.py in a subprocess: command lines run in forked children of a process
+    that imported nnlab's CLI once (each still a process of its own; see that file)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fork_runner.py"))], cwd=REPO,
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], scratch: Path, timeout: float
+            ) -> subprocess.CompletedProcess:
+        out, err = scratch / "stdout", scratch / "stderr"
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err),
+                   "timeout": timeout}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"tests/_fork_runner.py exited with status {self.proc.wait()}")
+        encoding = locale.getpreferredencoding(False)  # what subprocess.run(text=True) decodes with
+        return subprocess.CompletedProcess(argv, json.loads(reply)["returncode"], out.read_text(encoding),
+                                           err.read_text(encoding))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def case_environment() -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("NNLAB_CONFIG_DIR", None)
+    return env
+
+
+def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path, runner: ForkRunner | None = None,
+             scratch: Path | None = None) -> subprocess.CompletedProcess:
+    """Run one catalogue case in ``tmp_path`` and assert everything the catalogue promises (as a fresh
+    process, or a forked child of ``runner``, its output kept in ``scratch``)."""
     area, command, files, expected = case
     make_files(tmp_path, files)
     before = snapshot(tmp_path)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("NNLAB_CONFIG_DIR", None)
-    proc = subprocess.run(_argv(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
+    env = case_environment()
+    if runner is None:
+        proc = subprocess.run(_argv(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL)
+    else:
+        proc = runner.run(_argv(command), tmp_path, env, scratch, timeout=180)
     assert proc.returncode == 2, (command, proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     # Lines longer than 120 columns continue on the next line, indented: compared with runs of
@@ -633,31 +671,44 @@ def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path) -
     return proc
 
 
-# Cases run two at a time (each is a separate process, mostly Python start-up and imports on one
-# core): about half the wall time on the 2-core CI machine. Each case still passes or fails on its own.
+# Cases run two at a time (two runners, each case a forked process: see tests/_fork_runner.py), about
+# half the wall time on the 2-core CI machine. Each case still passes or fails on its own.
 PARALLEL_CASES = 2
 
 
 @pytest.fixture(scope="module")
 def case_outcomes(request, tmp_path_factory) -> dict[int, BaseException | None]:
     """Run every selected case (in its own directory) and keep what each raised, if anything."""
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     selected = sorted({item.callspec.params["number"] for item in request.session.items
                        if getattr(item, "originalname", "") == "test_bad_input"})
-
-    def outcome(number: int) -> BaseException | None:
-        try:
-            run_case(CASES[number], tmp_path_factory.mktemp(f"case{number + 1:02d}"))
-        except BaseException as exc:  # an assertion, a timeout: reported by the case's own test
-            return exc
-        return None
-
     # pytest creates its base temporary directory on first use; two threads doing that at once (the
     # first test of an xdist worker) race, and one of them fails or removes the other's directory.
     tmp_path_factory.getbasetemp()
-    with ThreadPoolExecutor(max_workers=PARALLEL_CASES) as pool:
-        return dict(zip(selected, pool.map(outcome, selected)))
+    runners: queue.Queue[ForkRunner] = queue.Queue()
+    started = [ForkRunner(case_environment()) for _ in range(PARALLEL_CASES)]
+    for runner in started:
+        runners.put(runner)
+
+    def outcome(number: int) -> BaseException | None:
+        runner = runners.get()
+        try:
+            run_case(CASES[number], tmp_path_factory.mktemp(f"case{number + 1:02d}"), runner,
+                     tmp_path_factory.mktemp(f"case{number + 1:02d}_output"))
+        except BaseException as exc:  # an assertion, a timeout: reported by the case's own test
+            return exc
+        finally:
+            runners.put(runner)
+        return None
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL_CASES) as pool:
+            return dict(zip(selected, pool.map(outcome, selected)))
+    finally:
+        for runner in started:
+            runner.close()
 
 
 @pytest.mark.parametrize("number", range(len(CASES)), ids=lambda n: f"case{n + 1:02d}")
