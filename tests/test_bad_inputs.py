@@ -638,19 +638,14 @@ def case_environment() -> dict[str, str]:
     return env
 
 
-def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path, runner: ForkRunner | None = None,
-             scratch: Path | None = None) -> subprocess.CompletedProcess:
-    """Run one catalogue case in ``tmp_path`` and assert everything the catalogue promises (as a fresh
-    process, or a forked child of ``runner``, its output kept in ``scratch``)."""
+def run_case(case: tuple[str, str, dict[str, str], list[str]], tmp_path: Path, runner: ForkRunner,
+             scratch: Path) -> subprocess.CompletedProcess:
+    """Run one catalogue case in ``tmp_path`` as a forked child of ``runner`` (its output kept in
+    ``scratch``) and assert everything the catalogue promises."""
     area, command, files, expected = case
     make_files(tmp_path, files)
     before = snapshot(tmp_path)
-    env = case_environment()
-    if runner is None:
-        proc = subprocess.run(_argv(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-                              stdin=subprocess.DEVNULL)
-    else:
-        proc = runner.run(_argv(command), tmp_path, env, scratch, timeout=180)
+    proc = runner.run(_argv(command), tmp_path, case_environment(), scratch, timeout=180)
     assert proc.returncode == 2, (command, proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     # Lines longer than 120 columns continue on the next line, indented: compared with runs of

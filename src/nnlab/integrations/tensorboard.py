@@ -180,7 +180,7 @@ def histogram_counts(variables: Sequence[Any], *, jit_compile: bool = False
     @tf.function(autograph=False, jit_compile=jit_compile)
     def counts():
         # All weights joined into one vector, each element tagged with its weight's index: two
-        # bincounts in all instead of two per weight (a few large ops, not many small ones).
+        # counts in all instead of two per weight (a few large ops, not many small ones).
         values = [tf.reshape(tf.cast(v.value if hasattr(v, "value") else v, tf.float32), [-1]) for v in variables]
         owner = tf.concat([tf.fill([size], j) for j, size in enumerate(sizes)], 0)
         lo = tf.stack([tf.reduce_min(x) if size else tf.constant(0.0) for x, size in zip(values, sizes)])
