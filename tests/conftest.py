@@ -155,24 +155,3 @@ def mounted_tmpfs(size: str, prefix: str):
     finally:
         subprocess.run(["umount", str(directory)], check=False)
         directory.rmdir()
-
-
-# The slowest test files first, as measured with `--durations=0` on the 2-core machine (test_export.py
-# about 140 s of worker time, test_predict.py about 15 s): `--dist loadfile` hands whole files to the
-# workers in collection order, so a long file collected last kept one worker busy alone at the end.
-# Longest first balances the two workers; the order of the tests within a file is unchanged.
-_SLOWEST_FIRST = (
-    "test_export.py", "test_analysis_run.py", "test_hpo.py", "test_postgres.py", "test_resume_safety.py",
-    "test_resume.py", "test_console.py", "test_constraints_step.py", "test_training.py", "test_secrets.py",
-    "test_cli.py", "test_shell_conventions.py", "test_study.py", "test_analysis_js_study.py",
-    "test_study_safety.py", "test_tables_search.py", "test_tables_analysis.py", "test_bad_inputs.py",
-    "test_study_summary.py", "test_progress_flags.py", "test_losses.py", "test_data_hardening.py",
-    "test_tables.py", "test_integrations_hpo.py", "test_tensorboard_optuna.py", "test_distribution.py",
-    "test_integrations.py", "test_storage_safety.py", "test_physics_metrics.py", "test_robustness.py",
-    "test_export_mlflow.py", "test_predict.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: position for position, name in enumerate(_SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("binary_constraints", "james_stein", "no_constraints")
@@ -34,10 +34,10 @@ def tiny_run(tmp_path_factory) -> Path:
     """One tiny real run (200 particles, 2 epochs); returns the training output root."""
     root = tmp_path_factory.mktemp("js_study")
     out = root / "training_output"
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--num-particles", "200", "--epochs", "2",
-                           "--set", "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet",
-                           "--output-dir", str(out)], cwd=root, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--num-particles", "200", "--epochs", "2",
+                        "--set", "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet",
+                        "--output-dir", str(out)], cwd=root, env=_env(), capture_output=True, text=True,
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -105,10 +105,10 @@ def test_a_data_file_with_its_recorded_digest_is_used_as_found(tmp_path):
 
     data = save_particle_data(generate_particle_data(150, seed=3), tmp_path / "p.csv")
     out = tmp_path / "training_output"
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--data", str(data), "--epochs", "2",
-                           "--set", "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet",
-                           "--output-dir", str(out)], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--data", str(data), "--epochs", "2",
+                        "--set", "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet",
+                        "--output-dir", str(out)], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     analysis = ExperimentAnalysis(out, analysis_dir=tmp_path / "a", js_seeds=1, js_epochs=2, js_workers=1)
     particles, metadata = analysis._run_particles()
@@ -145,8 +145,8 @@ def test_variant_records_pair_only_complete_seeds(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "two"])
 def test_js_workers_must_be_a_positive_integer(value):
-    proc = subprocess.run([sys.executable, "-m", "nnlab.cli", "analyze", "--js-workers", value],
-                          capture_output=True, text=True, env=_env(), timeout=60)
+    proc = _forked.run([sys.executable, "-m", "nnlab.cli", "analyze", "--js-workers", value],
+                       capture_output=True, text=True, env=_env(), timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("nnlab analyze: error: argument --js-workers: expected "
                                                           "an integer >= 1")

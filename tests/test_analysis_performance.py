@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,10 +52,10 @@ def env() -> dict[str, str]:
 def workdir(tmp_path_factory) -> Path:
     """A directory holding training_output/ with one tiny completed run."""
     cwd = tmp_path_factory.mktemp("perf")
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "3",
-                           "--set", "hidden_layers=[16]", "--set", "jit_compile=false", "--quiet",
-                           "--output-dir", "training_output"], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "3",
+                        "--set", "hidden_layers=[16]", "--set", "jit_compile=false", "--quiet",
+                        "--output-dir", "training_output"], cwd=cwd, env=env(), capture_output=True, text=True,
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return cwd
 

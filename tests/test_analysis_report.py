@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_SKIP = "james_stein,physics,baselines,learning_rate,loss_and_constraints"
@@ -54,9 +54,9 @@ def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("report") / "training_output"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    proc = subprocess.run([sys.executable, "main.py", "--num-particles", "200", "--epochs", "2", "--set",
-                           "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet", "--output-dir", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = _forked.run([sys.executable, "main.py", "--num-particles", "200", "--epochs", "2", "--set",
+                        "hidden_layers=[8]", "--set", "jit_compile=false", "--quiet", "--output-dir", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     [run_dir] = (out / "runs").iterdir()
     return out, run_dir.name

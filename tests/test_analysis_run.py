@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from console_text import flat, shows  # noqa: F401 - wrapped console lines
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("training_dynamics_dashboard.png", "learning_rate_analysis.png", "residual_analysis_suite.png",
@@ -36,8 +37,8 @@ def env() -> dict[str, str]:
 
 
 def nnlab(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env(), timeout=timeout)
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True, cwd=REPO,
+                       env=env(), timeout=timeout)
 
 
 def run_id_of(proc: subprocess.CompletedProcess) -> str:
@@ -55,8 +56,8 @@ def tiny_runs(tmp_path_factory) -> tuple[Path, str]:
         ("--epochs", "3", "--set", "learning_rate=0.005", "--batch-size", "32"),
         ("--epochs", "3", "--set", "learning_rate=0.0001", "--batch-size", "64"),
     ]
-    procs = [subprocess.Popen([sys.executable, "main.py", *TINY, *v, "--output-dir", str(out)], cwd=REPO, env=env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in variants]
+    procs = [_forked.Popen([sys.executable, "main.py", *TINY, *v, "--output-dir", str(out)], cwd=REPO, env=env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in variants]
     results = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)

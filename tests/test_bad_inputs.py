@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import locale
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _forked import ForkRunner
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad_inputs.md"
@@ -603,33 +603,6 @@ def snapshot(root: Path) -> dict[str, str]:
         else:
             state[key] = "dir" if path.is_dir() else "special"
     return state
-
-
-class ForkRunner:
-    """tests/_fork_runner.py in a subprocess: command lines run in forked children of a process
-    that imported nnlab's CLI once (each still a process of its own; see that file)."""
-
-    def __init__(self, env: dict[str, str]):
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fork_runner.py"))], cwd=REPO,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, argv: list[str], cwd: Path, env: dict[str, str], scratch: Path, timeout: float
-            ) -> subprocess.CompletedProcess:
-        out, err = scratch / "stdout", scratch / "stderr"
-        request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err),
-                   "timeout": timeout}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        if not reply:
-            raise RuntimeError(f"tests/_fork_runner.py exited with status {self.proc.wait()}")
-        encoding = locale.getpreferredencoding(False)  # what subprocess.run(text=True) decodes with
-        return subprocess.CompletedProcess(argv, json.loads(reply)["returncode"], out.read_text(encoding),
-                                           err.read_text(encoding))
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 def case_environment() -> dict[str, str]:

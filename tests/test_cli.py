@@ -1,4 +1,4 @@
-"""The `nnlab` command line, run as a real subprocess."""
+"""The `nnlab` command line and `main.py`, each run as a process of its own."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from console_text import flat, shows  # noqa: F401 - wrapped console lines
+
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,9 +159,11 @@ TINY = ["--num-particles", "200", "--epochs", "2", "--set", "hidden_layers=[16]"
 
 
 def main_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # Trainings: a forked child of the runner that imported TensorFlow once (tests/_forked.py); the
+    # `nnlab` commands above start from a fresh interpreter.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return _forked.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
+                       cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from nnlab.config import (
 )
 from nnlab.errors import ConfigError
 from nnlab.hpo import SearchSpace, load_search_space
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 NON_FINITE = "JSON NaN/Infinity is not allowed; configuration values must be finite numbers"
@@ -258,8 +259,8 @@ def test_device_as_config_file():
 def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    return _forked.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
 
 
 def listing(root: Path) -> dict[str, bytes | None]:

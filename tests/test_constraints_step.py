@@ -21,6 +21,7 @@ from nnlab.constraints import (
 from nnlab.constraints.bits import hash_noise, mix32, round_bits_of_int
 from nnlab.constraints.step import STEP_LOG_KEY
 from nnlab.model import AdvancedNeuralNetwork
+import _forked
 
 PURE = {  # only the binary limits: nothing epoch-level
     "enable_weight_oscillation_dampener": False,
@@ -241,7 +242,7 @@ def test_step_run_killed_and_resumed_keeps_every_weight_within_k_bits(tmp_path):
             "--set", "binary_rounding=stochastic", "--set", "enable_binary_change_max=false",
             "--set", "use_adaptive_oscillation_dampener=false",
             "--set", "enable_weight_oscillation_dampener=false"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _forked.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while True:
         rows = list(out.glob("runs/*/training_results.csv"))
@@ -252,8 +253,8 @@ def test_step_run_killed_and_resumed_keeps_every_weight_within_k_bits(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run_dir = rows[0].parent
-    resumed = subprocess.run([sys.executable, str(repo / "main.py"), "--resume", "latest", "--quiet",
-                              "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    resumed = _forked.run([sys.executable, str(repo / "main.py"), "--resume", "latest", "--quiet",
+                           "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "completed"
     with h5py.File(run_dir / "weights" / "final.weights.h5") as f:

@@ -37,6 +37,7 @@ from nnlab.data import (
     validate_particle_data,
 )
 from nnlab.errors import ConfigError, DataValidationError
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 # One consistent particle (m=1, q=1, B=1, t=1, v0=(1, 0) at the origin): it turns by one radian.
@@ -54,8 +55,8 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env.pop("NNLAB_CONFIG_DIR", None)
     argv = ([sys.executable, str(REPO / "main.py"), *args[1:]] if args[0] == "main.py"
             else [sys.executable, "-m", "nnlab.cli", *args])
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    return _forked.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -244,8 +245,8 @@ def test_derived_warning_is_visible_on_the_command_line(tmp_path):
     frame = add_derived_features(generate_particle_data(60, seed=2)).assign(time_squared=0.0)
     frame.to_csv(tmp_path / "d.csv", index=False)
     code = ("import warnings, nnlab.data as d; d.prepare_csv('d.csv')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = _forked.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "UserWarning" in proc.stderr and "time_squared" in proc.stderr
 

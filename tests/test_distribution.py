@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["--num-particles", "400", "--epochs", "3", "--seed", "3", "--quiet", "--set", "hidden_layers=[16]",
@@ -21,8 +21,8 @@ RUN = ["--num-particles", "400", "--epochs", "3", "--seed", "3", "--quiet", "--s
 def train(out: Path, *extra: str) -> tuple[Path, str]:
     # A fresh process: logical CPU devices can only be made before TensorFlow starts its runtime.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), *RUN, "--output-dir", str(out), *extra],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), *RUN, "--output-dir", str(out), *extra],
+                       capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return next((out / "runs").iterdir()), proc.stderr
 

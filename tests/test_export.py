@@ -16,6 +16,7 @@ import pytest
 from nnlab.data import INITIAL_COLUMNS, generate_particle_data
 from nnlab.errors import NnlabError
 from nnlab.export import FORMATS, TrainedRun, export_run
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
@@ -34,8 +35,8 @@ LOADERS = {
 
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.ndarray:
@@ -43,8 +44,8 @@ def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.nda
     script = ("import os, sys\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\nimport numpy as np\n"
               "path, X = sys.argv[1], np.load(sys.argv[2])\n" + LOADERS[fmt] +
               "\nnp.save(sys.argv[3], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(model), str(tmp / "X.npy"), str(tmp / "y.npy")],
-                          cwd=tmp, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "X.npy"), str(tmp / "y.npy")],
+                       cwd=tmp, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 
@@ -52,9 +53,9 @@ def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.nda
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export_run")
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "2",
-                           "--set", "hidden_layers=[16]", "--set", "seed=7", "--output-dir", str(out / "o"),
-                           "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "2",
+                        "--set", "hidden_layers=[16]", "--set", "seed=7", "--output-dir", str(out / "o"),
+                        "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -171,9 +172,9 @@ def table_runs(tmp_path_factory) -> Path:
     df["price"] = 2.0 * df["area"] + 15 * df["rooms"] + np.where(df["district"] == "north", 40.0, 0.0)
     df.to_csv(out / "t.csv", index=False)
     for features in ("area,rooms", "area,rooms,district"):
-        proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price",
-                               "--features", features, "--epochs", "2", "--set", "hidden_layers=[8]",
-                               "--output-dir", "o", "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+        proc = _forked.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price",
+                            "--features", features, "--epochs", "2", "--set", "hidden_layers=[8]",
+                            "--output-dir", "o", "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -214,9 +215,9 @@ def run_text_without_nnlab(fmt: str, model: Path, numeric: np.ndarray, text: np.
     script = ("import os, sys\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\nimport numpy as np\n"
               "path, N, T = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])\n" + TEXT_LOADERS[fmt] +
               "\nnp.save(sys.argv[4], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(model), str(tmp / "N.npy"), str(tmp / "T.npy"),
-                           str(tmp / "y.npy")], cwd=tmp, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
+    proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "N.npy"), str(tmp / "T.npy"),
+                        str(tmp / "y.npy")], cwd=tmp, capture_output=True, text=True, timeout=180,
+                       stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 
@@ -232,9 +233,9 @@ def text_run(tmp_path_factory) -> Path:
     bonus = df["district"].map({"north": 40.0, "south": 0.0, "east": 20.0})
     df["price"], df["rent"] = 2.0 * df["area"] + 15 * df["rooms"] + bonus, 0.01 * df["area"] + bonus / 10
     df.to_csv(out / "t.csv", index=False)
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price,rent",
-                           "--epochs", "2", "--set", "hidden_layers=[16]", "--output-dir", "o", "--quiet"],
-                          cwd=out, capture_output=True, text=True, timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price,rent",
+                        "--epochs", "2", "--set", "hidden_layers=[16]", "--output-dir", "o", "--quiet"],
+                       cwd=out, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for fmt in TEXT_LOADERS:
         proc = nnlab("export", "--format", fmt, "--out", NAMES[fmt], "--output-dir", "o", cwd=out)

@@ -8,7 +8,6 @@ the format's own runtime. Faults are injected only for a missing package.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -28,6 +27,7 @@ from nnlab.errors import NnlabError
 from nnlab.export import TrainedRun
 from nnlab.integrations import log_exported_model
 from nnlab.integrations.mlflow import export_metrics, find_mlflow_run, run_record
+import _forked
 
 RUN = ["--num-particles", "200", "--epochs", "2", "--seed", "3", "--quiet", "--set", "hidden_layers=[8]",
        "--set", "jit_compile=false", "--set", "tensorboard=false"]
@@ -145,8 +145,8 @@ def test_savedmodel_tflite_and_onnx_models_load_without_nnlab(logged):
     x_file = logged["paths"]["keras"].parent / "x.npy"
     np.save(x_file, logged["x"])
     uris = [logged["uris"][fmt] for fmt in ("savedmodel", "tflite", "onnx")]
-    done = subprocess.run([sys.executable, "-c", code, str(x_file), *uris], capture_output=True, text=True,
-                          timeout=300)
+    done = _forked.run([sys.executable, "-c", code, str(x_file), *uris], capture_output=True, text=True,
+                       timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     reference = logged["run"].network.predict(logged["x"], verbose=0).ravel()[:3]

@@ -33,6 +33,7 @@ from nnlab.orchestration import (  # noqa: E402
     worker_identity,
 )
 from nnlab.hpo._worker import sampler_seed  # noqa: E402
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPACE = {"hidden_layers": [[16], [32, 16]], "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
@@ -43,8 +44,8 @@ TINY = ("--epochs", "2", "--num-particles", "200", "--batch-size", "32", *NO_XLA
 
 
 def hpo(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "hpo_agent.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, env=_env(), timeout=timeout)
+    return _forked.run([sys.executable, str(REPO / "hpo_agent.py"), *args], capture_output=True, text=True,
+                       cwd=cwd, env=_env(), timeout=timeout)
 
 
 def _env() -> dict[str, str]:
@@ -282,9 +283,9 @@ def test_tiny_study_results_and_best_config(tmp_path):
     study_info = json.loads((tmp_path / "out" / "analysis" / "hpo_study.json").read_text())
     assert study_info["best_trial"]["number"] == int(best["trial_number"])
 
-    main = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", "out/analysis/best_config.json",
-                           "--epochs", "1", "--output-dir", "retrain", "--quiet"],
-                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    main = _forked.run([sys.executable, str(REPO / "main.py"), "--config", "out/analysis/best_config.json",
+                        "--epochs", "1", "--output-dir", "retrain", "--quiet"],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
     assert main.returncode == 0, main.stderr
     retrained = json.loads(next((tmp_path / "retrain" / "runs").iterdir()).joinpath("training_config.json")
                            .read_text())["config"]
@@ -311,7 +312,7 @@ def test_killed_study_resumes_to_the_requested_total(tmp_path):
             "--output-dir", "out"]
     results = tmp_path / "out" / "analysis" / "hpo_results.csv"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = _forked.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while not (results.exists() and len(rows(results)) >= 2):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
@@ -322,7 +323,7 @@ def test_killed_study_resumes_to_the_requested_total(tmp_path):
     before = rows(results)
     assert len(before) in (2, 3)
 
-    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=240)
+    again = _forked.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=240)
     assert again.returncode == 0, again.stderr
     after = rows(results)
     numbers = [int(r["trial_number"]) for r in after]
@@ -352,7 +353,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
 
-    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=240)
+    again = _forked.run(args, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=240)
     assert again.returncode == 0, again.stderr
     numbers = [int(r["trial_number"]) for r in rows(results)]
     assert len(numbers) == 3 and len(set(numbers)) == 3

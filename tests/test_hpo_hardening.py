@@ -23,6 +23,7 @@ from nnlab.hpo import _results
 from nnlab.hpo._results import ResultPaths, check_results_owner, write_results
 from nnlab.hpo._search import plan_search, run_search
 from nnlab.orchestration import StorageSpec, cap_workers, check_storage, open_storage, open_study, storage_spec
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 PARTICLES = "particle_id,mass,charge\n0,1.0,1.0\n"
@@ -396,8 +397,8 @@ def test_cli_refusals_change_nothing(tmp_path, args, files, expected):
     before = listing(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    proc = subprocess.run([sys.executable, str(REPO / "hpo_agent.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = _forked.run([sys.executable, str(REPO / "hpo_agent.py"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     assert shows(proc.stderr, expected) and "Traceback" not in proc.stderr, proc.stderr
     assert listing(tmp_path) == before

@@ -30,6 +30,7 @@ from nnlab.data import (
     validate_particle_data,
 )
 from nnlab.errors import ConfigError, DataValidationError
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 N, SEED = 200, 11
@@ -38,8 +39,8 @@ N, SEED = 200, 11
 def nnlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    return subprocess.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=env, timeout=120)
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True,
+                       cwd=cwd or REPO, env=env, timeout=120)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

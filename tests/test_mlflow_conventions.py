@@ -8,7 +8,6 @@ A real run (subprocess, as a user types it) read back with ``mlflow.MlflowClient
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from nnlab.integrations import artifact_location, experiment_name, mlflow_option
 from nnlab.integrations import mlflow as nnlab_mlflow
 from nnlab.integrations.mlflow import RUN_RECORD, run_record
 from nnlab.orchestration import resolve_mlflow
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 _ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_ALLOW_FILE_STORE")
@@ -43,10 +43,10 @@ def env_run(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'shared.db'}")
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "lab-wide")
         mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-        proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--num-particles", "200", "--epochs", "2",
-                               "--seed", "3", "--set", "hidden_layers=[8]", "--set", "jit_compile=false",
-                               "--output-dir", str(out), "--quiet", "--mlflow"],
-                              cwd=cwd, capture_output=True, text=True, timeout=600)
+        proc = _forked.run([sys.executable, str(REPO / "main.py"), "--num-particles", "200", "--epochs", "2",
+                            "--seed", "3", "--set", "hidden_layers=[8]", "--set", "jit_compile=false",
+                            "--output-dir", str(out), "--quiet", "--mlflow"],
+                           cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return cwd, store, out, next((out / "runs").iterdir())
 

@@ -22,6 +22,7 @@ from nnlab._plots import is_nnlab_figure, new_figure, save_figure
 from nnlab.errors import ConfigError
 from nnlab.runs import check_config_log, check_output_dir
 from nnlab.study._summary import check_study_outputs
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--seeds", "1", "--bits", "24", "--epochs", "1", "--num-particles", "200", "--set", "hidden_layers=[8]",
@@ -31,8 +32,8 @@ TINY = ("--seeds", "1", "--bits", "24", "--epochs", "1", "--num-particles", "200
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    return subprocess.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300, stdin=subprocess.DEVNULL)
+    return _forked.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd,
+                       env=env, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def tree(root: Path) -> dict[str, str]:

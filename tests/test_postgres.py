@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"hidden_layers": [[16], [32, 16]], "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
@@ -31,8 +32,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def hpo(cwd: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "hpo_agent.py"), *TINY, "--space", "space.json", *args],
-                            cwd=cwd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _forked.Popen([sys.executable, str(REPO / "hpo_agent.py"), *TINY, "--space", "space.json", *args],
+                         cwd=cwd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -69,9 +70,9 @@ def test_two_independent_processes_share_one_budget(tmp_path, postgres_db, postg
     assert {r["run_id"] for r in rows(first)} == {t.user_attrs["run_id"] for t in finished}
     assert "***" in json.loads((tmp_path / "machine1" / "analysis" / "hpo_study.json").read_text())["storage"]
     # A third machine that ran nothing rebuilds the same results from the storage alone.
-    export = subprocess.run([sys.executable, str(REPO / "hpo_agent.py"), "--export", "exported", "--storage",
-                             postgres_db, "--study-name", "shared"], cwd=tmp_path, env=_env(), capture_output=True,
-                            text=True, timeout=120)
+    export = _forked.run([sys.executable, str(REPO / "hpo_agent.py"), "--export", "exported", "--storage",
+                          postgres_db, "--study-name", "shared"], cwd=tmp_path, env=_env(), capture_output=True,
+                         text=True, timeout=120)
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "exported" / "hpo_results.csv").read_bytes() == first.read_bytes()
     assert json.loads((tmp_path / "exported" / "best_config.json").read_text()) == json.loads(
@@ -176,9 +177,9 @@ STUDY_TINY = ["--epochs", "2", "--num-particles", "200", "--set", "hidden_layers
 
 
 def study(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "relu=activation=relu",
-                             "--variant", "tanh=activation=tanh", *STUDY_TINY, *args],
-                            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _forked.Popen([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "relu=activation=relu",
+                          "--variant", "tanh=activation=tanh", *STUDY_TINY, *args],
+                         cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_database_stopped_mid_study_then_rerun(tmp_path, postgres_db, postgres_server):

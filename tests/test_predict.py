@@ -16,6 +16,7 @@ from nnlab.config import Config
 from nnlab.data import FINAL_COLUMNS, INITIAL_COLUMNS, generate_particle_data
 from nnlab.errors import ConfigError, DataValidationError, NnlabError
 from nnlab.export import PREDICTED_PREFIX, TrainedRun, predict_csv
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_layers": [8], "epochs": 2, "batch_size": 32, "seed": 5, "tensorboard": False,
@@ -64,8 +65,8 @@ def fresh_particles(tmp_path_factory) -> Path:
 
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 # --- the particle task ------------------------------------------------------------------------------

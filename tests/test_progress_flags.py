@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from nnlab.orchestration import eta_text
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "ml_config")
@@ -30,8 +31,8 @@ NO_CONSTRAINTS = ("enable_weight_oscillation_dampener=false", "use_adaptive_osci
 def nnlab(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "120"}
     env.pop("NNLAB_CONFIG_DIR", None)
-    return subprocess.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=timeout)
+    return _forked.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=timeout)
 
 
 # --- the time left ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from nnlab.runs import (
     resume_training,
     train_with_tracking,
 )
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 # Small but convergent: the final R² is stable enough to compare runs. With the physics loss term
@@ -41,8 +42,8 @@ RUN = ["--num-particles", "400", "--epochs", "24", "--seed", "3", "--quiet",
 
 def main_py(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return _forked.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:

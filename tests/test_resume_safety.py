@@ -37,6 +37,7 @@ from nnlab.runs import (
     write_run_status,
 )
 from test_resume import StopAfter  # ends training the way an interruption does
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"hidden_layers": [16], "epochs": 6, "batch_size": 64, "checkpoint_every": 2, "seed": 1,
@@ -52,8 +53,8 @@ def digests(root: Path) -> dict[str, str]:
 
 def main_py(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _forked.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def cli(*args: str, cwd: Path) -> tuple[int, str]:

@@ -38,6 +38,7 @@ from nnlab.errors import ConfigError
 from nnlab.model import AdvancedNeuralNetwork, regression_metrics
 from nnlab.tracking import CSVRowWriter, ErrorRecorder
 from nnlab.runs import CONFIG_LOG_NAME, format_summary, load_latest_checkpoint, train_with_tracking
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_layers": [16], "epochs": 2, "batch_size": 64, "checkpoint_every": 1, "jit_compile": False,
@@ -281,8 +282,8 @@ def test_main_py_on_a_real_full_disk(small_disk, tmp_path):
     (cfg / "particle_generation_config.json").write_text('{"num_particles_default": 300}')
     out = small_disk / "o"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--config-dir", str(cfg), "--output-dir", str(out),
-                           "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = _forked.run([sys.executable, str(REPO / "main.py"), "--config-dir", str(cfg), "--output-dir", str(out),
+                        "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
     assert proc.returncode == 1, proc.stderr
     for noise in ("Traceback", "HDF5-DIAG", "Exception ignored"):
@@ -464,8 +465,8 @@ def test_data_generate_on_a_real_full_disk_leaves_nothing(small_disk, tmp_path):
     # ~2 MB of CSV for a 512 kB disk: the write fails; no traceback, no CSV without its sidecar.
     out = small_disk / "particles.csv"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "nnlab.cli", "data", "generate", "--num-particles", "20000",
-                           "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = _forked.run([sys.executable, "-m", "nnlab.cli", "data", "generate", "--num-particles", "20000",
+                        "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: No space left on device ({out})"]

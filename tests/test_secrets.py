@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from nnlab._redact import MASK, redact, redact_argv, redact_text
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 ROLE = "pwtester"
@@ -119,8 +120,8 @@ def _env() -> dict[str, str]:
 
 
 def _nnlab(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnlab", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return _forked.run([sys.executable, "-m", "nnlab", *args], cwd=cwd, env=_env(), capture_output=True,
+                       text=True, timeout=timeout)
 
 
 def _leaks_in_files(root: Path) -> list[str]:

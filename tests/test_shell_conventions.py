@@ -24,6 +24,7 @@ import pytest
 
 import nnlab
 from nnlab.cli import build_parser, main
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH = 120
@@ -37,8 +38,8 @@ def run(*argv: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.Complete
         command = [sys.executable, "-m", "nnlab.cli", *argv[1:]]
     else:
         command = [sys.executable, str(REPO / argv[0]), *argv[1:]]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return _forked.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
 
 
 def assert_fits(text: str, what: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from nnlab.orchestration import (
     storage_spec,
     study_kind,
 )
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -255,12 +255,12 @@ def test_a_search_whose_journal_filled_the_disk_continues_after_space_is_freed(s
                "--set", "hidden_layers=[8]", "--set", "jit_compile=false", "--set", "tensorboard=false",
                "--output-dir", str(tmp_path / "o"), "--storage", str(journal), "--seed", "1"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    first = _forked.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode != 0, first.stderr
     assert not journal.read_bytes().endswith(b"\n"), "the disk did not fill in the middle of a record"
 
     filler.unlink()
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    second = _forked.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "Traceback" not in second.stderr
     copies = list(small_disk.glob("j.log.torn-*"))

@@ -29,6 +29,7 @@ from nnlab.study import (
     parse_variant,
     precision_cells,
 )
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "ml_config")
@@ -48,8 +49,8 @@ def _env() -> dict[str, str]:
 
 
 def nnlab(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=_env(), timeout=timeout)
+    return _forked.run([sys.executable, "-m", "nnlab", *args], capture_output=True, text=True, cwd=cwd,
+                       env=_env(), timeout=timeout)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -341,7 +342,7 @@ def test_killed_compare_study_resumes_with_two_workers(tmp_path):
             "--variant", "tanh=activation=tanh", "--seeds", "2", *TINY_ARGS, "--output-dir", "s"]
     runs = tmp_path / "s" / "compare_runs.csv"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = _forked.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while not (runs.exists() and any(r["status"] == "completed" for r in rows(runs))):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
@@ -352,8 +353,8 @@ def test_killed_compare_study_resumes_with_two_workers(tmp_path):
     first = {(r["variant"], r["seed"]): r["run_id"] for r in rows(runs) if r["status"] == "completed"}
     assert 1 <= len(first) <= 3
 
-    again = subprocess.run([*args, "--workers", "2"], capture_output=True, text=True, cwd=tmp_path, env=_env(),
-                           timeout=240)
+    again = _forked.run([*args, "--workers", "2"], capture_output=True, text=True, cwd=tmp_path, env=_env(),
+                        timeout=240)
     assert again.returncode == 0, again.stderr
     assert "cells × 2 seeds = 4 runs" in again.stdout and "; 2 workers;" in again.stdout
     table = rows(runs)

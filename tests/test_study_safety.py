@@ -18,6 +18,7 @@ from console_text import flat, shows  # noqa: F401 - wrapped console lines
 
 from nnlab.errors import ConfigError, NnlabError
 from nnlab.study import StudySpec, parse_variant
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "ml_config")
@@ -89,7 +90,7 @@ def test_a_study_directory_holds_one_command_and_its_workers_die_with_it(tmp_pat
             "--seeds", "3", "--workers", "2", *TINY_ARGS, "--output-dir", "s"]
     study_dir = tmp_path / "s"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = _forked.Popen(args, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait(lambda: (study_dir / "study_spec.json").exists(), "study record", proc)
             same = StudySpec.compare({"a": {}, "b": {"activation": "tanh"}}, seeds=3, base=TINY_BASE,
@@ -181,8 +182,8 @@ def test_a_killed_worker_whose_units_the_others_ran_is_a_warning(tmp_path):
     args = [sys.executable, "-m", "nnlab", "study", "compare", "--variant", "a=", "--variant", "b=activation=tanh",
             "--seeds", "2", "--workers", "2", *TINY_ARGS, "--output-dir", "s"]
     study_dir = tmp_path / "s"
-    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _forked.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     try:
         _wait(lambda: len(_workers(proc.pid)) == 2 and (study_dir / "runs").is_dir()
               and any((study_dir / "runs").iterdir()), "training worker", proc)
@@ -202,9 +203,9 @@ def test_a_killed_worker_whose_units_the_others_ran_is_a_warning(tmp_path):
 
 
 def test_a_non_utf8_output_dir_is_refused_naming_the_option(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "a=", "--variant", "b=",
-                           "--output-dir", os.fsdecode(b"d\xff"), "--config-dir", CONFIG_DIR],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _forked.run([sys.executable, "-m", "nnlab", "study", "compare", "--variant", "a=", "--variant", "b=",
+                        "--output-dir", os.fsdecode(b"d\xff"), "--config-dir", CONFIG_DIR],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert flat(proc.stderr) == ("error: --output-dir: 'd\\xff' is not a UTF-8 path (the study's files record it); "
                                  "choose a directory whose full path is UTF-8")

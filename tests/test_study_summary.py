@@ -19,6 +19,7 @@ from scipy import stats
 from nnlab.stats import bootstrap_ci, min_wilcoxon_p
 from nnlab.errors import ConfigError
 from nnlab.study._summary import STUDY_COLUMNS, read_study_dir, write_study_outputs
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISION_KEYS = ["schedule", "rounding", "bits", "policy"]
@@ -278,8 +279,8 @@ def test_precision_keys_and_reference_survive_csv_round_trip(tmp_path):
 
 
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          check=False, timeout=300)
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *args], capture_output=True, text=True, cwd=cwd,
+                       check=False, timeout=300)
 
 
 def checksums(directory: Path) -> dict[str, str]:

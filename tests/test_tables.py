@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from nnlab.data import (
 )
 from nnlab.errors import ConfigError, DataValidationError
 from nnlab.runs import DataSource
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +277,7 @@ def test_an_interrupted_table_run_resumes_on_its_table(table_csv, tmp_path):
 
 
 def test_main_py_trains_on_a_table(table_csv, tmp_path):
-    proc = subprocess.run(
+    proc = _forked.run(
         [sys.executable, str(REPO / "main.py"), "--data", str(table_csv), "--targets", "price,rent",
          "--features", "area,rooms,district", "--epochs", "2", "--set", "hidden_layers=[8]",
          "--output-dir", str(tmp_path / "o"), "--quiet"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from nnlab.cli import main
 from nnlab.errors import ConfigError, DataValidationError
+import _forked
 
 EPOCHS = 3
 TARGETS = ["y1", "y2"]
@@ -52,12 +52,13 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analyzed(run):
-    """``nnlab analyze`` on the run, as a user runs it: (process, summary JSON, report.html text)."""
+    """``nnlab analyze`` on the run, as a user runs it: (process, summary JSON, report.html text). The
+    James-Stein trainings in this process (``--js-workers 1``): worker processes are tests/test_study.py's."""
     out = run[0]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "nnlab", "analyze", "--output-dir", str(out), "--quiet",
-                           "--js-seeds", "2", "--js-epochs", "3"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = _forked.run([sys.executable, "-m", "nnlab", "analyze", "--output-dir", str(out), "--quiet",
+                        "--js-seeds", "2", "--js-epochs", "3", "--js-workers", "1"],
+                       capture_output=True, text=True, env=env, timeout=600)
     folder = out / "analysis" / run[1].name  # each analysis in its own folder, named by the run
     [summary] = sorted(folder.glob("analysis_summary_*.json"))
     return proc, json.loads(summary.read_text()), (folder / "report.html").read_text()

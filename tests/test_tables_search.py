@@ -21,6 +21,7 @@ import pytest
 from catalogue_tables_search import table_text
 from nnlab.errors import ConfigError
 from nnlab.hpo import SearchSpace
+import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 # XLA compilation costs more than 2 epochs on 240 rows: off here.
@@ -38,8 +39,8 @@ def _env() -> dict[str, str]:
 def run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python hpo_agent.py ...`` or ``nnlab ...`` (as ``python -m nnlab``) in ``cwd``."""
     argv = [str(REPO / "hpo_agent.py"), *args[1:]] if args[0] == "hpo_agent.py" else ["-m", "nnlab", *args]
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=_env(),
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return _forked.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=_env(),
+                       timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
