@@ -38,8 +38,10 @@ from typing import Any
 
 RUNNER = Path(__file__).with_name("_fork_runner.py")
 # Environment variables read at interpreter or TensorFlow start-up: a request must agree with the
-# runner on every one of them (TF_CPP_MIN_LOG_LEVEL absent means nnlab's default, 2).
-_START_UP_PREFIXES = ("TF_", "KERAS_", "CUDA", "XLA_", "OMP_", "MKL_", "KMP_", "PYTHON", "LD_", "NNLAB_TF_LOG",
+# runner on every one of them (TF_CPP_MIN_LOG_LEVEL absent means nnlab's default, 2). Not KMP_*: an
+# in-process ONNX Runtime import sets KMP_DUPLICATE_LIB_OK and KMP_INIT_AT_FORK in the test process's
+# environment, and TensorFlow does not read them.
+_START_UP_PREFIXES = ("TF_", "KERAS_", "CUDA", "XLA_", "OMP_", "MKL_", "PYTHON", "LD_", "NNLAB_TF_LOG",
                       "MALLOC", "OPENBLAS", "TMPDIR", "HOME")
 _TF_LOG_DEFAULT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 _ENCODING = locale.getpreferredencoding(False)  # what subprocess decodes text with
@@ -155,24 +157,27 @@ _POPEN_OPTIONS = {"cwd", "env", "stdin", "stdout", "stderr", "text", "encoding",
                   "universal_newlines"}
 
 
-def _forkable(args: Any, kwargs: dict[str, Any], allowed: set[str]) -> bool:
-    if os.environ.get("NNLAB_TESTS_NO_FORK"):  # every command in a fresh interpreter
-        return False
+def fresh_because(args: Any, kwargs: dict[str, Any], allowed: set[str] = _POPEN_OPTIONS) -> str:
+    """Why ``args`` with ``kwargs`` gets a fresh interpreter ("" when it runs as a forked child)."""
+    if os.environ.get("NNLAB_TESTS_NO_FORK"):
+        return "NNLAB_TESTS_NO_FORK is set"
     if not isinstance(args, (list, tuple)) or len(args) < 2 or args[0] != sys.executable:
-        return False
+        return f"not a command line of this interpreter ({sys.executable})"
     if str(args[1]).startswith("-") and str(args[1]) not in ("-m", "-c"):
-        return False  # interpreter options
+        return f"interpreter option {args[1]}"
     if set(kwargs) - allowed or kwargs.get("stdin") not in (None, subprocess.DEVNULL, subprocess.PIPE):
-        return False
+        return f"options {sorted(set(kwargs) - allowed)} or stdin {kwargs.get('stdin')!r}"
     if kwargs.get("encoding") not in (None, _ENCODING):
-        return False
+        return f"encoding {kwargs['encoding']}"
     for stream in ("stdout", "stderr"):
         target = kwargs.get(stream)
         if not (target in (None, subprocess.PIPE, subprocess.DEVNULL) or (stream == "stderr" and target == subprocess.STDOUT)
                 or hasattr(target, "fileno")):
-            return False
+            return f"{stream} {target!r}"
     env = kwargs.get("env") if kwargs.get("env") is not None else dict(os.environ)
-    return _start_up(env) == _start_up({**os.environ, **_TF_LOG_DEFAULT})
+    wanted, runner = _start_up(env), _start_up(_tensorflow_runner().env)
+    differ = sorted(k for k in set(wanted) | set(runner) if wanted.get(k) != runner.get(k))
+    return f"start-up settings {differ} differ from the runner's" if differ else ""
 
 
 class ForkedPopen:
@@ -278,7 +283,7 @@ class ForkedPopen:
 def Popen(args: Any, **kwargs: Any) -> subprocess.Popen | ForkedPopen:  # noqa: N802 - subprocess's name
     """``subprocess.Popen(args, **kwargs)``, as a forked child of the TensorFlow runner where it can be
     (see the module's docstring)."""
-    if not _forkable(args, kwargs, _POPEN_OPTIONS) or kwargs.get("stdin") == subprocess.PIPE:
+    if fresh_because(args, kwargs) or kwargs.get("stdin") == subprocess.PIPE:
         return subprocess.Popen(args, **kwargs)
     kwargs.pop("stdin", None)
     return ForkedPopen(list(args), **kwargs)
@@ -290,7 +295,7 @@ def run(args: Any, *, input=None, timeout: float | None = None, check: bool = Fa
     module's docstring); on ``timeout`` the child is killed and ``TimeoutExpired`` raised, as there."""
     if capture_output:
         kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
-    if not _forkable(args, kwargs, _POPEN_OPTIONS):
+    if fresh_because(args, kwargs):
         return subprocess.run(args, input=input, timeout=timeout, check=check, **kwargs)
     input_file = None
     if input is not None:

@@ -41,6 +41,19 @@ def _no_leaked_mlflow_environment():
         mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tensorflow_log_level():
+    """tf2onnx sets ``TF_CPP_MIN_LOG_LEVEL`` to 3 in this process's environment when it converts a model
+    (tf2onnx/verbose_logging.py): a later test's subprocess (and the end-to-end runner's check of the
+    start-up settings, tests/_forked.py) must see the level the suite started with."""
+    before = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    yield
+    if before is None:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = before
+
+
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if found:

@@ -85,7 +85,8 @@ def test_popen_pid_signals_pipes_and_sessions(tmp_path):
     code = "import sys, time\nprint('ready', flush=True)\nprint('err', file=sys.stderr, flush=True)\ntime.sleep(60)"
     proc = _forked.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
-    assert isinstance(proc, _forked.ForkedPopen) and proc.pid != os.getpid()
+    assert isinstance(proc, _forked.ForkedPopen), _forked.fresh_because(proc.args, {})
+    assert proc.pid != os.getpid()
     assert proc.stdout.readline() == "ready\n" and proc.stdout.readline() == "err\n"  # streamed, not at exit
     assert proc.poll() is None and os.getsid(proc.pid) == proc.pid
     os.killpg(proc.pid, signal.SIGTERM)
@@ -99,7 +100,7 @@ def test_popen_pid_signals_pipes_and_sessions(tmp_path):
 def test_start_up_settings_that_differ_get_a_fresh_interpreter():
     code = "import sys; print('tensorflow' in sys.modules)"
     forked = _forked.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert forked.stdout == "True\n"  # the runner's child: TensorFlow is already imported
+    assert forked.stdout == "True\n", _forked.fresh_because([sys.executable, "-c", code], {})  # the runner's child
     for changed in ({"TF_CPP_MIN_LOG_LEVEL": "0"}, {"NNLAB_TF_LOG": "1"}, {"PYTHONWARNINGS": "error"}):
         fresh = _forked.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, **changed})
