@@ -159,6 +159,16 @@ _POPEN_OPTIONS = {"cwd", "env", "stdin", "stdout", "stderr", "text", "encoding",
 
 def fresh_because(args: Any, kwargs: dict[str, Any], allowed: set[str] = _POPEN_OPTIONS) -> str:
     """Why ``args`` with ``kwargs`` gets a fresh interpreter ("" when it runs as a forked child)."""
+    reason = _fresh_because(args, kwargs, allowed)
+    log = os.environ.get("NNLAB_TESTS_FORK_LOG")  # a file: every decision, to find what stays fresh
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "fresh": reason,
+                                     "argv": [str(a) for a in args][:3] if isinstance(args, (list, tuple)) else str(args)}) + "\n")
+    return reason
+
+
+def _fresh_because(args: Any, kwargs: dict[str, Any], allowed: set[str]) -> str:
     if os.environ.get("NNLAB_TESTS_NO_FORK"):
         return "NNLAB_TESTS_NO_FORK is set"
     if not isinstance(args, (list, tuple)) or len(args) < 2 or args[0] != sys.executable:

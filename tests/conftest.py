@@ -41,17 +41,26 @@ def _no_leaked_mlflow_environment():
         mlflow.set_tracking_uri(None)
 
 
+# The level the suite started with: what every test, and every command it runs, sees.
+_TF_LOG_LEVEL_AT_START = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+def _restore_tensorflow_log_level() -> None:
+    if _TF_LOG_LEVEL_AT_START is None:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_LOG_LEVEL_AT_START
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tensorflow_log_level():
     """tf2onnx sets ``TF_CPP_MIN_LOG_LEVEL`` to 3 in this process's environment when it converts a model
-    (tf2onnx/verbose_logging.py): a later test's subprocess (and the end-to-end runner's check of the
-    start-up settings, tests/_forked.py) must see the level the suite started with."""
-    before = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    (tf2onnx/verbose_logging.py), and nnlab's import sets it to 2 where it is unset: every test (and the
+    end-to-end runner's check of the start-up settings, tests/_forked.py) sees the level the suite started
+    with, also after a module- or session-scoped fixture that converted or imported (set up before this)."""
+    _restore_tensorflow_log_level()
     yield
-    if before is None:
-        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    else:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = before
+    _restore_tensorflow_log_level()
 
 
 def _bin_dir() -> Path | None:

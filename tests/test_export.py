@@ -34,9 +34,14 @@ LOADERS = {
 
 
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=tf_log_2(),
                        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def tf_log_2() -> dict[str, str]:
+    """The level the scripts set themselves: saying it keeps them forked after an in-process ONNX conversion
+    in the same test (tf2onnx sets this process's level to 3; tests/_forked.py)."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.ndarray:
@@ -45,7 +50,7 @@ def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.nda
               "path, X = sys.argv[1], np.load(sys.argv[2])\n" + LOADERS[fmt] +
               "\nnp.save(sys.argv[3], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
     proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "X.npy"), str(tmp / "y.npy")],
-                       cwd=tmp, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+                       cwd=tmp, env=tf_log_2(), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 
@@ -216,8 +221,8 @@ def run_text_without_nnlab(fmt: str, model: Path, numeric: np.ndarray, text: np.
               "path, N, T = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])\n" + TEXT_LOADERS[fmt] +
               "\nnp.save(sys.argv[4], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
     proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "N.npy"), str(tmp / "T.npy"),
-                        str(tmp / "y.npy")], cwd=tmp, capture_output=True, text=True, timeout=180,
-                       stdin=subprocess.DEVNULL)
+                        str(tmp / "y.npy")], cwd=tmp, env=tf_log_2(), capture_output=True, text=True,
+                       timeout=180, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 
