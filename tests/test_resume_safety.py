@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,16 +110,16 @@ def test_status_is_recorded_in_the_run(tmp_path):
     assert digests(tmp_path) == before
 
 
-def test_run_stopped_by_a_full_disk_is_resumable(tmp_path):
-    run_dir = interrupted_run(tmp_path)
+def test_run_stopped_by_a_full_disk_is_resumable(run_to_edit):
+    tmp_path, run_dir = run_to_edit
     write_run_status(run_dir, "failed: disk full", epochs=6, epochs_run=4)
     results = resume_training("latest", output_dir=tmp_path, verbose=0)
     assert results["status"] == "completed" and results["run_id"] == run_dir.name
     assert epochs_of(run_dir) == ([1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5])
 
 
-def test_completed_status_wins_over_a_missing_or_edited_log(tmp_path):
-    run_dir = interrupted_run(tmp_path)
+def test_completed_status_wins_over_a_missing_or_edited_log(run_to_edit):
+    tmp_path, run_dir = run_to_edit
     write_run_status(run_dir, "completed", epochs=6, epochs_run=6)
     (tmp_path / "configuration_log.csv").unlink()
     before = digests(tmp_path)
@@ -168,8 +169,8 @@ def test_diverged_run_is_refused(tmp_path):
 # --- one process per run ---------------------------------------------------------------------
 
 
-def test_locked_run_is_refused_by_the_cli_and_a_released_lock_is_taken_over(tmp_path):
-    run_dir = interrupted_run(tmp_path)
+def test_locked_run_is_refused_by_the_cli_and_a_released_lock_is_taken_over(run_to_edit):
+    tmp_path, run_dir = run_to_edit
     # This process plays a trainer that holds the run (a live process, as far as flock knows).
     lock = RunLock(run_dir).acquire()
     lock.label()
@@ -237,9 +238,19 @@ def _edit(run_dir: Path, change, *, recompute: bool) -> None:
     path.write_text(json.dumps(saved))
 
 
+@pytest.fixture(scope="module")
+def _interrupted_template(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("interrupted_template")
+    return out, interrupted_run(out).name
+
+
 @pytest.fixture
-def run_to_edit(tmp_path):
-    return tmp_path, interrupted_run(tmp_path)
+def run_to_edit(tmp_path, _interrupted_template):
+    """An interrupted run of its own for each test to edit: a copy of one trained once for the module
+    (what the test edits and resumes is the copy; the output directory's files as training left them)."""
+    template, name = _interrupted_template
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    return tmp_path, tmp_path / "runs" / name
 
 
 @pytest.mark.parametrize("change", [
