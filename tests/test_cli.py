@@ -201,8 +201,8 @@ def test_same_seed_gives_identical_metrics(two_seeded_runs):
 
 def test_main_py_trains_on_a_csv(tmp_path, good_csv):
     before = good_csv.read_bytes()
-    proc = main_py("--data", str(good_csv), "--epochs", "1", "--set", "hidden_layers=[8]", "--quiet",
-                   "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    proc = main_py("--data", str(good_csv), "--epochs", "1", "--set", "hidden_layers=[8]", "--set", "jit_compile=false",
+                   "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "192 train" not in proc.stdout  # quiet: no data line
     cfg = json.loads(next((tmp_path / "o" / "runs").iterdir()).joinpath("training_config.json").read_text())
@@ -218,8 +218,8 @@ def test_main_py_never_rewrites_a_cached_csv(tmp_path):
     cached = tmp_path / "cache.csv"
     complete_data_pipeline(cached, num_particles=150, seed=1)
     before = cached.read_bytes()
-    proc = main_py("--data", str(cached), "--epochs", "1", "--set", "hidden_layers=[8]", "--quiet",
-                   "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+    proc = main_py("--data", str(cached), "--epochs", "1", "--set", "hidden_layers=[8]", "--set", "jit_compile=false",
+                   "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert cached.read_bytes() == before
 
@@ -253,7 +253,7 @@ def test_main_py_config_file(tmp_path):
     cfg = tmp_path / "best_config.json"
     cfg.write_text(json.dumps({"hidden_layers": [12], "loss_weighting_strategy": "fixed"}))
     proc = main_py("--num-particles", "200", "--epochs", "1", "--config", str(cfg), "--set", "mse_weight=0.8",
-                   "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
+                   "--set", "jit_compile=false", "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = next((tmp_path / "o" / "runs").iterdir())
     saved = json.loads((run / "training_config.json").read_text())["config"]

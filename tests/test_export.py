@@ -59,8 +59,9 @@ def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.nda
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export_run")
     proc = _forked.run([sys.executable, str(REPO / "main.py"), "--num-particles", "300", "--epochs", "2",
-                        "--set", "hidden_layers=[16]", "--set", "seed=7", "--output-dir", str(out / "o"),
-                        "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+                        "--set", "hidden_layers=[16]", "--set", "seed=7", "--set", "jit_compile=false",
+                        "--output-dir", str(out / "o"), "--quiet"],
+                       cwd=out, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -179,7 +180,8 @@ def table_runs(tmp_path_factory) -> Path:
     for features in ("area,rooms", "area,rooms,district"):
         proc = _forked.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price",
                             "--features", features, "--epochs", "2", "--set", "hidden_layers=[8]",
-                            "--output-dir", "o", "--quiet"], cwd=out, capture_output=True, text=True, timeout=300)
+                            "--set", "jit_compile=false", "--output-dir", "o", "--quiet"],
+                           cwd=out, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -239,7 +241,8 @@ def text_run(tmp_path_factory) -> Path:
     df["price"], df["rent"] = 2.0 * df["area"] + 15 * df["rooms"] + bonus, 0.01 * df["area"] + bonus / 10
     df.to_csv(out / "t.csv", index=False)
     proc = _forked.run([sys.executable, str(REPO / "main.py"), "--data", "t.csv", "--targets", "price,rent",
-                        "--epochs", "2", "--set", "hidden_layers=[16]", "--output-dir", "o", "--quiet"],
+                        "--epochs", "2", "--set", "hidden_layers=[16]", "--set", "jit_compile=false",
+                        "--output-dir", "o", "--quiet"],
                        cwd=out, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for fmt in TEXT_LOADERS:
@@ -307,7 +310,8 @@ def test_a_mixed_precision_run_is_deployed_at_float32_compute(tmp_path):
     """LiteRT and ONNX have no bfloat16 kernels for its layers: the float32 weights run at float32 compute."""
     out = tmp_path / "o"
     proc = nnlab("train", "--num-particles", "200", "--epochs", "2", "--seed", "5", "--quiet", "--output-dir", str(out),
-                 "--set", "hidden_layers=[8]", "--set", "precision_policy=mixed_bfloat16", cwd=tmp_path)
+                 "--set", "hidden_layers=[8]", "--set", "precision_policy=mixed_bfloat16",
+                 "--set", "jit_compile=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = TrainedRun.load(out)
     assert all(layer.dtype_policy.compute_dtype == "float32" for layer in run.network.layers)

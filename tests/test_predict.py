@@ -20,7 +20,7 @@ import _forked
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_layers": [8], "epochs": 2, "batch_size": 32, "seed": 5, "tensorboard": False,
-        "checkpoint_every": 5}
+        "checkpoint_every": 5, "jit_compile": False}
 
 
 def _train(cfg: Config, out: Path, **source) -> Path:

@@ -254,7 +254,7 @@ def test_resume_errors_are_clear(finished_run, tmp_path_factory):
 def test_two_processes_same_output_dir(tmp_path):
     out = tmp_path / "o"
     args = ["--num-particles", "200", "--epochs", "2", "--quiet", "--set", "hidden_layers=[8]",
-            "--output-dir", str(out)]
+            "--set", "jit_compile=false", "--output-dir", str(out)]
     procs = [main_py(*args, cwd=tmp_path) for _ in range(2)]
     for proc in procs:
         code, _, stderr = finish(proc)

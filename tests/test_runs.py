@@ -114,7 +114,8 @@ def test_check_unchanged_names_a_changed_csv(tmp_path):
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = resolve_config({"epochs": 2, "batch_size": 64, "hidden_layers": [8], "seed": 3, "tensorboard": False})
+    cfg = resolve_config({"epochs": 2, "batch_size": 64, "hidden_layers": [8], "seed": 3, "tensorboard": False,
+                          "jit_compile": False})
     source = DataSource.simulated(240, seed=5, random_state=5)
     return out, source, execute(RunSpec(cfg, source, output_dir=out, preset="unit"))
 

@@ -257,7 +257,7 @@ def _train_output_fits(short: Path, tmp_path: Path) -> None:
     out = short / ("o" * (65 - len(str(short))))
     assert len(str(out)) == 66
     proc = run("nnlab", "train", "--num-particles", "200", "--epochs", "2", "--set", "hidden_layers=[8]",
-               "--output-dir", str(out), cwd=tmp_path)
+               "--set", "jit_compile=false", "--output-dir", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_dir = str(next((out / "runs").iterdir()))
     assert f"  artifacts\n    {run_dir}\n" in proc.stdout  # wrapped, the path whole
@@ -320,7 +320,7 @@ def test_a_toml_preset_and_json_config_file_side_by_side(tmp_path):
 def test_train_with_a_toml_config_file(tmp_path):
     (tmp_path / "best.toml").write_text("hidden_layers = [12]\nloss_weighting_strategy = \"fixed\"\n")
     assert main(["train", "--num-particles", "200", "--epochs", "1", "--config", str(tmp_path / "best.toml"),
-                 "--quiet", "--output-dir", str(tmp_path / "o")]) == 0
+                 "--set", "jit_compile=false", "--quiet", "--output-dir", str(tmp_path / "o")]) == 0
     run_dir = next((tmp_path / "o" / "runs").iterdir())
     saved = json.loads((run_dir / "training_config.json").read_text())["config"]
     assert saved["hidden_layers"] == [12] and saved["loss_weighting_strategy"] == "fixed"

@@ -213,7 +213,7 @@ def test_table_keys_need_a_table_and_physics_needs_particles(table_csv):
 
 
 CONFIG = {"hidden_layers": [32, 16], "epochs": 40, "batch_size": 32, "seed": 3, "learning_rate": 0.01,
-          "loss_weighting_strategy": "none", "checkpoint_every": 5, "tensorboard": False}
+          "loss_weighting_strategy": "none", "checkpoint_every": 5, "tensorboard": False, "jit_compile": False}
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +265,7 @@ def test_an_interrupted_table_run_resumes_on_its_table(table_csv, tmp_path):
             if epoch + 1 >= 2:
                 self.model.stop_training, self.run_status = True, "interrupted"
 
-    cfg = Config.from_flat({**CONFIG, "epochs": 4, "checkpoint_every": 1, "jit_compile": False,
+    cfg = Config.from_flat({**CONFIG, "epochs": 4, "checkpoint_every": 1,
                             "data_targets": ["rent"], "data_features": ["area", "district"]})
     source = DataSource.for_config(cfg, csv_path=table_csv)
     first = execute(RunSpec(cfg, source, output_dir=tmp_path, callbacks=[StopAfter()]))
@@ -280,7 +280,7 @@ def test_main_py_trains_on_a_table(table_csv, tmp_path):
     proc = _forked.run(
         [sys.executable, str(REPO / "main.py"), "--data", str(table_csv), "--targets", "price,rent",
          "--features", "area,rooms,district", "--epochs", "2", "--set", "hidden_layers=[8]",
-         "--output-dir", str(tmp_path / "o"), "--quiet"],
+         "--set", "jit_compile=false", "--output-dir", str(tmp_path / "o"), "--quiet"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "5 features -> 2 targets" not in proc.stdout  # --quiet: no announcement
