@@ -91,6 +91,7 @@ def _child(request: dict, streams: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    preloaded = set(sys.modules)
     sys.stdin = open(0, encoding=sys.stdout.encoding, closefd=False)  # noqa: SIM115 - the child's whole life
     if "numpy" in sys.modules:  # a fresh process seeds numpy's global generator from the OS
         sys.modules["numpy"].random.seed()
@@ -132,6 +133,7 @@ def _child(request: dict, streams: list[int]) -> None:
     try:
         threading._shutdown()
         atexit._run_exitfuncs()
+        _log_cost(request, preloaded)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -139,6 +141,22 @@ def _child(request: dict, streams: list[int]) -> None:
             except Exception:  # noqa: BLE001 - a closed or broken stream: as at a real exit, ignored
                 pass
         os._exit(code or 0)
+
+
+def _log_cost(request: dict, preloaded: set[str]) -> None:
+    """With NNLAB_TESTS_FORK_LOG (a file) in the command's environment: what the child cost (CPU of it and
+    of the processes it waited for) and the packages it imported itself, to find what to preload."""
+    log = os.environ.get("NNLAB_TESTS_FORK_LOG")
+    if not log:
+        return
+    import resource
+
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    imported = sorted({name.split(".")[0] for name in set(sys.modules) - preloaded})
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "child_cpu": round(cpu, 2),
+                                 "argv": request["argv"][1:3], "imported": imported}) + "\n")
 
 
 def _open_streams(request: dict) -> list[int]:
