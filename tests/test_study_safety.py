@@ -48,10 +48,21 @@ def _wait(condition, what: str, proc: subprocess.Popen | None = None, timeout: f
 
 
 def _workers(pid: int) -> list:
+    """The command's worker processes: the children of its fork server (nnlab.orchestration._pool), or its
+    own spawned children where there is none; never multiprocessing's resource tracker or the server."""
     import psutil
 
-    return [p for p in psutil.Process(pid).children()
-            if "resource_tracker" not in " ".join(p.cmdline())]
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            command = " ".join(child.cmdline())
+            if "multiprocessing.forkserver" in command:
+                found += child.children()
+            elif "resource_tracker" not in command:
+                found.append(child)
+        except psutil.NoSuchProcess:  # ended while listed
+            continue
+    return found
 
 
 # --- sizes and messages: refused before anything is allocated or written ----------------------
@@ -77,6 +88,26 @@ def test_variant_errors_name_the_variant():
 
 
 # --- one command per study directory; workers die with their command ---------------------------
+
+
+def _report_parent(path: str) -> None:
+    """A worker's task: which process started it, and whether that process had TensorFlow loaded."""
+    parent = os.getppid()
+    maps = Path(f"/proc/{parent}/maps").read_text()
+    Path(path).write_text(f"{parent} {'_pywrap_tensorflow' in maps or 'libtensorflow' in maps}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_are_forked_from_one_server_that_imported_tensorflow_once(tmp_path):
+    """Each spawned worker would import TensorFlow again (5 s of CPU each): they are forked from one fork
+    server that imported it before any of them started, never from the command itself."""
+    from nnlab.orchestration import run_processes
+
+    paths = [str(tmp_path / f"w{i}") for i in range(2)]
+    assert run_processes(_report_parent, [(p,) for p in paths], name="nnlab-test") == []
+    reports = [Path(p).read_text().split() for p in paths]
+    assert reports[0][0] == reports[1][0] != str(os.getpid())  # one server, not this process
+    assert reports[0][1] == reports[1][1] == "True"
 
 
 def test_a_study_directory_holds_one_command_and_its_workers_die_with_it(tmp_path):

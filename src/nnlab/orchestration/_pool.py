@@ -1,7 +1,8 @@
 """Worker processes: how many, their entry point, their threads, and what they keep quiet.
 
-A search or a study runs its units in one process or in ``workers`` spawned
-processes sharing the storage (:func:`run_workers`). Each spawned process
+A search or a study runs its units in one process or in ``workers`` worker
+processes sharing the storage (:func:`run_workers`), forked from a fork server that
+imported TensorFlow once (spawned where the platform has none). Each worker
 enters through :func:`worker_main`, which turns the errors a user can cause
 into one line and an exit status.
 """
@@ -202,11 +203,13 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def stop_with_parent(*, poll_s: float = 0.5) -> None:
-    """Stop this spawned process when its parent dies, whatever killed the parent (SIGKILL included).
+    """Stop this worker process when the command that started it dies, whatever killed it (SIGKILL included).
 
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` signals it the moment the parent
-    dies; everywhere, a daemon thread that sees the parent gone sends SIGTERM and,
-    :data:`PARENT_GONE_GRACE_S` later, exits. Not a spawned process: nothing to do.
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` signals it the moment its parent
+    dies (the fork server, which ends with the command, or the command itself);
+    everywhere, a daemon thread that sees the command gone (multiprocessing's
+    parent sentinel) sends SIGTERM and, :data:`PARENT_GONE_GRACE_S` later, exits.
+    Not a worker process: nothing to do.
     """
     import multiprocessing
     import signal
@@ -226,14 +229,14 @@ def stop_with_parent(*, poll_s: float = 0.5) -> None:
     name = multiprocessing.current_process().name
 
     def watch() -> None:
-        while os.getppid() == parent.pid:
+        while parent.is_alive():  # its sentinel: the command's end, also through a fork server
             time.sleep(poll_s)
         print(f"error: {name}: the command that started it has gone; stopping", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(PARENT_GONE_GRACE_S)
         os._exit(1)
 
-    if os.getppid() != parent.pid:  # gone before the watch began
+    if not parent.is_alive():  # gone before the watch began
         os._exit(1)
     threading.Thread(target=watch, name="nnlab-parent-watch", daemon=True).start()
 
@@ -255,7 +258,7 @@ def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
     install()  # what the worker prints is masked like the main process's output
     remember_secrets(repr(args))  # the storage and tracking URLs it was given
     stop_with_parent()  # a worker never trains on, unseen, after its command was killed
-    quiet_tensorflow_import()  # a fresh (spawned) process: its first TensorFlow import is quiet too
+    quiet_tensorflow_import()  # a spawned process (no fork server): its first TensorFlow import is quiet too
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import optuna
 
@@ -272,9 +275,22 @@ def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
         sys.exit(130)
 
 
+def _worker_context() -> Any:
+    """The fork server where the platform has one, else spawn; never a fork of this process
+    (TensorFlow is not fork-safe once it runs). The server imports TensorFlow once
+    (nnlab.orchestration._preload) and forks each worker from there, before TensorFlow has run."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["nnlab.orchestration._preload"])
+    return context
+
+
 def run_processes(run: Callable[..., Any], args: Sequence[tuple], *, name: str,
                   label: str = "worker") -> list[tuple[int, int]]:
-    """Run ``run(*a)`` for each ``a`` in ``args`` in its own spawned process
+    """Run ``run(*a)`` for each ``a`` in ``args`` in a worker process of its own
     (through :func:`worker_main`) and wait for all; returns (index, exit code)
     of the ones that failed.
 
@@ -287,9 +303,7 @@ def run_processes(run: Callable[..., Any], args: Sequence[tuple], *, name: str,
         name: the processes' name prefix (``<name>-<index>``).
         label: the worker in messages (``<label> <index>``).
     """
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # no fork: TensorFlow is not fork-safe
+    context = _worker_context()
     processes = [context.Process(target=worker_main, args=(run, f"{label} {i}", *a), name=f"{name}-{i}")
                  for i, a in enumerate(args)]
     for process in processes:
