@@ -162,9 +162,10 @@ def fresh_because(args: Any, kwargs: dict[str, Any], allowed: set[str] = _POPEN_
     reason = _fresh_because(args, kwargs, allowed)
     log = os.environ.get("NNLAB_TESTS_FORK_LOG")  # a file: every decision, to find what stays fresh
     if log:
+        argv = [str(a) for a in args][:3] if isinstance(args, (list, tuple)) else str(args)
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "fresh": reason,
-                                     "argv": [str(a) for a in args][:3] if isinstance(args, (list, tuple)) else str(args)}) + "\n")
+                                     "argv": argv}) + "\n")
     return reason
 
 
