@@ -51,6 +51,8 @@ CLI_PRELOAD = (
     "nnlab.hpo._space", "nnlab.export._cli", "nnlab.export._export", "nnlab.export._run", "nnlab.analysis.base",
     "nnlab.analysis.cli", "nnlab.study._cli", "nnlab.study._engine", "nnlab.study._plan", "nnlab.study._worker",
     "nnlab._numbers", "nnlab._plots", "nnlab._tflog", "optuna", "pandas", "psutil", "sqlalchemy",
+    # The refusals found after the data is read (its split and scaling), about 40 of the cases.
+    "sklearn.model_selection", "sklearn.preprocessing", "scipy.stats", "rich", "psycopg", "requests",
 )
 # What a training, search, analysis or export run imports besides nnlab (TensorFlow first).
 TENSORFLOW_PRELOAD = (
