@@ -110,6 +110,24 @@ def test_workers_are_forked_from_one_server_that_imported_tensorflow_once(tmp_pa
     assert reports[0][1] == reports[1][1] == "True"
 
 
+def _report_variable(path: str, name: str) -> None:
+    Path(path).write_text(os.environ.get(name, "<unset>"))
+
+
+def test_workers_see_the_commands_environment_as_it_is_when_they_start(tmp_path, monkeypatch):
+    """The fork server keeps the environment it started with; a worker still gets its command's current one
+    (a notebook that sets PGPASSWORD between two studies)."""
+    from nnlab.orchestration import run_processes
+
+    monkeypatch.setenv("NNLAB_TEST_VALUE", "first")
+    assert run_processes(_report_variable, [(str(tmp_path / "a"), "NNLAB_TEST_VALUE")], name="nnlab-test") == []
+    monkeypatch.setenv("NNLAB_TEST_VALUE", "second")
+    monkeypatch.setenv("NNLAB_TEST_OTHER", "new")
+    assert run_processes(_report_variable, [(str(tmp_path / "b"), "NNLAB_TEST_VALUE"),
+                                            (str(tmp_path / "c"), "NNLAB_TEST_OTHER")], name="nnlab-test") == []
+    assert [(tmp_path / n).read_text() for n in "abc"] == ["first", "second", "new"]
+
+
 def test_a_study_directory_holds_one_command_and_its_workers_die_with_it(tmp_path):
     """A running study's directory refuses a second command (the same study or another), and a
     SIGKILL of the study's main process stops its workers within seconds."""

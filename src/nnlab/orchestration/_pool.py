@@ -241,8 +241,8 @@ def stop_with_parent(*, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="nnlab-parent-watch", daemon=True).start()
 
 
-def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
-    """Entry point of a spawned worker process: ``run(*args)``, errors as one line naming the worker.
+def worker_main(run: Callable[..., Any], name: str, environ: dict[str, str] | None, *args: Any) -> None:
+    """Entry point of a worker process: ``run(*args)``, errors as one line naming the worker.
 
     Exit status 2 for an error a user can cause, 1 for a storage that stopped
     answering, 130 for Ctrl-C.
@@ -250,11 +250,17 @@ def worker_main(run: Callable[..., Any], name: str, *args: Any) -> None:
     Args:
         run: the worker function (a module-level function: it is pickled).
         name: the worker in messages, e.g. ``worker 1``.
+        environ: the command's environment when it started the worker (None: keep this
+            process's). A fork server keeps the environment it started with; a command that
+            changed its own since (a notebook setting ``PGPASSWORD``) still passes it on.
         args: its arguments.
     """
     from nnlab._redact import install, remember_secrets
     from nnlab._tflog import quiet_tensorflow_import
 
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     install()  # what the worker prints is masked like the main process's output
     remember_secrets(repr(args))  # the storage and tracking URLs it was given
     stop_with_parent()  # a worker never trains on, unseen, after its command was killed
@@ -304,7 +310,8 @@ def run_processes(run: Callable[..., Any], args: Sequence[tuple], *, name: str,
         label: the worker in messages (``<label> <index>``).
     """
     context = _worker_context()
-    processes = [context.Process(target=worker_main, args=(run, f"{label} {i}", *a), name=f"{name}-{i}")
+    environ = dict(os.environ)
+    processes = [context.Process(target=worker_main, args=(run, f"{label} {i}", environ, *a), name=f"{name}-{i}")
                  for i, a in enumerate(args)]
     for process in processes:
         process.start()
