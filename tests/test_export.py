@@ -34,14 +34,9 @@ LOADERS = {
 
 
 def nnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=tf_log_2(),
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return _forked.run([sys.executable, "-m", "nnlab.cli", *map(str, args)], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-
-
-def tf_log_2() -> dict[str, str]:
-    """The level the scripts set themselves: saying it keeps them forked after an in-process ONNX conversion
-    in the same test (tf2onnx sets this process's level to 3; tests/_forked.py)."""
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.ndarray:
@@ -50,7 +45,7 @@ def run_without_nnlab(fmt: str, model: Path, X: np.ndarray, tmp: Path) -> np.nda
               "path, X = sys.argv[1], np.load(sys.argv[2])\n" + LOADERS[fmt] +
               "\nnp.save(sys.argv[3], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
     proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "X.npy"), str(tmp / "y.npy")],
-                       cwd=tmp, env=tf_log_2(), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+                       cwd=tmp, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 
@@ -196,6 +191,18 @@ def test_numeric_table_exported_to_onnx(table_runs, tmp_path):
     assert np.allclose(predicted, reference, rtol=1e-5, atol=0)
 
 
+def test_onnx_export_leaves_the_callers_tensorflow_log_settings(table_runs, tmp_path, monkeypatch):
+    """tf2onnx sets TF_CPP_MIN_LOG_LEVEL and TensorFlow's logger level in the converting process: an export
+    from a notebook leaves both as they were (and so the processes it starts afterwards)."""
+    import tensorflow as tf
+
+    first = sorted(p.name for p in (table_runs / "o" / "runs").iterdir() if p.is_dir())[0]
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    logger_level = tf.get_logger().level
+    export_run(fmt="onnx", out=tmp_path / "t.onnx", output_dir=table_runs / "o", run=first)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1" and tf.get_logger().level == logger_level
+
+
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_table_with_text_columns_refused(fmt, table_runs):
     proc = nnlab("export", "--format", fmt, "--out", f"t.{fmt}", "--output-dir", "o", cwd=table_runs)
@@ -223,8 +230,8 @@ def run_text_without_nnlab(fmt: str, model: Path, numeric: np.ndarray, text: np.
               "path, N, T = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])\n" + TEXT_LOADERS[fmt] +
               "\nnp.save(sys.argv[4], np.asarray(y))\nassert 'nnlab' not in sys.modules, 'nnlab was imported'\n")
     proc = _forked.run([sys.executable, "-c", script, str(model), str(tmp / "N.npy"), str(tmp / "T.npy"),
-                        str(tmp / "y.npy")], cwd=tmp, env=tf_log_2(), capture_output=True, text=True,
-                       timeout=180, stdin=subprocess.DEVNULL)
+                        str(tmp / "y.npy")], cwd=tmp, capture_output=True, text=True, timeout=180,
+                       stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(tmp / "y.npy")
 

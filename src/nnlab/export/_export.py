@@ -331,9 +331,21 @@ def litert_int8_reference(run: Any, model: Any, X: Any, reference: np.ndarray, y
 def _write_onnx(model: Any, path: Path) -> None:
     import logging
 
+    import tensorflow as tf
+
     model(np.ones((1, model.inputs[0].shape[1]), dtype=np.float32))  # Keras exports to ONNX only a called model
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate every conversion
-    model.export(str(path), format="onnx", verbose=False)
+    # tf2onnx sets TF_CPP_MIN_LOG_LEVEL in this process's environment and TensorFlow's logger level
+    # (tf2onnx/verbose_logging.py): the caller's (a notebook's, the processes it starts later) stay as they were.
+    level, tf_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL"), tf.get_logger().level
+    try:
+        model.export(str(path), format="onnx", verbose=False)
+    finally:
+        if level is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+        tf.get_logger().setLevel(tf_level)
 
 
 _WRITERS: dict[str, Callable[[Any, Path], None]] = {
