@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from _schedule import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401
 
 PG_USER = "postgres"
 

@@ -109,3 +109,40 @@ def test_start_up_settings_that_differ_get_a_fresh_interpreter():
                        text=True).stdout == "False\n"
     real = _forked.Popen([sys.executable, "-c", "pass"], preexec_fn=lambda: None)
     assert isinstance(real, subprocess.Popen) and real.wait(60) == 0
+
+
+# -- the order files are handed to the workers (tests/_schedule.py) --------------------------------
+
+def test_files_run_longest_first_and_unknown_files_before_them():
+    import _schedule
+
+    durations = {"tests/a.py": 10.0, "tests/b.py": 300.0, "tests/c.py": 40.0}
+    files = ["tests/a.py", "tests/new.py", "tests/b.py", "tests/c.py", "tests/newer.py"]
+    assert _schedule.file_order(files, durations) == ["tests/new.py", "tests/newer.py", "tests/b.py", "tests/c.py",
+                                                       "tests/a.py"]
+
+
+def test_the_hook_moves_whole_files_and_keeps_each_files_test_order(tmp_path, monkeypatch):
+    import json
+    import types
+
+    import _schedule
+
+    (tmp_path / "durations.json").write_text(json.dumps({"tests/short.py": 1.0, "tests/long.py": 99.0}))
+    monkeypatch.setattr(_schedule, "DURATIONS", tmp_path / "durations.json")
+    ids = ["tests/short.py::t1", "tests/short.py::t2", "tests/long.py::t1", "tests/long.py::t2[x]",
+           "tests/long.py::t2[y]"]
+    items = [types.SimpleNamespace(nodeid=i) for i in ids]
+    _schedule.pytest_collection_modifyitems(None, None, items)
+    assert [i.nodeid for i in items] == ids[2:] + ids[:2]
+
+
+def test_the_recorded_durations_name_test_files_that_exist():
+    import json
+
+    import _schedule
+
+    recorded = json.loads(_schedule.DURATIONS.read_text())
+    assert recorded and all(v > 0 for v in recorded.values())
+    missing = [name for name in recorded if not (Path(__file__).parents[1] / name).is_file()]
+    assert not missing, f"tests/file_durations.json names files that are gone: {missing}"
