@@ -129,6 +129,28 @@ def test_execute_returns_a_typed_result(executed):
     assert json.loads((result.run_dir / "run_status.json").read_text())["status"] == "completed"
 
 
+def test_a_second_run_in_one_process_starts_after_the_first_networks_memory_is_freed(executed, tmp_path):
+    """Searches and studies train many networks in one process: the previous network is collected
+    before the next is built (execute() frees it then, not after each run, which a one-shot command
+    would only pay for at its exit)."""
+    import weakref
+
+    import keras
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append((weakref.ref(self.model), [ref() is None for ref, _ in seen]))
+
+    cfg = resolve_config({"epochs": 1, "batch_size": 64, "hidden_layers": [8], "seed": 3, "tensorboard": False,
+                          "jit_compile": False})
+    for _ in range(2):
+        result = execute(RunSpec(cfg, DataSource.simulated(240, seed=5), output_dir=tmp_path, callbacks=[Watch()]))
+        assert result.status is RunStatus.COMPLETED
+    assert [freed for _, freed in seen] == [[], [True]]
+
+
 def test_execute_records_the_data_source(executed):
     _, source, result = executed
     saved = json.loads((result.run_dir / "training_config.json").read_text())
