@@ -158,7 +158,7 @@ def _log_cost(request: dict, preloaded: set[str]) -> None:
     imported = sorted({name.split(".")[0] for name in set(sys.modules) - preloaded})
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "child_cpu": round(cpu, 2),
-                                 "argv": request["argv"][1:3], "args": request["argv"][3:30], "imported": imported}) + "\n")
+                                 "argv": request["argv"][1:30], "imported": imported}) + "\n")
 
 
 def _open_streams(request: dict) -> list[int]:
