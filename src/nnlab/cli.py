@@ -457,6 +457,7 @@ def _quiet_tensorflow() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from nnlab._redact import install as mask_passwords_in_output
+    from nnlab._signals import interrupts_latched, raise_if_interrupted
 
     mask_passwords_in_output()  # everything printed (messages, progress, warnings) goes through one redaction
     _quiet_tensorflow()
@@ -466,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:  # nnlab's own debug messages; third-party DEBUG chatter (matplotlib, h5py...) stays off
         logging.getLogger("nnlab").setLevel(logging.DEBUG)
     try:
-        status = args.handler(args)
+        with interrupts_latched():
+            status = args.handler(args)
+            raise_if_interrupted()  # a Ctrl-C the interpreter dropped (see nnlab._signals) still ends in 130
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
         return status
     except BrokenPipeError:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from nnlab._signals import interrupts_latched, raise_if_interrupted
 from nnlab.orchestration._claims import POLL_S, running_elsewhere, trial_id, worker_identity
 from nnlab.orchestration._lost import is_connection_error, reconnect, release_own_trials
 from nnlab.orchestration._pool import limit_threads, quiet_retracing
@@ -124,9 +125,10 @@ def run_claim_loop(study: Any, *, claim: Callable[[Mapping[str, Any]], Any | Non
     """
     owner = worker_identity()
     ran = 0
-    with quiet_retracing():
+    with quiet_retracing(), interrupts_latched():
         while True:
             try:
+                raise_if_interrupted()  # a Ctrl-C dropped between units (see nnlab._signals) ends the loop here
                 trial = claim(owner)
                 if trial is None:
                     if wait_for_retries and running_elsewhere(study):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnlab._signals import raise_if_interrupted
 from nnlab.runs._runs import DEFAULT_OUTPUT_DIR
 from nnlab.runs._source import DataSource
 from nnlab.runs._status import RunStatus
@@ -129,6 +130,7 @@ def execute(spec: RunSpec) -> RunResult:
         # The last network's graph and memory go before the next is built. A one-shot run skips this
         # full collection (0.2-0.5 s with TensorFlow loaded): its process ends after the run.
         gc.collect()
+        raise_if_interrupted()  # a Ctrl-C during the collection was deferred (nnlab._signals)
     _executed["runs"] += 1
     try:
         model = build_network(spec.config, data.X_train.shape[1], data.y_train.shape[1], scalers=data)

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from nnlab._files import atomic_write, atomic_write_json
+from nnlab._signals import raise_if_interrupted
 from nnlab.errors import ErrorRecorder
 from nnlab.runs._runs import CHECKPOINT_DIR, CheckpointError, list_checkpoints
 from nnlab.runs._status import RunStatus
@@ -303,6 +304,7 @@ class InterruptRequest:
               "(Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> InterruptRequest:
+        raise_if_interrupted()  # a Ctrl-C dropped before training (see nnlab._signals) stops the run here
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
