@@ -66,6 +66,27 @@ def test_a_ctrl_c_during_a_collection_waits_for_its_end_instead_of_printing_a_tr
     assert not [c for c in gc.callbacks if c.__module__ == "nnlab._signals"]  # the collection hook is gone
 
 
+def test_only_the_main_thread_raises_a_recorded_ctrl_c(unraisable):
+    import threading
+
+    raised = []
+
+    def check():
+        try:
+            raise_if_interrupted()
+        except KeyboardInterrupt:
+            raised.append("worker thread")
+
+    with interrupts_latched():
+        _drop_a_ctrl_c(unraisable)
+        thread = threading.Thread(target=check)
+        thread.start()
+        thread.join()
+        assert raised == []
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+
+
 def test_without_the_latch_a_dropped_ctrl_c_is_lost(unraisable):
     _drop_a_ctrl_c(unraisable)
     raise_if_interrupted()  # nothing recorded: what the latch is for

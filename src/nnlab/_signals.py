@@ -60,7 +60,8 @@ def interrupts_latched() -> Iterator[None]:
 
 
 def raise_if_interrupted() -> None:
-    """Raise ``KeyboardInterrupt`` for a Ctrl-C recorded since the last one raised here."""
-    if _pending["sigint"]:
+    """Raise ``KeyboardInterrupt`` for a Ctrl-C recorded since the last one raised here (main thread only:
+    the signal is the main thread's, as Python's own ``KeyboardInterrupt`` is)."""
+    if _pending["sigint"] and threading.current_thread() is threading.main_thread():
         _pending["sigint"] = False
         raise KeyboardInterrupt
