@@ -10,9 +10,9 @@ CPU seconds (``time.process_time``) of:
 - ``lab``: :func:`nnlab.runs.execute` of ``hidden_layers=[8]``, 2 epochs, 200
   simulated particles, batch 32, no XLA -- data preparation, the network, every
   lab callback and artifact, the test report;
-- ``keras``: the same network (23 -> Dense 8 -> PReLU -> Dense 6) compiled with
-  Adam, MSE, the metrics mse/mae/R² and 10 steps per execution, ``fit`` for 2
-  epochs on 120 rows with 40 validation rows, then ``clear_session``.
+- ``keras``: the same network (``AdvancedNeuralNetwork(...).model``, nothing of the lab
+  attached) on the same prepared rows, compiled with Adam, MSE, the metrics mse/mae/R² and the
+  configuration's steps per execution, ``fit`` with validation, then ``clear_session``.
 
 Prints one JSON line: {"repeats", "lab_cpu_s", "keras_cpu_s" (medians), "ratio", "cpus"}.
 """
@@ -31,28 +31,35 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _lab(out: str) -> float:
+def _config():
     from nnlab.config import resolve_config
+
+    return resolve_config({"epochs": 2, "hidden_layers": [8], "jit_compile": False, "batch_size": 32})
+
+
+def _lab(out: str) -> float:
     from nnlab.runs import DataSource, RunSpec, execute
 
-    cfg = resolve_config({"epochs": 2, "hidden_layers": [8], "jit_compile": False, "batch_size": 32})
     started = time.process_time()
-    execute(RunSpec(cfg, DataSource.simulated(200, seed=1), output_dir=out))
+    execute(RunSpec(_config(), DataSource.simulated(200, seed=1), output_dir=out))
     return time.process_time() - started
 
 
 def _keras() -> float:
     import keras
-    import numpy as np
 
-    rng = np.random.default_rng(0)
-    X, y = rng.random((160, 23), dtype=np.float32), rng.random((160, 6), dtype=np.float32)
+    from nnlab.model import AdvancedNeuralNetwork
+    from nnlab.runs import DataSource
+
+    cfg = _config()
+    data = DataSource.simulated(200, seed=1).prepare()
     started = time.process_time()
-    inputs = keras.Input((23,))
-    outputs = keras.layers.Dense(6)(keras.layers.PReLU()(keras.layers.Dense(8)(inputs)))
-    model = keras.Model(inputs, outputs)
-    model.compile("adam", "mse", metrics=["mse", "mae", keras.metrics.R2Score()], steps_per_execution=10)
-    model.fit(X[:120], y[:120], validation_data=(X[120:], y[120:]), epochs=2, batch_size=32, verbose=0)
+    model = AdvancedNeuralNetwork((data.X_train.shape[1],), data.y_train.shape[1], cfg).model  # the same layers
+    model.compile(optimizer=keras.optimizers.Adam(cfg.model.learning_rate), loss="mse",
+                  metrics=["mse", "mae", keras.metrics.R2Score(name="r2_score")],
+                  steps_per_execution=cfg.training.steps_per_execution)
+    model.fit(data.X_train, data.y_train, validation_data=(data.X_val, data.y_val), epochs=cfg.training.epochs,
+              batch_size=cfg.training.batch_size, verbose=0)
     keras.backend.clear_session()
     gc.collect()
     return time.process_time() - started

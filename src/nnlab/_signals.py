@@ -24,16 +24,16 @@ from typing import Any
 
 __all__ = ["interrupts_latched", "raise_if_interrupted"]
 
-_pending = {"sigint": False, "collecting": False}
+_state = {"sigint": False, "collecting": False}
 
 
 def _track_collection(phase: str, info: Any) -> None:
-    _pending["collecting"] = phase == "start"
+    _state["collecting"] = phase == "start"
 
 
 def _latch(signum: int, frame: Any) -> None:
-    _pending["sigint"] = True
-    if not _pending["collecting"]:
+    _state["sigint"] = True
+    if not _state["collecting"]:
         raise KeyboardInterrupt
 
 
@@ -48,7 +48,7 @@ def interrupts_latched() -> Iterator[None]:
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
-    _pending.update(sigint=False, collecting=False)
+    _state.update(sigint=False, collecting=False)
     gc.callbacks.append(_track_collection)
     signal.signal(signal.SIGINT, _latch)
     try:
@@ -56,12 +56,12 @@ def interrupts_latched() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         gc.callbacks.remove(_track_collection)
-        _pending.update(sigint=False, collecting=False)
+        _state.update(sigint=False, collecting=False)
 
 
 def raise_if_interrupted() -> None:
     """Raise ``KeyboardInterrupt`` for a Ctrl-C recorded since the last one raised here (main thread only:
     the signal is the main thread's, as Python's own ``KeyboardInterrupt`` is)."""
-    if _pending["sigint"] and threading.current_thread() is threading.main_thread():
-        _pending["sigint"] = False
+    if _state["sigint"] and threading.current_thread() is threading.main_thread():
+        _state["sigint"] = False
         raise KeyboardInterrupt

@@ -21,8 +21,8 @@ from nnlab.runs._status import RunStatus
 
 __all__ = ["RunSpec", "RunResult", "execute", "resume", "build_network", "load_network"]
 
-# Networks this process has trained through execute(): searches and studies train many in one process.
-_executed = {"runs": 0}
+# Whether this process has trained a network through execute(): searches and studies train many in one.
+_executed = {"before": False}
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,12 @@ def execute(spec: RunSpec) -> RunResult:
 
     from nnlab.runs._pipeline import train_with_tracking
 
-    if _executed["runs"]:
+    if _executed["before"]:
         # The last network's graph and memory go before the next is built. A one-shot run skips this
         # full collection (0.2-0.5 s with TensorFlow loaded): its process ends after the run.
         gc.collect()
         raise_if_interrupted()  # a Ctrl-C during the collection was deferred (nnlab._signals)
-    _executed["runs"] += 1
+    _executed["before"] = True
     try:
         model = build_network(spec.config, data.X_train.shape[1], data.y_train.shape[1], scalers=data)
         results = train_with_tracking(model, *data, spec.config, data=data, output_dir=spec.output_dir,
